@@ -39,9 +39,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .library_paths()?
             .any(|dir| dir.join("vmbkmcl.lib").is_file());
         if !found {
-            return Err("vmbkmcl.lib was not found in the WDK library paths that wdk-build \
+            return Err(
+                "vmbkmcl.lib was not found in the WDK library paths that wdk-build \
                         reports (Lib/<sdk>/km/<arch>); install the WDK matching the SDK"
-                .into());
+                    .into(),
+            );
         }
         for dir in config.library_paths()? {
             println!("cargo::rustc-link-search={}", dir.display());

@@ -28,6 +28,7 @@
     missing_docs,
     clippy::all,
     clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block,
     reason = "bindgen output keeps the C names and shapes"
 )]
 mod bindings {
@@ -51,6 +52,7 @@ pub use wdk_sys::{
     missing_debug_implementations,
     clippy::all,
     clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block,
     clippy::ptr_as_ptr,
     clippy::ref_as_ptr,
     reason = "bindgen output keeps the C names and shapes"
@@ -77,7 +79,10 @@ pub fn VMB_CHANNEL_STATE_CHANGE_CALLBACKS_INIT() -> VMB_CHANNEL_STATE_CHANGE_CAL
 pub const VMB_CHANNEL_STATE_CHANGE_CALLBACKS_VERSION: ULONG = 1;
 
 /// `sizeof(VMB_CHANNEL_STATE_CHANGE_CALLBACKS)`, the `Size` the library checks.
-#[allow(clippy::cast_possible_truncation, reason = "48 bytes on x64 fits in a ULONG")]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "48 bytes on x64 fits in a ULONG"
+)]
 pub const VMB_CHANNEL_STATE_CHANGE_CALLBACKS_SIZE: ULONG =
     core::mem::size_of::<VMB_CHANNEL_STATE_CHANGE_CALLBACKS>() as ULONG;
 

@@ -193,6 +193,9 @@ mod tests {
             "STATUS_CANCELLED (0xC0000120)"
         );
         assert_eq!(format!("{}", NtStatus(-1)), "NTSTATUS 0xFFFFFFFF");
-        assert_eq!(NtStatus::STATUS_CANCELLED.ok(), Err(NtStatus::STATUS_CANCELLED));
+        assert_eq!(
+            NtStatus::STATUS_CANCELLED.ok(),
+            Err(NtStatus::STATUS_CANCELLED)
+        );
     }
 }

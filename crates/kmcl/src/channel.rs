@@ -1,0 +1,717 @@
+//! The channel lifecycle as types: [`ChannelBuilder`] (allocated, configurable) →
+//! [`Channel`] (enabled) → [`DisabledChannel`] (closed, re-enableable) → cleanup on drop; and
+//! the bridge from KMCL's C callbacks to [`ChannelHandler`].
+
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use core::time::Duration;
+
+use alloc::boxed::Box;
+use kmcl_sys as sys;
+use ntstatus::NtStatus;
+
+use crate::Guid;
+use crate::incoming::{IncomingPacket, PacketFlags};
+use crate::outgoing::{OutgoingPacket, try_box};
+
+/// What a VMBus client driver does when KMCL calls it.
+///
+/// One value per channel, shared by every callback; KMCL may call
+/// [`process_packet`](Self::process_packet) on several processors at once, hence `Sync`.
+/// Callbacks must not panic: in a driver a panic is a bugcheck.
+pub trait ChannelHandler: Send + Sync + 'static {
+    /// The response an [`IncomingPacket`] is completed with when it is dropped without being
+    /// completed, failed or deferred (a protocol-level "failed" reply; empty by default).
+    const UNCONSUMED_RESPONSE: &'static [u8] = &[];
+
+    /// A packet arrived. `data` is the payload, valid for this call only (copy what must be
+    /// kept); `packet` must be retired exactly once, now or later, from any thread.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL (PASSIVE_LEVEL if the channel was configured with
+    /// [`ChannelBuilder::incoming_at_passive`], or for a packet redelivered after
+    /// [`IncomingPacket::defer_to_passive`]). Must not block.
+    fn process_packet(
+        &self,
+        channel: ChannelRef<'_>,
+        packet: IncomingPacket,
+        data: &[u8],
+        flags: PacketFlags,
+    );
+
+    /// The last packet of a delivery batch has been processed (the ring went empty).
+    ///
+    /// # IRQL
+    /// Same as [`process_packet`](Self::process_packet).
+    fn processing_complete(&self, _channel: ChannelRef<'_>, _packets_processed: u32) {}
+
+    /// The host opened the channel. A failure status rolls it back to no traffic.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    fn opened(&self, _channel: ChannelRef<'_>) -> NtStatus {
+        NtStatus::STATUS_SUCCESS
+    }
+
+    /// The channel started; no packet has been delivered yet. May queue sends but must not wait
+    /// for any I/O (a synchronous request here never returns).
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    fn started(&self, _channel: ChannelRef<'_>) {}
+
+    /// The incoming queue is running: the place for synchronous requests such as protocol
+    /// negotiation ([`ChannelRef::send_sync`]).
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    fn post_started(&self, _channel: ChannelRef<'_>) {}
+
+    /// The channel is being paused or closed: no more `process_packet` calls; every packet
+    /// already delivered must still be retired (KMCL waits for them), and sending must stop.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    fn suspend(&self, _channel: ChannelRef<'_>) {}
+
+    /// The channel closed (our disable, or the host rescinded it). A guest channel is now
+    /// disabled and must be re-enabled to carry traffic again.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    fn closed(&self, _channel: ChannelRef<'_>) {}
+
+    /// The target device was found but connecting to it failed asynchronously.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    fn pnp_failure(&self, _channel: ChannelRef<'_>, _status: NtStatus) {}
+}
+
+/// The device object a channel is allocated under (KMCL's `ParentDeviceObject`).
+#[derive(Debug, Clone, Copy)]
+pub struct ParentDevice(sys::PDEVICE_OBJECT);
+
+impl ParentDevice {
+    /// Wraps a raw `PDEVICE_OBJECT`.
+    ///
+    /// # Safety
+    /// `device` must be a device object that stays valid for as long as any channel allocated
+    /// under it exists (in a KMDF driver: `WdfDeviceWdmGetDeviceObject` of the device that
+    /// owns the channel).
+    #[must_use]
+    pub const unsafe fn from_raw(device: sys::PDEVICE_OBJECT) -> Self {
+        Self(device)
+    }
+}
+
+/// Channel-wide flags for [`ChannelBuilder::flags`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ChannelFlags(u32);
+
+impl ChannelFlags {
+    /// No flags: a packet-mode channel.
+    pub const NONE: Self = Self(0);
+    /// Pipe mode: VMBus owns the framing; no transactions.
+    pub const IS_PIPE: Self = Self(sys::VMBUS_CHANNEL_INIT_FLAG_IS_PIPE);
+}
+
+/// How long [`ChannelRef::send_sync`] waits for the host's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// Wait until the host answers or the channel closes.
+    Infinite,
+    /// Wait at most this long; then the request is cancelled (`STATUS_CANCELLED`).
+    After(Duration),
+}
+
+impl Timeout {
+    /// KeWaitForSingleObject form: negative = relative, in 100 ns units.
+    fn as_relative_100ns(self) -> Option<i64> {
+        match self {
+            Self::Infinite => None,
+            Self::After(d) => {
+                let units = d.as_nanos() / 100;
+                // A zero wait means "do not even queue" to KMCL; round up to one unit.
+                let units = i64::try_from(units).unwrap_or(i64::MAX).max(1);
+                Some(-units)
+            }
+        }
+    }
+}
+
+/// The per-channel context KMCL hands back to every callback (`VmbChannelSetPointer`).
+struct Inner<H> {
+    handler: H,
+}
+
+/// Recovers the handler from a channel handle in a callback.
+///
+/// # Safety
+/// `channel` must be a channel whose pointer slot was set by [`ChannelBuilder::new`] with an
+/// `Inner<H>` of this same `H`, and that has not been cleaned up.
+unsafe fn handler<'a, H: ChannelHandler>(channel: sys::VMBCHANNEL) -> Option<&'a H> {
+    // SAFETY: `channel` is the handle KMCL passes to our own callbacks; GetPointer only reads
+    // its context slot, at any IRQL (reference §7.3).
+    let ctx = unsafe { sys::VmbChannelGetPointer(channel) }.cast::<Inner<H>>();
+    // SAFETY: per this function's contract the slot holds a live `Inner<H>` owned by the
+    // builder/channel, which is only freed after `VmbChannelCleanup`, after which KMCL makes no
+    // more callbacks. `Inner` is only ever shared (`&`), never mutated.
+    unsafe { ctx.as_ref() }.map(|inner| &inner.handler)
+}
+
+unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
+    channel: sys::VMBCHANNEL,
+    packet: sys::VMBPACKETCOMPLETION,
+    buffer: sys::PVOID,
+    length: sys::UINT32,
+    flags: sys::UINT32,
+) {
+    // SAFETY: registered only on channels built with `Inner<H>` (`ChannelBuilder::<H>::new`).
+    let handler = unsafe { handler::<H>(channel) };
+    // SAFETY: KMCL hands over one completion obligation per call; it is wrapped exactly once.
+    let packet = unsafe { IncomingPacket::from_raw(packet, H::UNCONSUMED_RESPONSE) };
+    let Some(handler) = handler else {
+        // Unreachable by construction; retire the packet rather than leave the host hanging.
+        packet.complete(H::UNCONSUMED_RESPONSE);
+        return;
+    };
+    let data: &[u8] = match (NonNull::new(buffer.cast::<u8>()), usize::try_from(length)) {
+        (Some(ptr), Ok(len)) if len > 0 => {
+            // SAFETY: KMCL guarantees `buffer` is readable for `length` bytes for the duration
+            // of this callback (`_In_reads_bytes_(BufferLength)`); the slice does not escape it.
+            unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }
+        }
+        _ => &[],
+    };
+    handler.process_packet(
+        ChannelRef::from_raw(channel),
+        packet,
+        data,
+        PacketFlags::from_bits(flags),
+    );
+}
+
+unsafe extern "C" fn evt_processing_complete<H: ChannelHandler>(
+    channel: sys::VMBCHANNEL,
+    packets: sys::UINT32,
+) {
+    // SAFETY: registered only on channels built with `Inner<H>`.
+    if let Some(h) = unsafe { handler::<H>(channel) } {
+        h.processing_complete(ChannelRef::from_raw(channel), packets);
+    }
+}
+
+unsafe extern "C" fn evt_opened<H: ChannelHandler>(channel: sys::VMBCHANNEL) -> sys::NTSTATUS {
+    // SAFETY: registered only on channels built with `Inner<H>`.
+    match unsafe { handler::<H>(channel) } {
+        Some(h) => h.opened(ChannelRef::from_raw(channel)).0,
+        None => NtStatus::STATUS_INVALID_DEVICE_STATE.0,
+    }
+}
+
+macro_rules! state_trampoline {
+    ($name:ident, $method:ident) => {
+        unsafe extern "C" fn $name<H: ChannelHandler>(channel: sys::VMBCHANNEL) {
+            // SAFETY: registered only on channels built with `Inner<H>`.
+            if let Some(h) = unsafe { handler::<H>(channel) } {
+                h.$method(ChannelRef::from_raw(channel));
+            }
+        }
+    };
+}
+state_trampoline!(evt_closed, closed);
+state_trampoline!(evt_suspend, suspend);
+state_trampoline!(evt_started, started);
+state_trampoline!(evt_post_started, post_started);
+
+unsafe extern "C" fn evt_pnp_failure<H: ChannelHandler>(
+    channel: sys::VMBCHANNEL,
+    status: sys::NTSTATUS,
+) {
+    // SAFETY: registered only on channels built with `Inner<H>`.
+    if let Some(h) = unsafe { handler::<H>(channel) } {
+        h.pnp_failure(ChannelRef::from_raw(channel), NtStatus(status));
+    }
+}
+
+/// The raw handle and the owned context, shared by the three lifecycle types.
+struct Owned<H> {
+    raw: sys::VMBCHANNEL,
+    inner: NonNull<Inner<H>>,
+}
+
+impl<H> Owned<H> {
+    /// Cleans the channel up and frees the context. The channel must be disabled, and this
+    /// must be the last use of `self` (it is only called from the owner types' `Drop`).
+    fn cleanup(&mut self) {
+        // SAFETY: `raw` is our channel and is disabled (every owner type guarantees it before
+        // calling this); after Cleanup KMCL makes no callbacks, so the context can go.
+        unsafe { sys::VmbChannelCleanup(self.raw) };
+        // SAFETY: `inner` came from `Box::into_raw` in `ChannelBuilder::new` and is freed only
+        // here, once, after the last callback that could read it.
+        drop(unsafe { Box::from_raw(self.inner.as_ptr()) });
+    }
+}
+
+/// An allocated, disabled channel being configured. The only type with the init setters.
+///
+/// Dropping it cleans the channel up (`VmbChannelCleanup`).
+#[derive(Debug)]
+pub struct ChannelBuilder<H: ChannelHandler> {
+    owned: Owned<H>,
+}
+
+/// An enabled channel. It has no init setters.
+///
+/// Dropping it disables the channel (blocking until teardown, PASSIVE_LEVEL only) and cleans
+/// it up.
+#[derive(Debug)]
+pub struct Channel<H: ChannelHandler> {
+    owned: Owned<H>,
+}
+
+/// A channel that was enabled and has been disabled again: it can only be re-enabled or
+/// dropped (cleaned up). KMCL does not allow init setters after the first enable.
+#[derive(Debug)]
+pub struct DisabledChannel<H: ChannelHandler> {
+    owned: Owned<H>,
+}
+
+impl<H> core::fmt::Debug for Owned<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Channel").field("raw", &self.raw).finish()
+    }
+}
+
+// SAFETY: a VMBCHANNEL may be used from any thread (KMCL serialises internally); the context is
+// only shared as `&H`, and `H: Send + Sync`.
+unsafe impl<H: ChannelHandler> Send for Owned<H> {}
+// SAFETY: as above; `&Owned` only exposes `&H` and KMCL calls that are safe concurrently.
+unsafe impl<H: ChannelHandler> Sync for Owned<H> {}
+
+impl<H: ChannelHandler> ChannelBuilder<H> {
+    /// Allocates a client channel (`VmbChannelAllocate`), attaches `handler` as its context and
+    /// registers the packet and state-change callbacks.
+    ///
+    /// # Errors
+    /// KMCL's status when allocation or callback registration fails;
+    /// `STATUS_INSUFFICIENT_RESOURCES` if the context cannot be allocated.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn new(parent: ParentDevice, handler: H) -> Result<Self, NtStatus> {
+        let inner =
+            try_box(Inner { handler }).map_err(|_| NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+        let mut raw: sys::VMBCHANNEL = ptr::null_mut();
+        // SAFETY: `parent` is a valid device object (ParentDevice::from_raw's contract) and
+        // `raw` is a valid out pointer; KMCL writes it only on success.
+        let status = NtStatus(unsafe { sys::VmbChannelAllocate(parent.0, 0, &raw mut raw) });
+        if !status.is_success() {
+            return Err(status);
+        }
+        if raw.is_null() {
+            return Err(NtStatus::STATUS_INTERNAL_ERROR);
+        }
+        let inner = NonNull::from(Box::leak(inner));
+        let builder = Self {
+            owned: Owned { raw, inner },
+        };
+        // SAFETY: `raw` is our disabled channel; the context lives until `Owned::cleanup`.
+        unsafe { sys::VmbChannelSetPointer(raw, inner.as_ptr().cast()) };
+
+        // SAFETY: `raw` is disabled; the trampolines match the C typedefs and expect `Inner<H>`.
+        let status = NtStatus(unsafe {
+            sys::VmbChannelInitSetProcessPacketCallbacks(
+                raw,
+                Some(evt_process_packet::<H>),
+                Some(evt_processing_complete::<H>),
+            )
+        });
+        status.ok()?;
+
+        let mut callbacks = sys::VMB_CHANNEL_STATE_CHANGE_CALLBACKS_INIT();
+        callbacks.EvtChannelOpened = Some(evt_opened::<H>);
+        callbacks.EvtChannelClosed = Some(evt_closed::<H>);
+        callbacks.EvtChannelSuspend = Some(evt_suspend::<H>);
+        callbacks.EvtChannelStarted = Some(evt_started::<H>);
+        callbacks.EvtChannelPostStarted = Some(evt_post_started::<H>);
+        // SAFETY: `raw` is disabled; KMCL copies the struct (reference §7.2 [inf], in-box
+        // drivers pass a stack copy), so a local is enough.
+        let status = NtStatus(unsafe {
+            sys::VmbChannelInitSetStateChangeCallbacks(raw, &raw mut callbacks)
+        });
+        status.ok()?;
+        Ok(builder)
+    }
+
+    fn raw(&self) -> sys::VMBCHANNEL {
+        self.owned.raw
+    }
+
+    /// The largest packet this side will send or complete (`VmbChannelInitSetMaximumPacketSize`).
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER_2` for 0, or KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn max_packet_size(&mut self, bytes: u32) -> Result<(), NtStatus> {
+        // SAFETY: our channel, disabled and never enabled (this type's invariant).
+        NtStatus(unsafe { sys::VmbChannelInitSetMaximumPacketSize(self.raw(), bytes) }).ok()
+    }
+
+    /// Incoming and outgoing ring sizes in pages
+    /// (`VmbClientChannelInitSetRingBufferPageCount`).
+    ///
+    /// # Errors
+    /// KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn ring_pages(&mut self, incoming: u32, outgoing: u32) -> Result<(), NtStatus> {
+        // SAFETY: our channel, disabled and never enabled.
+        NtStatus(unsafe {
+            sys::VmbClientChannelInitSetRingBufferPageCount(self.raw(), incoming, outgoing)
+        })
+        .ok()
+    }
+
+    /// Channel-wide flags (`VmbChannelInitSetFlags`).
+    ///
+    /// # Errors
+    /// KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn flags(&mut self, flags: ChannelFlags) -> Result<(), NtStatus> {
+        // SAFETY: our channel, disabled and never enabled.
+        NtStatus(unsafe { sys::VmbChannelInitSetFlags(self.raw(), flags.0) }).ok()
+    }
+
+    /// A short name for debuggers and performance counters (`VmbChannelInitSetFriendlyName`).
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER` if `name` is longer than 64 UTF-16 units; KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn friendly_name(&mut self, name: &str) -> Result<(), NtStatus> {
+        let mut buf = [0u16; 64];
+        let mut len = 0usize;
+        for unit in name.encode_utf16() {
+            let slot = buf.get_mut(len).ok_or(NtStatus::STATUS_INVALID_PARAMETER)?;
+            *slot = unit;
+            len += 1;
+        }
+        let bytes = u16::try_from(len * 2).map_err(|_| NtStatus::STATUS_INVALID_PARAMETER)?;
+        let name = sys::UNICODE_STRING {
+            Length: bytes,
+            MaximumLength: bytes,
+            Buffer: buf.as_mut_ptr(),
+        };
+        // SAFETY: our channel, disabled and never enabled; `name` describes `buf`, which
+        // outlives the call, and KMCL copies the string ([inf], reference §7.2).
+        NtStatus(unsafe { sys::VmbChannelInitSetFriendlyName(self.raw(), &raw const name) }).ok()
+    }
+
+    /// Binds the channel to the host's offer of `interface_type` (and `instance`, if given)
+    /// (`VmbClientChannelInitSetTargetPnp`); [`ChannelHandler::pnp_failure`] reports an
+    /// asynchronous connection failure.
+    ///
+    /// # Errors
+    /// KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn target(&mut self, interface_type: Guid, instance: Option<Guid>) -> Result<(), NtStatus> {
+        let ty = interface_type.to_sys();
+        let inst = instance.map(Guid::to_sys);
+        let inst_ptr = inst.as_ref().map_or(ptr::null(), ptr::from_ref);
+        // SAFETY: our channel, disabled and never enabled; both GUID pointers are valid for the
+        // call (KMCL copies them); the trampoline expects `Inner<H>`.
+        NtStatus(unsafe {
+            sys::VmbClientChannelInitSetTargetPnp(
+                self.raw(),
+                &raw const ty,
+                inst_ptr,
+                Some(evt_pnp_failure::<H>),
+            )
+        })
+        .ok()
+    }
+
+    /// Deliver packets at PASSIVE_LEVEL only (`VmbChannelSetIncomingProcessingAtPassive`).
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn incoming_at_passive(&mut self, passive: bool) {
+        // SAFETY: our channel, not yet enabled (the model allows it only then, [inf]).
+        unsafe { sys::VmbChannelSetIncomingProcessingAtPassive(self.raw(), u8::from(passive)) };
+    }
+
+    /// The handler this channel calls.
+    #[must_use]
+    pub fn handler(&self) -> &H {
+        self.owned.handler()
+    }
+
+    /// Connects the channel (`VmbChannelEnable`); KMCL returns at once, and the handler's
+    /// `opened`/`started`/`post_started` run when the host opens it.
+    ///
+    /// # Errors
+    /// The builder back, still disabled, with KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn enable(self) -> Result<Channel<H>, (Self, NtStatus)> {
+        let owned = take_owned(self);
+        match owned.enable() {
+            Ok(()) => Ok(Channel { owned }),
+            Err(status) => Err((Self { owned }, status)),
+        }
+    }
+}
+
+/// Moves the owned handle out of a lifecycle type without running its `Drop`.
+macro_rules! take_owned_impl {
+    ($($ty:ident),*) => {$(
+        impl<H: ChannelHandler> TakeOwned<H> for $ty<H> {
+            fn take(self) -> Owned<H> {
+                let this = core::mem::ManuallyDrop::new(self);
+                // SAFETY: `this` is never used or dropped again, so `owned` is moved out of it
+                // exactly once and has exactly one owner afterwards.
+                unsafe { ptr::read(&raw const this.owned) }
+            }
+        }
+    )*};
+}
+
+trait TakeOwned<H> {
+    fn take(self) -> Owned<H>;
+}
+take_owned_impl!(ChannelBuilder, Channel, DisabledChannel);
+
+fn take_owned<H: ChannelHandler, T: TakeOwned<H>>(t: T) -> Owned<H> {
+    t.take()
+}
+
+impl<H: ChannelHandler> Owned<H> {
+    fn handler(&self) -> &H {
+        // SAFETY: `inner` is live for as long as `Owned` exists and is only ever shared.
+        &unsafe { self.inner.as_ref() }.handler
+    }
+
+    fn enable(&self) -> Result<(), NtStatus> {
+        // SAFETY: our channel, disabled; its context and callbacks are set.
+        NtStatus(unsafe { sys::VmbChannelEnable(self.raw) }).ok()
+    }
+
+    fn disable(&self) {
+        // SAFETY: our channel; the caller is at PASSIVE_LEVEL outside channel callbacks (the
+        // documented contract of every public path that reaches here). Disabling a channel the
+        // host already closed only waits for nothing.
+        unsafe { sys::VmbChannelDisable(self.raw) };
+    }
+}
+
+impl<H: ChannelHandler> Drop for ChannelBuilder<H> {
+    fn drop(&mut self) {
+        self.owned.cleanup();
+    }
+}
+
+impl<H: ChannelHandler> Channel<H> {
+    /// A borrowed handle for sending packets and runtime calls.
+    #[must_use]
+    pub fn as_ref(&self) -> ChannelRef<'_> {
+        ChannelRef::from_raw(self.owned.raw)
+    }
+
+    /// The handler this channel calls.
+    #[must_use]
+    pub fn handler(&self) -> &H {
+        self.owned.handler()
+    }
+
+    /// Closes the channel (`VmbChannelDisable`): blocks until Suspend and Closed have run and
+    /// every delivered packet has been retired; in-flight sends are cancelled. Also what to
+    /// call after the host rescinded the channel, before enabling it again.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, and never from a channel callback or while holding a lock that packet
+    /// completion needs (it would deadlock).
+    pub fn disable(self) -> DisabledChannel<H> {
+        let owned = take_owned(self);
+        owned.disable();
+        DisabledChannel { owned }
+    }
+}
+
+impl<H: ChannelHandler> Drop for Channel<H> {
+    fn drop(&mut self) {
+        // Drop runs at PASSIVE_LEVEL in the device's teardown path (documented on the type).
+        self.owned.disable();
+        self.owned.cleanup();
+    }
+}
+
+impl<H: ChannelHandler> DisabledChannel<H> {
+    /// The handler this channel calls.
+    #[must_use]
+    pub fn handler(&self) -> &H {
+        self.owned.handler()
+    }
+
+    /// Enables the channel again with its first configuration.
+    ///
+    /// # Errors
+    /// The channel back, still disabled, with KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn enable(self) -> Result<Channel<H>, (Self, NtStatus)> {
+        let owned = take_owned(self);
+        match owned.enable() {
+            Ok(()) => Ok(Channel { owned }),
+            Err(status) => Err((Self { owned }, status)),
+        }
+    }
+}
+
+impl<H: ChannelHandler> Drop for DisabledChannel<H> {
+    fn drop(&mut self) {
+        self.owned.cleanup();
+    }
+}
+
+/// A borrowed, copyable handle to a live channel: what callbacks receive and what
+/// [`Channel::as_ref`] returns. It cannot outlive the channel.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelRef<'a> {
+    raw: sys::VMBCHANNEL,
+    _channel: PhantomData<&'a ()>,
+}
+
+// SAFETY: a VMBCHANNEL handle may be used from any thread; the lifetime ties it to the channel.
+unsafe impl Send for ChannelRef<'_> {}
+// SAFETY: as above; every method is a KMCL call that is safe to make concurrently.
+unsafe impl Sync for ChannelRef<'_> {}
+
+impl<'a> ChannelRef<'a> {
+    pub(crate) fn from_raw(raw: sys::VMBCHANNEL) -> Self {
+        Self {
+            raw,
+            _channel: PhantomData,
+        }
+    }
+
+    /// Takes a packet from the channel's lookaside list (`VmbPacketAllocate`).
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` when KMCL returns NULL.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn allocate_packet(&self) -> Result<OutgoingPacket<'a>, NtStatus> {
+        // SAFETY: `raw` is a live channel for 'a (this type's invariant).
+        let raw = unsafe { sys::VmbPacketAllocate(self.raw) };
+        if raw.is_null() {
+            Err(NtStatus::STATUS_INSUFFICIENT_RESOURCES)
+        } else {
+            // SAFETY: a fresh packet from VmbPacketAllocate, owned by nobody else.
+            Ok(unsafe { OutgoingPacket::from_raw(raw) })
+        }
+    }
+
+    /// Sends `request` and waits for the host's completion (`VmbChannelSendSynchronousRequest`
+    /// with `WAIT_FOR_COMPLETION`), writing the response into `response`.
+    ///
+    /// Only `response.len()` rounded down to a multiple of 8 is offered to KMCL (its rule).
+    ///
+    /// # Errors
+    /// `STATUS_CANCELLED` (timed out), `STATUS_DEVICE_REMOVED` (the channel is closing),
+    /// `STATUS_BUFFER_OVERFLOW` (response truncated), `STATUS_INVALID_PARAMETER` (sizes over
+    /// 4 GiB), or the status the host completed with.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, never from [`ChannelHandler::started`] (it would never return).
+    pub fn send_sync(
+        &self,
+        request: &[u8],
+        response: &mut [u8],
+        timeout: Timeout,
+    ) -> Result<usize, NtStatus> {
+        let req_len =
+            u32::try_from(request.len()).map_err(|_| NtStatus::STATUS_INVALID_PARAMETER)?;
+        let mut resp_len =
+            u32::try_from(response.len() & !7).map_err(|_| NtStatus::STATUS_INVALID_PARAMETER)?;
+        let mut wait = timeout
+            .as_relative_100ns()
+            .map(|t| sys::LARGE_INTEGER { QuadPart: t });
+        let wait_ptr = wait.as_mut().map_or(ptr::null_mut(), ptr::from_mut);
+        // SAFETY: live channel; `request` is readable for `req_len` bytes (KMCL only reads it,
+        // `_In_reads_bytes_`), `response` writable for `resp_len` bytes, `resp_len` is a
+        // multiple of 8, and every pointer outlives this blocking call.
+        let status = NtStatus(unsafe {
+            sys::VmbChannelSendSynchronousRequest(
+                self.raw,
+                request.as_ptr().cast_mut().cast(),
+                req_len,
+                ptr::null_mut(),
+                sys::VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
+                response.as_mut_ptr().cast(),
+                &raw mut resp_len,
+                wait_ptr,
+            )
+        });
+        status.ok()?;
+        Ok(usize::try_from(resp_len).map_or(response.len(), |n| n.min(response.len())))
+    }
+
+    /// Caps the number of delivered-but-unretired incoming packets
+    /// (`VmbChannelSetTransactionQuota`). Must be > 0.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn set_transaction_quota(&self, quota: u32) {
+        // SAFETY: live channel.
+        unsafe { sys::VmbChannelSetTransactionQuota(self.raw, quota.max(1)) };
+    }
+
+    /// Pauses the channel (`VmbChannelPause`): blocks until Suspend has run and every delivered
+    /// packet is retired.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, never from a channel callback.
+    pub fn pause(&self) {
+        // SAFETY: live, enabled channel; documented call window.
+        unsafe { sys::VmbChannelPause(self.raw) };
+    }
+
+    /// Resumes a paused channel (`VmbChannelStart`): Started and PostStarted run again.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, never from a channel callback.
+    pub fn start(&self) {
+        // SAFETY: live, enabled channel; documented call window.
+        unsafe { sys::VmbChannelStart(self.raw) };
+    }
+
+    /// The instance GUID of the offer this channel opened (all zeros before it opened).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    #[must_use]
+    pub fn interface_instance(&self) -> Guid {
+        let mut g = sys::GUID::default();
+        // SAFETY: live channel; `g` is a valid out pointer.
+        unsafe { sys::VmbChannelGetInterfaceInstance(self.raw, &raw mut g) };
+        Guid {
+            data1: g.Data1,
+            data2: g.Data2,
+            data3: g.Data3,
+            data4: g.Data4,
+        }
+    }
+}

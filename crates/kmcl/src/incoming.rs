@@ -1,0 +1,127 @@
+//! Incoming packets: one completion obligation per packet, in a type.
+
+use core::mem::ManuallyDrop;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kmcl_sys as sys;
+
+/// Packets dropped without being completed, failed or deferred, in this driver (all channels).
+static UNCONSUMED: AtomicU64 = AtomicU64::new(0);
+
+/// How many [`IncomingPacket`]s were dropped unconsumed (and so completed with the handler's
+/// [`UNCONSUMED_RESPONSE`](crate::ChannelHandler::UNCONSUMED_RESPONSE)) since the driver
+/// loaded. Non-zero means a bug in the driver's packet path; tests assert it stays put.
+///
+/// # IRQL
+/// Any.
+#[must_use]
+pub fn unconsumed_packets() -> u64 {
+    UNCONSUMED.load(Ordering::Relaxed)
+}
+
+/// The flags KMCL passes with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketFlags(u32);
+
+impl PacketFlags {
+    /// The packet references external data (`VmbChannelPacketGetExternalData`).
+    pub const EXTERNAL_DATA: Self = Self(sys::VMBUS_CHANNEL_PROCESS_PACKET_FLAG_EXTERNAL_DATA);
+
+    pub(crate) const fn from_bits(bits: u32) -> Self {
+        Self(bits)
+    }
+
+    /// The raw bits, unknown ones included.
+    #[must_use]
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every bit of `other` is set.
+    #[must_use]
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// One packet the host sent, not yet retired.
+///
+/// Retire it exactly once with [`complete`](Self::complete), [`fail`](Self::fail) or
+/// [`defer_to_passive`](Self::defer_to_passive); each consumes it. It is `Send`: it may be
+/// parked and completed later from another thread (KMCL's disable and pause wait for it).
+/// Dropping it unconsumed completes it with the handler's `UNCONSUMED_RESPONSE` and counts it
+/// in [`unconsumed_packets`].
+#[must_use = "complete, fail or defer every packet"]
+#[derive(Debug)]
+pub struct IncomingPacket {
+    raw: sys::VMBPACKETCOMPLETION,
+    fallback: &'static [u8],
+}
+
+// SAFETY: a VMBPACKETCOMPLETION may be completed from any thread at ≤ DISPATCH_LEVEL
+// (reference §6.1: "inside the callback, or at any time later"); the fallback is 'static.
+unsafe impl Send for IncomingPacket {}
+
+impl IncomingPacket {
+    /// Wraps the completion token KMCL passed to `EvtVmbChannelProcessPacket`.
+    ///
+    /// # Safety
+    /// `raw` must be a token KMCL delivered and nobody has retired, and it must be wrapped
+    /// once: the returned value owns the obligation to retire it.
+    pub(crate) unsafe fn from_raw(raw: sys::VMBPACKETCOMPLETION, fallback: &'static [u8]) -> Self {
+        Self { raw, fallback }
+    }
+
+    /// Completes the packet (`VmbChannelPacketComplete`): if the host asked for a completion,
+    /// `response` is sent back. `response` must fit the channel's maximum packet size; it may
+    /// be freed as soon as this returns.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn complete(self, response: &[u8]) {
+        let this = ManuallyDrop::new(self);
+        retire(this.raw, response);
+    }
+
+    /// Fails the packet (`VmbChannelPacketFail`) as hopelessly malformed. **This stops the
+    /// channel's incoming queue**: no more packets are delivered until the channel is closed.
+    /// For a packet that is merely invalid, [`complete`](Self::complete) it with an error
+    /// response instead.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn fail(self) {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this.raw` is an unretired token owned by this value, which is consumed, so
+        // it is retired exactly once (Fail is terminal, reference §6.1).
+        unsafe { sys::VmbChannelPacketFail(this.raw) };
+    }
+
+    /// Returns the packet to KMCL to be delivered again at PASSIVE_LEVEL
+    /// (`VmbChannelPacketDeferToPassive`); the redelivery carries the obligation.
+    ///
+    /// # IRQL
+    /// Only inline, from the `process_packet` call that delivered this packet (the model's
+    /// verifier flags any other use).
+    pub fn defer_to_passive(self) {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: unretired token owned by this consumed value; handed back to KMCL once.
+        unsafe { sys::VmbChannelPacketDeferToPassive(this.raw) };
+    }
+}
+
+impl Drop for IncomingPacket {
+    fn drop(&mut self) {
+        UNCONSUMED.fetch_add(1, Ordering::Relaxed);
+        retire(self.raw, self.fallback);
+    }
+}
+
+fn retire(raw: sys::VMBPACKETCOMPLETION, response: &[u8]) {
+    // A response can never be anywhere near 4 GiB; clamping keeps this total.
+    let len = u32::try_from(response.len()).unwrap_or(u32::MAX);
+    // SAFETY: 1. `raw` is an unretired token and every caller consumes the `IncomingPacket`
+    // that owned it, so it is retired exactly once. 2. `response` is readable for `len` bytes
+    // during the call and KMCL is done with it on return (reference §7.4).
+    unsafe { sys::VmbChannelPacketComplete(raw, response.as_ptr().cast_mut().cast(), len) };
+}
