@@ -36,14 +36,20 @@ mod imp {
     impl<T> Lock<T> {
         pub const fn new(value: T) -> Self {
             // An initialised KSPIN_LOCK is zero (KeInitializeSpinLock stores 0).
-            Self { lock: UnsafeCell::new(0), value: UnsafeCell::new(value) }
+            Self {
+                lock: UnsafeCell::new(0),
+                value: UnsafeCell::new(value),
+            }
         }
 
         pub fn lock(&self) -> Guard<'_, T> {
             // SAFETY: `self.lock` is an initialised KSPIN_LOCK that lives as long as `self`;
             // the caller runs at ≤ DISPATCH_LEVEL (documented on every core entry point).
             let old_irql = unsafe { wdk_sys::ntddk::KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
-            Guard { lock: self, old_irql }
+            Guard {
+                lock: self,
+                old_irql,
+            }
         }
     }
 
