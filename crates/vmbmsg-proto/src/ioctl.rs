@@ -48,6 +48,7 @@ pub const FILE_WRITE_ACCESS: u32 = 2;
 
 /// The device type of the vmbmsg control device (custom types are `>= 0x8000`).
 pub const FILE_DEVICE_VMBMSG: u32 = 0x8A4D;
+const _: () = assert!(FILE_DEVICE_VMBMSG >= 0x8000 && FILE_DEVICE_VMBMSG <= 0xFFFF);
 
 /// The `CTL_CODE` macro of `winioctl.h` / `devioctl.h`:
 /// `(device_type << 16) | (access << 14) | (function << 2) | method`.
@@ -743,4 +744,390 @@ pub fn parse_recv_output(bytes: &[u8]) -> Result<(RecvOut, &[u8]), IoctlError> {
         });
     }
     Ok((header, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::HashSet;
+    use std::format;
+    use std::vec;
+
+    use zerocopy::FromZeros;
+
+    use super::*;
+
+    #[test]
+    fn ctl_code_matches_windows_values() {
+        // IOCTL_DISK_GET_DRIVE_GEOMETRY = CTL_CODE(FILE_DEVICE_DISK, 0, METHOD_BUFFERED, FILE_ANY_ACCESS)
+        assert_eq!(
+            ctl_code(7, 0, METHOD_BUFFERED, FILE_ANY_ACCESS),
+            0x0007_0000
+        );
+        // IOCTL_STORAGE_GET_DEVICE_NUMBER = CTL_CODE(IOCTL_STORAGE_BASE, 0x0420, METHOD_BUFFERED, FILE_ANY_ACCESS)
+        assert_eq!(
+            ctl_code(0x2D, 0x420, METHOD_BUFFERED, FILE_ANY_ACCESS),
+            0x002D_1080
+        );
+        // IOCTL_STORAGE_QUERY_PROPERTY = CTL_CODE(IOCTL_STORAGE_BASE, 0x0500, METHOD_BUFFERED, FILE_ANY_ACCESS)
+        assert_eq!(
+            ctl_code(0x2D, 0x500, METHOD_BUFFERED, FILE_ANY_ACCESS),
+            0x002D_1400
+        );
+        // IOCTL_DISK_GET_LENGTH_INFO = CTL_CODE(IOCTL_DISK_BASE, 0x0017, METHOD_BUFFERED, FILE_READ_ACCESS)
+        assert_eq!(
+            ctl_code(7, 0x17, METHOD_BUFFERED, FILE_READ_ACCESS),
+            0x0007_405C
+        );
+        // IOCTL_DISK_SET_DRIVE_LAYOUT_EX = CTL_CODE(IOCTL_DISK_BASE, 0x0015, METHOD_BUFFERED, FILE_READ_ACCESS | FILE_WRITE_ACCESS)
+        assert_eq!(
+            ctl_code(
+                7,
+                0x15,
+                METHOD_BUFFERED,
+                FILE_READ_ACCESS | FILE_WRITE_ACCESS
+            ),
+            0x0007_C054
+        );
+    }
+
+    #[test]
+    fn vmbmsg_codes() {
+        let mut seen = HashSet::new();
+        for code in IoctlCode::ALL {
+            assert!(seen.insert(code.code()));
+            assert_eq!(IoctlCode::from_raw(code.code()), Some(code));
+            assert_eq!(IoctlCode::try_from(code.code()), Ok(code));
+            assert!(code.function() >= 0x800);
+            assert_eq!(code.code() >> 16, FILE_DEVICE_VMBMSG);
+            assert_eq!(code.code() & 3, METHOD_BUFFERED);
+            assert_eq!(
+                ctl_code(
+                    FILE_DEVICE_VMBMSG,
+                    code.function(),
+                    METHOD_BUFFERED,
+                    code.access()
+                ),
+                code.code()
+            );
+            assert!(code.name().starts_with("IOCTL_VMBMSG_"));
+        }
+        let expected = [
+            (IoctlCode::GetInfo, 0x8A4D_6000, FILE_READ_ACCESS),
+            (IoctlCode::GetStats, 0x8A4D_6004, FILE_READ_ACCESS),
+            (IoctlCode::ResetStats, 0x8A4D_A008, FILE_WRITE_ACCESS),
+            (IoctlCode::Ping, 0x8A4D_A00C, FILE_WRITE_ACCESS),
+            (IoctlCode::Send, 0x8A4D_A010, FILE_WRITE_ACCESS),
+            (IoctlCode::Recv, 0x8A4D_6014, FILE_READ_ACCESS),
+        ];
+        for (code, value, access) in expected {
+            assert_eq!(code.code(), value, "{}", code.name());
+            assert_eq!(code.access(), access, "{}", code.name());
+        }
+        for unknown in [
+            0,
+            IOCTL_VMBMSG_GET_INFO + 4 * 6,
+            IOCTL_VMBMSG_GET_INFO | 1,
+            0x0007_0000,
+        ] {
+            assert_eq!(IoctlCode::from_raw(unknown), None);
+            assert_eq!(
+                IoctlCode::try_from(unknown),
+                Err(IoctlError::UnknownCode(unknown))
+            );
+        }
+        // Same function with another access is another code.
+        assert_eq!(
+            IoctlCode::from_raw(ctl_code(
+                FILE_DEVICE_VMBMSG,
+                FUNCTION_SEND,
+                METHOD_BUFFERED,
+                FILE_ANY_ACCESS
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn buffer_minimums() {
+        assert_eq!(IoctlCode::GetInfo.check_buffers(0, 40), Ok(()));
+        assert_eq!(
+            IoctlCode::GetInfo.check_buffers(0, 39),
+            Err(IoctlError::OutputTooSmall {
+                needed: 40,
+                got: 39
+            })
+        );
+        assert_eq!(
+            IoctlCode::Send.check_buffers(7, 8),
+            Err(IoctlError::InputTooSmall { needed: 8, got: 7 })
+        );
+        assert_eq!(IoctlCode::Send.check_buffers(8, 8), Ok(()));
+        assert_eq!(IoctlCode::ResetStats.check_buffers(0, 0), Ok(()));
+        assert_eq!(IoctlCode::Ping.check_buffers(0, 24), Ok(()));
+        assert_eq!(IoctlCode::GetStats.check_buffers(0, 328), Ok(()));
+        assert!(IoctlCode::Recv.check_buffers(0, RECV_OUT_MAX - 1).is_err());
+        assert_eq!(IoctlCode::Recv.check_buffers(0, RECV_OUT_MAX), Ok(()));
+        assert_eq!(RECV_OUT_MAX, 24 + 16 * 1024);
+        assert_eq!(SEND_IN_MAX, 8 + 16 * 1024);
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let cases = [
+            (
+                IoctlError::UnknownCode(1),
+                NtStatus::STATUS_INVALID_DEVICE_REQUEST,
+            ),
+            (
+                IoctlError::InputTooSmall { needed: 1, got: 0 },
+                NtStatus::STATUS_BUFFER_TOO_SMALL,
+            ),
+            (
+                IoctlError::OutputTooSmall { needed: 1, got: 0 },
+                NtStatus::STATUS_BUFFER_TOO_SMALL,
+            ),
+            (
+                IoctlError::LengthMismatch {
+                    header: 1,
+                    actual: 0,
+                },
+                NtStatus::STATUS_INVALID_PARAMETER,
+            ),
+            (
+                IoctlError::PayloadTooLarge { len: 2, max: 1 },
+                NtStatus::STATUS_INVALID_PARAMETER,
+            ),
+            (
+                IoctlError::ReservedNonZero { field: "flags" },
+                NtStatus::STATUS_INVALID_PARAMETER,
+            ),
+            (
+                IoctlError::UnsupportedAbi {
+                    got: 2,
+                    expected: 1,
+                },
+                NtStatus::STATUS_REVISION_MISMATCH,
+            ),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status(), status, "{e}");
+            let text = format!("{e}");
+            assert!(text.starts_with(|c: char| c.is_ascii_lowercase()), "{text}");
+        }
+    }
+
+    #[test]
+    fn send_input_round_trip_and_checks() {
+        let mut buf = vec![0u8; SEND_IN_MAX];
+        for payload in [&b""[..], b"x", &[7u8; MAX_PAYLOAD]] {
+            let n = write_send_input(&mut buf, payload).unwrap();
+            assert_eq!(n, 8 + payload.len());
+            assert_eq!(parse_send_input(&buf[..n]), Ok(payload));
+        }
+        let n = write_send_input(&mut buf, b"abcd").unwrap();
+        assert_eq!(&buf[..8], &[4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            parse_send_input(&buf[..n - 1]),
+            Err(IoctlError::LengthMismatch {
+                header: 4,
+                actual: 3
+            })
+        );
+        assert_eq!(
+            parse_send_input(&buf[..n + 1]),
+            Err(IoctlError::LengthMismatch {
+                header: 4,
+                actual: 5
+            })
+        );
+        for short in 0..8 {
+            assert_eq!(
+                parse_send_input(&buf[..short]),
+                Err(IoctlError::InputTooSmall {
+                    needed: 8,
+                    got: short
+                })
+            );
+        }
+        let mut flagged = buf[..n].to_vec();
+        flagged[4] = 1;
+        assert_eq!(
+            parse_send_input(&flagged),
+            Err(IoctlError::ReservedNonZero { field: "flags" })
+        );
+        let mut huge = vec![0u8; 8];
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            parse_send_input(&huge),
+            Err(IoctlError::PayloadTooLarge {
+                len: u32::MAX as usize,
+                max: MAX_PAYLOAD
+            })
+        );
+        assert_eq!(
+            write_send_input(&mut buf[..10], b"abc"),
+            Err(IoctlError::InputTooSmall {
+                needed: 11,
+                got: 10
+            })
+        );
+        let big = vec![0u8; MAX_PAYLOAD + 1];
+        let mut out = vec![0u8; SEND_IN_MAX + 8];
+        assert!(matches!(
+            write_send_input(&mut out, &big),
+            Err(IoctlError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn recv_output_round_trip_and_checks() {
+        let mut buf = vec![0u8; RECV_OUT_MAX];
+        let n = write_recv_output(&mut buf, 5, 2, b"note").unwrap();
+        assert_eq!(n, 28);
+        let (header, payload) = parse_recv_output(&buf[..n]).unwrap();
+        assert_eq!(payload, b"note");
+        assert_eq!(header.sequence.get(), 5);
+        assert_eq!(header.dropped_since_last.get(), 2);
+        assert_eq!(header.payload_len.get(), 4);
+        assert!(matches!(
+            parse_recv_output(&buf[..n - 1]),
+            Err(IoctlError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            parse_recv_output(&buf[..23]),
+            Err(IoctlError::OutputTooSmall { needed: 24, .. })
+        ));
+        assert_eq!(
+            write_recv_output(&mut buf[..27], 1, 0, b"note"),
+            Err(IoctlError::OutputTooSmall {
+                needed: 28,
+                got: 27
+            })
+        );
+        let full = [3u8; MAX_PAYLOAD];
+        assert_eq!(write_recv_output(&mut buf, 1, 0, &full), Ok(RECV_OUT_MAX));
+        buf[4] = 1;
+        assert_eq!(
+            parse_recv_output(&buf),
+            Err(IoctlError::ReservedNonZero { field: "reserved" })
+        );
+    }
+
+    #[test]
+    fn info_out_layout_and_abi_check() {
+        assert_eq!(core::mem::offset_of!(InfoOut, channel_state), 4);
+        assert_eq!(core::mem::offset_of!(InfoOut, driver_major), 8);
+        assert_eq!(core::mem::offset_of!(InfoOut, protocol_version), 16);
+        assert_eq!(core::mem::offset_of!(InfoOut, max_parked_recv), 36);
+        let mut info = InfoOut::new_zeroed();
+        info.abi_version = U32::new(ABI_VERSION);
+        info.channel_state = ChannelState::READY;
+        info.protocol_version = U32::new(crate::wire::PROTOCOL_V1);
+        info.max_payload = U32::new(MAX_PAYLOAD as u32);
+        let mut buf = [0u8; 64];
+        assert_eq!(write_output(&mut buf, &info), Ok(40));
+        assert_eq!(&buf[4..8], &[3, 0, 0, 0]);
+        assert_eq!(InfoOut::parse(&buf[..40]), Ok(info));
+        // A longer output (a later ABI appended fields) still parses its prefix.
+        assert_eq!(InfoOut::parse(&buf), Ok(info));
+        assert_eq!(
+            InfoOut::parse(&buf[..39]),
+            Err(IoctlError::OutputTooSmall {
+                needed: 40,
+                got: 39
+            })
+        );
+        buf[0] = 2;
+        assert_eq!(
+            InfoOut::parse(&buf),
+            Err(IoctlError::UnsupportedAbi {
+                got: 2,
+                expected: ABI_VERSION
+            })
+        );
+        assert_eq!(
+            write_output(&mut buf[..39], &info),
+            Err(IoctlError::OutputTooSmall {
+                needed: 40,
+                got: 39
+            })
+        );
+    }
+
+    #[test]
+    fn channel_states() {
+        let names: std::vec::Vec<_> = ChannelState::KNOWN
+            .iter()
+            .filter_map(|s| s.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "DOWN",
+                "WAITING_FOR_HOST",
+                "NEGOTIATING",
+                "READY",
+                "NEGOTIATION_FAILED",
+                "CLOSED"
+            ]
+        );
+        for (i, s) in ChannelState::KNOWN.iter().enumerate() {
+            assert_eq!(s.get() as usize, i);
+        }
+        let odd = ChannelState::new(77);
+        assert!(!odd.is_known());
+        assert_eq!(format!("{odd}"), "ChannelState(0x4d)");
+    }
+
+    #[test]
+    fn stats_counters_are_in_layout_order() {
+        // Put i into the i-th u64 of the struct: counters() must yield 0, 1, 2, ... in order,
+        // which proves the name list matches the layout and covers every scalar.
+        let mut bytes = [0u8; size_of::<StatsOut>()];
+        for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&(i as u64).to_le_bytes());
+        }
+        let stats: StatsOut = read_output(&bytes).unwrap();
+        let counters: std::vec::Vec<_> = stats.counters().collect();
+        assert_eq!(counters.len(), StatsOut::COUNTER_NAMES.len());
+        assert_eq!(
+            counters.len() + MALFORMED_REASON_SLOTS,
+            size_of::<StatsOut>() / 8
+        );
+        for (i, (name, value)) in counters.iter().enumerate() {
+            assert_eq!(*value, i as u64);
+            assert_eq!(*name, StatsOut::COUNTER_NAMES[i]);
+        }
+        assert_eq!(counters[0].0, "rx_packets");
+        assert_eq!(counters.last().map(|c| c.0), Some("unconsumed_packets"));
+        let base = counters.len() as u64;
+        for r in MalformedReason::ALL {
+            assert_eq!(stats.malformed(r), base + r.index() as u64);
+        }
+        let mut names = HashSet::new();
+        assert!(StatsOut::COUNTER_NAMES.iter().all(|n| names.insert(*n)));
+    }
+
+    #[test]
+    fn small_output_structs() {
+        let ping = PingOut {
+            nonce: U64::new(1),
+            round_trip_ns: U64::new(2500),
+            host_status: I32::new(NtStatus::STATUS_SUCCESS.0),
+            reserved: U32::ZERO,
+        };
+        let mut buf = [0u8; 24];
+        assert_eq!(write_output(&mut buf, &ping), Ok(24));
+        assert_eq!(read_output::<PingOut>(&buf), Ok(ping));
+        assert_eq!(&buf[8..10], &[0xC4, 0x09]);
+        let send = SendOut {
+            host_status: I32::new(NtStatus::STATUS_QUOTA_EXCEEDED.0),
+            reserved: U32::ZERO,
+        };
+        assert_eq!(write_output(&mut buf, &send), Ok(8));
+        assert_eq!(&buf[..4], &0xC000_0044u32.to_le_bytes());
+        assert_eq!(read_output::<SendOut>(&buf[..8]), Ok(send));
+        assert!(read_output::<SendOut>(&buf[..7]).is_err());
+    }
 }
