@@ -254,6 +254,18 @@ impl TryFrom<u32> for IoctlCode {
     }
 }
 
+// ---- request statuses -----------------------------------------------------------------------
+
+/// PING / SEND / RECV: the channel is not READY (not negotiated yet, failed, or closed).
+pub const NOT_READY_STATUS: NtStatus = NtStatus::STATUS_DEVICE_NOT_READY;
+
+/// PING / SEND: the host's reply did not parse (the [`crate::wire::ProtoError`] is counted by
+/// reason in [`StatsOut::malformed_by_reason`]).
+pub const BAD_REPLY_STATUS: NtStatus = NtStatus::STATUS_INVALID_NETWORK_RESPONSE;
+
+/// RECV: [`InfoOut::max_parked_recv`] requests are already waiting.
+pub const TOO_MANY_PARKED_STATUS: NtStatus = NtStatus::STATUS_QUOTA_EXCEEDED;
+
 // ---- errors ---------------------------------------------------------------------------------
 
 /// Why an IOCTL buffer was rejected.

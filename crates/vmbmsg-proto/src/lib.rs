@@ -76,7 +76,11 @@
 //!
 //! Any other code completes with `STATUS_INVALID_DEVICE_REQUEST`. Buffer errors come from
 //! [`IoctlError::status`](ioctl::IoctlError::status); the others are the driver's channel
-//! and request states. The ABI version is 1 ([`ioctl::ABI_VERSION`], reported by GET_INFO).
+//! and request states: [`ioctl::NOT_READY_STATUS`], [`ioctl::BAD_REPLY_STATUS`],
+//! [`ioctl::TOO_MANY_PARKED_STATUS`], `STATUS_INSUFFICIENT_RESOURCES` (no packet or queue
+//! entry could be allocated) and `STATUS_CANCELLED` (the request was cancelled or the channel
+//! closed while it was pending). PING and SEND succeed whenever the host answered with a
+//! well-formed reply; the host's own status is in `PingOut` / `SendOut`. The ABI version is 1 ([`ioctl::ABI_VERSION`], reported by GET_INFO).
 //!
 //! # GUIDs
 //!
@@ -210,6 +214,27 @@ mod doc_tables {
             out("IOCTL_VMBMSG_RECV")
                 .contains(&std::format!("at least {} bytes", ioctl::RECV_OUT_MAX))
         );
+        let statuses = |name: &str| row(name)[6].clone();
+        for name in ["IOCTL_VMBMSG_PING", "IOCTL_VMBMSG_SEND"] {
+            for s in [ioctl::NOT_READY_STATUS, ioctl::BAD_REPLY_STATUS] {
+                let n = s.name().unwrap_or_default();
+                assert!(statuses(name).contains(n), "{name} lacks {n}");
+            }
+        }
+        let n = ioctl::TOO_MANY_PARKED_STATUS.name().unwrap_or_default();
+        assert!(statuses("IOCTL_VMBMSG_RECV").contains(n));
+        for code in IoctlCode::ALL {
+            let too_small = crate::NtStatus::STATUS_BUFFER_TOO_SMALL
+                .name()
+                .unwrap_or_default();
+            let needs_buffers = code.min_input_len() + code.min_output_len() > 0;
+            assert_eq!(
+                statuses(code.name()).contains(too_small),
+                needs_buffers,
+                "{}",
+                code.name()
+            );
+        }
         assert!(row("IOCTL_VMBMSG_SEND")[4].starts_with(&std::format!(
             "`SendIn` ({} bytes)",
             size_of::<ioctl::SendIn>()

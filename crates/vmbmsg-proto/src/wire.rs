@@ -30,6 +30,73 @@
 //! before negotiation ([`MalformedReason::Premature`], completed with [`PREMATURE_STATUS`]), a
 //! header version other than the negotiated one, a PING reply whose nonce is not the one sent
 //! ([`parse_ping_reply`] checks that one).
+//!
+//! # Examples
+//!
+//! Negotiation, both sides:
+//!
+//! ```
+//! use vmbmsg_proto::wire::*;
+//!
+//! // Guest: the synchronous NEGOTIATE request.
+//! let mut request = [0u8; NEGOTIATE_REQUEST_SIZE];
+//! GuestMessage::negotiate(1, SUPPORTED_MIN, SUPPORTED_MAX).write(&mut request)?;
+//!
+//! // Host: pick a version or reject.
+//! let msg = parse_guest_message(&request)?;
+//! let reply = match msg.body {
+//!     GuestBody::Negotiate { min_version, max_version } => {
+//!         match choose_version(min_version, max_version, &[PROTOCOL_V1]) {
+//!             Some(v) => Reply::negotiate_accept(msg.id, v),
+//!             None => Reply::negotiate_reject(msg.id),
+//!         }
+//!     }
+//!     _ => unreachable!("a NEGOTIATE was sent"),
+//! };
+//! let mut completion = [0u8; NEGOTIATE_REPLY_SIZE]; // a multiple of 8, as KMCL requires
+//! let n = reply.write(&mut completion)?;
+//!
+//! // Guest: check the answer against the proposal.
+//! let outcome = parse_negotiate_reply(&completion[..n], 1, SUPPORTED_MIN, SUPPORTED_MAX)?;
+//! assert_eq!(outcome, NegotiateOutcome::Accepted(PROTOCOL_V1));
+//! # Ok::<(), ProtoError>(())
+//! ```
+//!
+//! The guest's packet path: every packet gets a reply, a malformed one a failure reply.
+//!
+//! ```
+//! use vmbmsg_proto::NtStatus;
+//! use vmbmsg_proto::wire::*;
+//!
+//! fn on_packet(packet: &[u8], reply: &mut [u8; MAX_MESSAGE]) -> Result<usize, ProtoError> {
+//!     match parse_host_message(packet) {
+//!         Ok(HostMessage { version, id, body: HostBody::Echo { payload } }) => {
+//!             Reply::echo(version, id, payload).write(reply)
+//!         }
+//!         Ok(HostMessage { version, id, body: HostBody::Notify { payload: _ } }) => {
+//!             let queued = true; // push a copy of the payload into the bounded queue
+//!             let status = if queued { NtStatus::STATUS_SUCCESS } else { QUEUE_FULL_STATUS };
+//!             Reply::status_only(MessageKind::NOTIFY, version, id, status).write(reply)
+//!         }
+//!         Err(e) => {
+//!             // count e.reason(), then:
+//!             Reply::for_malformed(packet, e.status()).write(reply)
+//!         }
+//!     }
+//! }
+//!
+//! let mut packet = [0u8; 64];
+//! let n = HostMessage::echo(PROTOCOL_V1, 7, b"ping!").write(&mut packet)?;
+//! let mut reply = [0u8; MAX_MESSAGE];
+//! let len = on_packet(&packet[..n], &mut reply)?;
+//! let parsed = parse_reply(&reply[..len], MessageKind::ECHO, 7)?;
+//! assert_eq!(parsed.body, ReplyBody::Echo { payload: b"ping!" });
+//!
+//! let len = on_packet(&packet[..n - 1], &mut reply)?; // truncated
+//! let parsed = parse_reply(&reply[..len], MessageKind::ECHO, 7)?;
+//! assert_eq!(parsed.status, NtStatus::STATUS_DATA_ERROR);
+//! # Ok::<(), ProtoError>(())
+//! ```
 
 use core::mem::size_of;
 
