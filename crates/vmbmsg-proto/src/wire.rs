@@ -1,0 +1,2100 @@
+//! The host ↔ guest wire protocol carried in VMBus in-band packets and their completions.
+//!
+//! Every message, request or reply, is one [`MessageHeader`] (24 bytes) followed by
+//! `payload_len` body bytes. The layouts, kinds and the reply rule are in the crate-level
+//! tables ([`crate`]); this module holds the structs, the three parse functions
+//! ([`parse_host_message`], [`parse_guest_message`], [`parse_reply`]), the writers and
+//! [`ProtoError`].
+//!
+//! # Parsing rules
+//!
+//! Parsers copy the header out with `read_from_prefix` and borrow the payload from the input;
+//! they never allocate and never panic. Checks run in this order, and the first failure is
+//! returned:
+//!
+//! 1. at least [`HEADER_SIZE`] bytes ([`ProtoError::Truncated`]);
+//! 2. `version` is in [`SUPPORTED_MIN`]`..=`[`SUPPORTED_MAX`] ([`ProtoError::UnsupportedVersion`]);
+//! 3. no unknown `flags` bit ([`ProtoError::ReservedNonZero`]);
+//! 4. requests: a known kind ([`ProtoError::UnknownKind`]), the REPLY flag clear
+//!    ([`ProtoError::ReplyFlag`]), the kind travels in this direction
+//!    ([`ProtoError::WrongDirection`]), `status` is 0 ([`ProtoError::ReservedNonZero`]);
+//!    replies: the REPLY flag set, the expected kind ([`ProtoError::KindMismatch`]) and id
+//!    ([`ProtoError::IdMismatch`]);
+//! 5. NEGOTIATE (request and reply) carries exactly [`NEGOTIATE_HEADER_VERSION`];
+//! 6. `payload_len <= MAX_PAYLOAD` ([`ProtoError::PayloadTooLarge`]) and
+//!    `payload_len == bytes.len() - HEADER_SIZE` ([`ProtoError::LengthMismatch`]);
+//! 7. the body: a fixed-size body shorter than its struct is [`ProtoError::Truncated`], longer is
+//!    [`ProtoError::BodyLength`]; reserved body fields are zero; a NEGOTIATE range is valid.
+//!
+//! A parser checks what one message can show. Session rules are the caller's: a data message
+//! before negotiation ([`MalformedReason::Premature`], completed with [`PREMATURE_STATUS`]), a
+//! header version other than the negotiated one, a PING reply whose nonce is not the one sent
+//! ([`parse_ping_reply`] checks that one).
+//!
+//! # Examples
+//!
+//! Negotiation, both sides:
+//!
+//! ```
+//! use vmbmsg_proto::wire::*;
+//!
+//! // Guest: the synchronous NEGOTIATE request.
+//! let mut request = [0u8; NEGOTIATE_REQUEST_SIZE];
+//! GuestMessage::negotiate(1, SUPPORTED_MIN, SUPPORTED_MAX).write(&mut request)?;
+//!
+//! // Host: pick a version or reject.
+//! let msg = parse_guest_message(&request)?;
+//! let reply = match msg.body {
+//!     GuestBody::Negotiate { min_version, max_version } => {
+//!         match choose_version(min_version, max_version, &[PROTOCOL_V1]) {
+//!             Some(v) => Reply::negotiate_accept(msg.id, v),
+//!             None => Reply::negotiate_reject(msg.id),
+//!         }
+//!     }
+//!     _ => unreachable!("a NEGOTIATE was sent"),
+//! };
+//! let mut completion = [0u8; NEGOTIATE_REPLY_SIZE]; // a multiple of 8, as KMCL requires
+//! let n = reply.write(&mut completion)?;
+//!
+//! // Guest: check the answer against the proposal.
+//! let outcome = parse_negotiate_reply(&completion[..n], 1, SUPPORTED_MIN, SUPPORTED_MAX)?;
+//! assert_eq!(outcome, NegotiateOutcome::Accepted(PROTOCOL_V1));
+//! # Ok::<(), ProtoError>(())
+//! ```
+//!
+//! The guest's packet path: every packet gets a reply, a malformed one a failure reply.
+//!
+//! ```
+//! use vmbmsg_proto::NtStatus;
+//! use vmbmsg_proto::wire::*;
+//!
+//! fn on_packet(packet: &[u8], reply: &mut [u8; MAX_MESSAGE]) -> Result<usize, ProtoError> {
+//!     match parse_host_message(packet) {
+//!         Ok(HostMessage { version, id, body: HostBody::Echo { payload } }) => {
+//!             Reply::echo(version, id, payload).write(reply)
+//!         }
+//!         Ok(HostMessage { version, id, body: HostBody::Notify { payload: _ } }) => {
+//!             let queued = true; // push a copy of the payload into the bounded queue
+//!             let status = if queued { NtStatus::STATUS_SUCCESS } else { QUEUE_FULL_STATUS };
+//!             Reply::status_only(MessageKind::NOTIFY, version, id, status).write(reply)
+//!         }
+//!         Err(e) => {
+//!             // count e.reason(), then:
+//!             Reply::for_malformed(packet, e.status()).write(reply)
+//!         }
+//!     }
+//! }
+//!
+//! let mut packet = [0u8; 64];
+//! let n = HostMessage::echo(PROTOCOL_V1, 7, b"ping!").write(&mut packet)?;
+//! let mut reply = [0u8; MAX_MESSAGE];
+//! let len = on_packet(&packet[..n], &mut reply)?;
+//! let parsed = parse_reply(&reply[..len], MessageKind::ECHO, 7)?;
+//! assert_eq!(parsed.body, ReplyBody::Echo { payload: b"ping!" });
+//!
+//! let len = on_packet(&packet[..n - 1], &mut reply)?; // truncated
+//! let parsed = parse_reply(&reply[..len], MessageKind::ECHO, 7)?;
+//! assert_eq!(parsed.status, NtStatus::STATUS_DATA_ERROR);
+//! # Ok::<(), ProtoError>(())
+//! ```
+
+use core::mem::size_of;
+
+use ntstatus::NtStatus;
+use zerocopy::FromBytes;
+use zerocopy::Immutable;
+use zerocopy::IntoBytes;
+use zerocopy::KnownLayout;
+use zerocopy::Unaligned;
+use zerocopy::little_endian::I32;
+use zerocopy::little_endian::U16;
+use zerocopy::little_endian::U32;
+use zerocopy::little_endian::U64;
+
+use crate::open_enum::open_enum;
+
+// ---- versions -------------------------------------------------------------------------------
+
+/// A protocol version as `major << 16 | minor`.
+#[must_use]
+pub const fn make_version(major: u16, minor: u16) -> u32 {
+    ((major as u32) << 16) | minor as u32
+}
+
+/// The major half of a `major << 16 | minor` version.
+#[must_use]
+pub const fn version_major(version: u32) -> u16 {
+    (version >> 16) as u16
+}
+
+/// The minor half of a `major << 16 | minor` version.
+#[must_use]
+pub const fn version_minor(version: u32) -> u16 {
+    (version & 0xFFFF) as u16
+}
+
+/// Protocol version 1.0 (`0x0001_0000`).
+pub const PROTOCOL_V1: u32 = make_version(1, 0);
+
+/// The oldest protocol version this guest (and this crate's parsers) speaks.
+pub const SUPPORTED_MIN: u32 = PROTOCOL_V1;
+
+/// The newest protocol version this guest (and this crate's parsers) speaks.
+pub const SUPPORTED_MAX: u32 = PROTOCOL_V1;
+const _: () = assert!(SUPPORTED_MIN <= SUPPORTED_MAX && version_major(SUPPORTED_MIN) >= 1);
+
+/// The header version of every NEGOTIATE request and reply, whatever versions they talk
+/// about: the negotiate exchange is frozen at V1 framing so that any two peers can run it.
+pub const NEGOTIATE_HEADER_VERSION: u32 = PROTOCOL_V1;
+
+/// True when `version` is in [`SUPPORTED_MIN`]`..=`[`SUPPORTED_MAX`].
+#[must_use]
+pub const fn is_supported_version(version: u32) -> bool {
+    SUPPORTED_MIN <= version && version <= SUPPORTED_MAX
+}
+
+/// For host implementations: the newest version in `host_supported` that lies inside the
+/// guest's proposal `guest_min..=guest_max`, or `None` (reply with
+/// [`NEGOTIATE_REJECT_STATUS`]). An empty or inverted proposal gives `None`.
+#[must_use]
+pub fn choose_version(guest_min: u32, guest_max: u32, host_supported: &[u32]) -> Option<u32> {
+    host_supported
+        .iter()
+        .copied()
+        .filter(|v| guest_min <= *v && *v <= guest_max)
+        .max()
+}
+
+/// For the guest: accepts the host's `chosen` version only if it lies inside the proposal.
+///
+/// # Errors
+/// [`ProtoError::VersionOutOfRange`] when `chosen` is outside `min..=max`.
+pub const fn check_chosen_version(chosen: u32, min: u32, max: u32) -> Result<u32, ProtoError> {
+    if min <= chosen && chosen <= max {
+        Ok(chosen)
+    } else {
+        Err(ProtoError::VersionOutOfRange { chosen, min, max })
+    }
+}
+
+// ---- sizes and statuses -----------------------------------------------------------------------
+
+/// Size of [`MessageHeader`], the prefix of every message.
+pub const HEADER_SIZE: usize = size_of::<MessageHeader>();
+
+/// The largest body (`payload_len`) of any message.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+
+/// The largest message, request or reply: the channel's maximum packet size.
+pub const MAX_MESSAGE: usize = HEADER_SIZE + MAX_PAYLOAD;
+
+/// Size of a NEGOTIATE request (header + [`NegotiateRequest`]).
+pub const NEGOTIATE_REQUEST_SIZE: usize = HEADER_SIZE + size_of::<NegotiateRequest>();
+
+/// Size of an accepting NEGOTIATE reply (header + [`NegotiateReply`]); a rejection is
+/// [`STATUS_REPLY_SIZE`]. Use this as the synchronous request's completion buffer size.
+pub const NEGOTIATE_REPLY_SIZE: usize = HEADER_SIZE + size_of::<NegotiateReply>();
+
+/// Size of a PING request and of its successful reply (header + [`PingBody`]).
+pub const PING_SIZE: usize = HEADER_SIZE + size_of::<PingBody>();
+
+/// Size of a reply without a body: any failure reply, and SEND / NOTIFY successes.
+pub const STATUS_REPLY_SIZE: usize = HEADER_SIZE;
+
+const _: () = assert!(HEADER_SIZE == 24);
+const _: () = assert!(MAX_MESSAGE == 16_408);
+const _: () = assert!(MAX_MESSAGE.is_multiple_of(8));
+const _: () =
+    assert!(NEGOTIATE_REPLY_SIZE.is_multiple_of(8) && STATUS_REPLY_SIZE.is_multiple_of(8));
+const _: () = assert!(NEGOTIATE_REQUEST_SIZE == 32 && NEGOTIATE_REPLY_SIZE == 32);
+const _: () = assert!(PING_SIZE == 32);
+// payload_len is a u32 on the wire.
+const _: () = assert!(MAX_PAYLOAD <= u32::MAX as usize);
+
+/// The status of a NEGOTIATE reply that rejects the proposal.
+pub const NEGOTIATE_REJECT_STATUS: NtStatus = NtStatus::STATUS_REVISION_MISMATCH;
+
+/// The status the guest completes a NOTIFY with when its notification queue is full.
+pub const QUEUE_FULL_STATUS: NtStatus = NtStatus::STATUS_QUOTA_EXCEEDED;
+
+/// The status the guest completes a data message (ECHO / NOTIFY) with when it arrives before
+/// negotiation succeeded ([`MalformedReason::Premature`]).
+pub const PREMATURE_STATUS: NtStatus = NtStatus::STATUS_INVALID_DEVICE_STATE;
+
+/// Every status [`ProtoError::status`] gives for a parse error (class
+/// [`StatusClass::Malformed`]).
+pub const MALFORMED_STATUSES: &[NtStatus] = &[
+    NtStatus::STATUS_DATA_ERROR,
+    NtStatus::STATUS_REVISION_MISMATCH,
+    NtStatus::STATUS_NOT_SUPPORTED,
+    NtStatus::STATUS_INVALID_DEVICE_REQUEST,
+    NtStatus::STATUS_INVALID_NETWORK_RESPONSE,
+];
+
+/// The class of a completion status, for the per-class completion counters in
+/// [`StatsOut`](crate::ioctl::StatsOut).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StatusClass {
+    /// `NT_SUCCESS(status)`.
+    Ok,
+    /// One of [`MALFORMED_STATUSES`].
+    Malformed,
+    /// [`QUEUE_FULL_STATUS`].
+    QueueFull,
+    /// [`PREMATURE_STATUS`]: the channel was not ready for the message.
+    NotReady,
+    /// Anything else.
+    Other,
+}
+
+impl StatusClass {
+    /// Classifies a completion status.
+    #[must_use]
+    pub fn of(status: NtStatus) -> Self {
+        if status.is_success() {
+            Self::Ok
+        } else if status == QUEUE_FULL_STATUS {
+            Self::QueueFull
+        } else if status == PREMATURE_STATUS {
+            Self::NotReady
+        } else if MALFORMED_STATUSES.contains(&status) {
+            Self::Malformed
+        } else {
+            Self::Other
+        }
+    }
+}
+
+// ---- open enums -----------------------------------------------------------------------------
+
+open_enum! {
+    /// The kind of a message (header offset 4, LE u16). Guest→host kinds are `0x00xx`,
+    /// host→guest kinds `0x01xx`; 0 is never sent.
+    pub struct MessageKind(pub U16 => u16) {
+        /// Guest→host, synchronous at PASSIVE_LEVEL when the channel opens: propose a version
+        /// range ([`NegotiateRequest`]); the reply carries the chosen version
+        /// ([`NegotiateReply`]) or [`NEGOTIATE_REJECT_STATUS`].
+        NEGOTIATE = 0x0001,
+        /// Guest→host: a payload from user mode; the host replies with a status.
+        SEND = 0x0002,
+        /// Guest→host: a [`PingBody`] nonce; the host's reply echoes it.
+        PING = 0x0003,
+        /// Host→guest: a payload the guest echoes back in its reply.
+        ECHO = 0x0101,
+        /// Host→guest: a payload the guest queues for user mode; the reply is a status
+        /// (success or [`QUEUE_FULL_STATUS`]).
+        NOTIFY = 0x0102,
+    }
+}
+
+/// Which way a request travels; a reply travels the other way.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// Sent by the guest, completed by the host.
+    GuestToHost,
+    /// Sent by the host, completed by the guest.
+    HostToGuest,
+}
+
+impl MessageKind {
+    /// The direction of a known kind's request, `None` for an unknown kind.
+    #[must_use]
+    pub const fn direction(self) -> Option<Direction> {
+        match self.get() {
+            0x0001..=0x0003 => Some(Direction::GuestToHost),
+            0x0101..=0x0102 => Some(Direction::HostToGuest),
+            _ => None,
+        }
+    }
+}
+
+open_enum! {
+    /// Header flags (offset 6, LE u16). Bits other than [`MessageFlags::REPLY`] are reserved
+    /// and must be zero.
+    pub struct MessageFlags(pub U16 => u16) {
+        /// A request: no flag set.
+        NONE = 0x0000,
+        /// The message is a reply (completion payload) to the request with the same `id`.
+        REPLY = 0x0001,
+    }
+}
+
+impl MessageFlags {
+    /// The bits this version defines.
+    pub const DEFINED_BITS: u16 = Self::REPLY.get();
+
+    /// True when the REPLY bit is set.
+    #[must_use]
+    pub const fn is_reply(self) -> bool {
+        self.get() & Self::REPLY.get() != 0
+    }
+}
+
+// ---- wire structs ---------------------------------------------------------------------------
+
+/// The header of every message, request or reply (24 bytes, all fields naturally aligned).
+///
+/// | Offset | Field | Type | Meaning |
+/// |---|---|---|---|
+/// | 0 | `version` | LE u32 | protocol version the message is encoded in (`major << 16 \| minor`) |
+/// | 4 | `kind` | LE u16 | [`MessageKind`] |
+/// | 6 | `flags` | LE u16 | [`MessageFlags`]: bit 0 REPLY, others reserved (0) |
+/// | 8 | `payload_len` | LE u32 | body bytes after the header, `<= MAX_PAYLOAD` |
+/// | 12 | `status` | LE i32 | NTSTATUS: 0 in requests, the completion status in replies |
+/// | 16 | `id` | LE u64 | request id, chosen by the sender, echoed by the reply |
+///
+/// The status sits in the one header (rather than in a reply header after it) so that every
+/// reply, including an ECHO reply with a full payload, fits in [`MAX_MESSAGE`].
+#[repr(C)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, IntoBytes, FromBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct MessageHeader {
+    /// Protocol version the message is encoded in.
+    pub version: U32,
+    /// What the message is.
+    pub kind: MessageKind,
+    /// [`MessageFlags::REPLY`] on replies.
+    pub flags: MessageFlags,
+    /// Number of body bytes after the header.
+    pub payload_len: U32,
+    /// 0 in requests; the NTSTATUS of the completion in replies.
+    pub status: I32,
+    /// Request id, echoed by the reply.
+    pub id: U64,
+}
+const _: () = assert!(size_of::<MessageHeader>() == 24);
+const _: () = assert!(core::mem::offset_of!(MessageHeader, payload_len) == 8);
+const _: () = assert!(core::mem::offset_of!(MessageHeader, id) == 16);
+
+impl MessageHeader {
+    /// The status field as an [`NtStatus`].
+    pub const fn status(&self) -> NtStatus {
+        NtStatus(self.status.get())
+    }
+}
+
+/// NEGOTIATE request body: the guest's version range, `min_version <= max_version`,
+/// `min_version != 0`.
+#[repr(C)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, IntoBytes, FromBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct NegotiateRequest {
+    /// Oldest version the guest accepts.
+    pub min_version: U32,
+    /// Newest version the guest accepts.
+    pub max_version: U32,
+}
+const _: () = assert!(size_of::<NegotiateRequest>() == 8);
+
+/// Body of an accepting NEGOTIATE reply (status success): the chosen version.
+#[repr(C)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, IntoBytes, FromBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct NegotiateReply {
+    /// The version the host chose, inside the proposed range.
+    pub version: U32,
+    /// Must be zero (keeps the reply a multiple of 8 bytes).
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<NegotiateReply>() == 8);
+
+/// Body of a PING request and of its successful reply.
+#[repr(C)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, IntoBytes, FromBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct PingBody {
+    /// Chosen by the guest; the reply carries the same value.
+    pub nonce: U64,
+}
+const _: () = assert!(size_of::<PingBody>() == 8);
+
+// ---- errors ---------------------------------------------------------------------------------
+
+/// Why a message was rejected (or, for the writer variants, could not be written).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// Shorter than its header or than its kind's fixed body (sizes of the whole message).
+    #[error("message truncated: needs {needed} bytes, got {got}")]
+    Truncated {
+        /// Bytes the message needs.
+        needed: usize,
+        /// Bytes there are.
+        got: usize,
+    },
+    /// The header's `payload_len` disagrees with the bytes after the header.
+    #[error("payload length {header} in the header, but {actual} bytes follow it")]
+    LengthMismatch {
+        /// `payload_len` from the header.
+        header: u32,
+        /// Bytes actually after the header.
+        actual: usize,
+    },
+    /// A fixed-size body (or the empty body of a status reply) is longer than allowed.
+    #[error("body of a {kind} message is {got} bytes, expected {expected}")]
+    BodyLength {
+        /// The message kind.
+        kind: MessageKind,
+        /// Body size the kind (and status) requires.
+        expected: usize,
+        /// Body size received.
+        got: usize,
+    },
+    /// A kind this crate does not define.
+    #[error("unknown message kind {0:#06x}")]
+    UnknownKind(u16),
+    /// A header version outside [`SUPPORTED_MIN`]`..=`[`SUPPORTED_MAX`] (or, for NEGOTIATE,
+    /// other than [`NEGOTIATE_HEADER_VERSION`]).
+    #[error("unsupported protocol version {0:#010x}")]
+    UnsupportedVersion(u32),
+    /// `payload_len` above [`MAX_PAYLOAD`].
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// Declared or given payload length.
+        len: usize,
+        /// [`MAX_PAYLOAD`].
+        max: usize,
+    },
+    /// A reserved field or flag bit, or the status of a request, is not zero.
+    #[error("reserved field `{field}` is not zero")]
+    ReservedNonZero {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A known kind that travels the other way (e.g. the guest received a SEND).
+    #[error("message kind {kind} is not sent in this direction")]
+    WrongDirection {
+        /// The message kind.
+        kind: MessageKind,
+    },
+    /// The REPLY flag is set on a request or clear on a reply.
+    #[error("reply flag is {}, expected {}", if *expected_reply { "clear" } else { "set" }, if *expected_reply { "set" } else { "clear" })]
+    ReplyFlag {
+        /// Whether a reply was expected.
+        expected_reply: bool,
+    },
+    /// A reply of another kind than the request's.
+    #[error("reply kind {got} does not match request kind {expected}")]
+    KindMismatch {
+        /// The request's kind.
+        expected: MessageKind,
+        /// The reply's kind.
+        got: MessageKind,
+    },
+    /// A reply whose id is not the request's.
+    #[error("reply id {got:#x} does not match request id {expected:#x}")]
+    IdMismatch {
+        /// The request's id.
+        expected: u64,
+        /// The reply's id.
+        got: u64,
+    },
+    /// A PING reply whose nonce is not the one sent.
+    #[error("ping reply nonce {got:#x} does not match {expected:#x}")]
+    NonceMismatch {
+        /// The nonce sent.
+        expected: u64,
+        /// The nonce received.
+        got: u64,
+    },
+    /// A NEGOTIATE proposal with `min > max` or `min == 0`.
+    #[error("invalid version range {min:#010x}..={max:#010x}")]
+    InvalidVersionRange {
+        /// Proposed minimum.
+        min: u32,
+        /// Proposed maximum.
+        max: u32,
+    },
+    /// The host chose a version outside the guest's proposal.
+    #[error("chosen version {chosen:#010x} is outside {min:#010x}..={max:#010x}")]
+    VersionOutOfRange {
+        /// What the host chose.
+        chosen: u32,
+        /// Proposed minimum.
+        min: u32,
+        /// Proposed maximum.
+        max: u32,
+    },
+    /// Writers only: the output buffer is too small.
+    #[error("output buffer too small: needs {needed} bytes, got {got}")]
+    BufferTooSmall {
+        /// Bytes the message needs.
+        needed: usize,
+        /// Bytes the buffer has.
+        got: usize,
+    },
+    /// Writers only: a reply body that does not fit its kind and status.
+    #[error("reply body does not match kind {kind} and its status")]
+    BodyShape {
+        /// The reply's kind.
+        kind: MessageKind,
+    },
+}
+
+impl ProtoError {
+    /// The one mapping from a protocol error to the status a message is completed with.
+    ///
+    /// | Error | Status |
+    /// |---|---|
+    /// | `Truncated`, `LengthMismatch`, `BodyLength`, `PayloadTooLarge`, `ReservedNonZero`, `InvalidVersionRange` | `STATUS_DATA_ERROR` |
+    /// | `UnsupportedVersion` | `STATUS_REVISION_MISMATCH` |
+    /// | `UnknownKind` | `STATUS_NOT_SUPPORTED` |
+    /// | `WrongDirection`, `ReplyFlag` | `STATUS_INVALID_DEVICE_REQUEST` |
+    /// | `KindMismatch`, `IdMismatch`, `NonceMismatch`, `VersionOutOfRange` | `STATUS_INVALID_NETWORK_RESPONSE` |
+    /// | `BufferTooSmall` (writer) | `STATUS_BUFFER_TOO_SMALL` |
+    /// | `BodyShape` (writer) | `STATUS_INVALID_PARAMETER` |
+    pub const fn status(&self) -> NtStatus {
+        match self {
+            Self::Truncated { .. }
+            | Self::LengthMismatch { .. }
+            | Self::BodyLength { .. }
+            | Self::PayloadTooLarge { .. }
+            | Self::ReservedNonZero { .. }
+            | Self::InvalidVersionRange { .. } => NtStatus::STATUS_DATA_ERROR,
+            Self::UnsupportedVersion(_) => NtStatus::STATUS_REVISION_MISMATCH,
+            Self::UnknownKind(_) => NtStatus::STATUS_NOT_SUPPORTED,
+            Self::WrongDirection { .. } | Self::ReplyFlag { .. } => {
+                NtStatus::STATUS_INVALID_DEVICE_REQUEST
+            }
+            Self::KindMismatch { .. }
+            | Self::IdMismatch { .. }
+            | Self::NonceMismatch { .. }
+            | Self::VersionOutOfRange { .. } => NtStatus::STATUS_INVALID_NETWORK_RESPONSE,
+            Self::BufferTooSmall { .. } => NtStatus::STATUS_BUFFER_TOO_SMALL,
+            Self::BodyShape { .. } => NtStatus::STATUS_INVALID_PARAMETER,
+        }
+    }
+
+    /// The statistics slot this error counts in.
+    #[must_use]
+    pub const fn reason(&self) -> MalformedReason {
+        match self {
+            Self::Truncated { .. } => MalformedReason::Truncated,
+            Self::LengthMismatch { .. } | Self::BodyLength { .. } => {
+                MalformedReason::LengthMismatch
+            }
+            Self::UnknownKind(_) => MalformedReason::UnknownKind,
+            Self::UnsupportedVersion(_) => MalformedReason::UnsupportedVersion,
+            Self::PayloadTooLarge { .. } => MalformedReason::PayloadTooLarge,
+            Self::ReservedNonZero { .. } => MalformedReason::ReservedNonZero,
+            Self::WrongDirection { .. } | Self::ReplyFlag { .. } => MalformedReason::WrongDirection,
+            Self::KindMismatch { .. } | Self::IdMismatch { .. } | Self::NonceMismatch { .. } => {
+                MalformedReason::UnexpectedReply
+            }
+            Self::InvalidVersionRange { .. } | Self::VersionOutOfRange { .. } => {
+                MalformedReason::BadVersionRange
+            }
+            Self::BufferTooSmall { .. } | Self::BodyShape { .. } => MalformedReason::Other,
+        }
+    }
+}
+
+/// Why a message counted as malformed: the index into
+/// [`StatsOut::malformed_by_reason`](crate::ioctl::StatsOut::malformed_by_reason).
+///
+/// Values are stable ABI (the tool names slots by them); new reasons are appended.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum MalformedReason {
+    /// [`ProtoError::Truncated`].
+    Truncated = 0,
+    /// [`ProtoError::LengthMismatch`], [`ProtoError::BodyLength`].
+    LengthMismatch = 1,
+    /// [`ProtoError::UnknownKind`].
+    UnknownKind = 2,
+    /// [`ProtoError::UnsupportedVersion`].
+    UnsupportedVersion = 3,
+    /// [`ProtoError::PayloadTooLarge`].
+    PayloadTooLarge = 4,
+    /// [`ProtoError::ReservedNonZero`].
+    ReservedNonZero = 5,
+    /// [`ProtoError::WrongDirection`], [`ProtoError::ReplyFlag`].
+    WrongDirection = 6,
+    /// [`ProtoError::KindMismatch`], [`ProtoError::IdMismatch`], [`ProtoError::NonceMismatch`].
+    UnexpectedReply = 7,
+    /// [`ProtoError::InvalidVersionRange`], [`ProtoError::VersionOutOfRange`].
+    BadVersionRange = 8,
+    /// A data message (ECHO, NOTIFY) before negotiation succeeded. Detected by the driver, not
+    /// the parser; completed with [`PREMATURE_STATUS`].
+    Premature = 9,
+    /// Anything else (the writer-only errors; never produced by a parser).
+    Other = 10,
+}
+
+impl MalformedReason {
+    /// Every reason, indexed by its value.
+    pub const ALL: [Self; 11] = [
+        Self::Truncated,
+        Self::LengthMismatch,
+        Self::UnknownKind,
+        Self::UnsupportedVersion,
+        Self::PayloadTooLarge,
+        Self::ReservedNonZero,
+        Self::WrongDirection,
+        Self::UnexpectedReply,
+        Self::BadVersionRange,
+        Self::Premature,
+        Self::Other,
+    ];
+
+    /// Number of reasons (`11`); `index() < COUNT` always.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The counter slot of this reason.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The reason counted in slot `index`, if any.
+    #[must_use]
+    pub fn from_index(index: usize) -> Option<Self> {
+        Self::ALL.get(index).copied()
+    }
+
+    /// A short snake_case name for tables and JSON (`"length_mismatch"`).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Truncated => "truncated",
+            Self::LengthMismatch => "length_mismatch",
+            Self::UnknownKind => "unknown_kind",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::ReservedNonZero => "reserved_non_zero",
+            Self::WrongDirection => "wrong_direction",
+            Self::UnexpectedReply => "unexpected_reply",
+            Self::BadVersionRange => "bad_version_range",
+            Self::Premature => "premature",
+            Self::Other => "other",
+        }
+    }
+}
+
+// ---- typed messages ---------------------------------------------------------------------------
+
+/// A host→guest request, as the guest's packet callback receives it (payload borrowed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HostMessage<'a> {
+    /// Header version (supported; the driver compares it with the negotiated one).
+    pub version: u32,
+    /// Request id, to echo in the reply.
+    pub id: u64,
+    /// Kind and body.
+    pub body: HostBody<'a>,
+}
+
+/// The body of a [`HostMessage`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HostBody<'a> {
+    /// Reply with [`Reply::echo`] carrying the same payload.
+    Echo {
+        /// Up to [`MAX_PAYLOAD`] bytes.
+        payload: &'a [u8],
+    },
+    /// Queue the payload for user mode; reply with a status.
+    Notify {
+        /// Up to [`MAX_PAYLOAD`] bytes.
+        payload: &'a [u8],
+    },
+}
+
+/// A guest→host request, as the host receives it (payload borrowed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GuestMessage<'a> {
+    /// Header version ([`NEGOTIATE_HEADER_VERSION`] for NEGOTIATE).
+    pub version: u32,
+    /// Request id, to echo in the reply.
+    pub id: u64,
+    /// Kind and body.
+    pub body: GuestBody<'a>,
+}
+
+/// The body of a [`GuestMessage`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GuestBody<'a> {
+    /// Version proposal, `min_version..=max_version`.
+    Negotiate {
+        /// Oldest acceptable version.
+        min_version: u32,
+        /// Newest acceptable version.
+        max_version: u32,
+    },
+    /// A payload from user mode.
+    Send {
+        /// Up to [`MAX_PAYLOAD`] bytes.
+        payload: &'a [u8],
+    },
+    /// A round-trip probe.
+    Ping {
+        /// Echoed by the reply.
+        nonce: u64,
+    },
+}
+
+/// A reply (completion payload), in either direction.
+///
+/// The reply rule: a reply whose status is a success (`NT_SUCCESS`) carries its kind's reply
+/// body — NEGOTIATE the chosen version, PING the nonce, ECHO the payload, SEND and NOTIFY
+/// nothing. A reply with a failure status has no body (`payload_len == 0`) whatever its kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Reply<'a> {
+    /// The request's kind.
+    pub kind: MessageKind,
+    /// Header version (the request's).
+    pub version: u32,
+    /// The request's id.
+    pub id: u64,
+    /// Completion status.
+    pub status: NtStatus,
+    /// The body, per the reply rule.
+    pub body: ReplyBody<'a>,
+}
+
+/// The body of a [`Reply`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReplyBody<'a> {
+    /// No body: failures, and SEND / NOTIFY successes.
+    Empty,
+    /// Successful NEGOTIATE: the chosen version.
+    Negotiate {
+        /// The chosen version.
+        version: u32,
+    },
+    /// Successful PING: the request's nonce.
+    Ping {
+        /// The nonce.
+        nonce: u64,
+    },
+    /// Successful ECHO: the request's payload.
+    Echo {
+        /// Up to [`MAX_PAYLOAD`] bytes.
+        payload: &'a [u8],
+    },
+}
+
+/// The result of a NEGOTIATE, from the guest's point of view.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NegotiateOutcome {
+    /// The host chose this version, inside the proposal.
+    Accepted(u32),
+    /// The host rejected the proposal with this (failure) status, normally
+    /// [`NEGOTIATE_REJECT_STATUS`].
+    Rejected(NtStatus),
+}
+
+// ---- parsing --------------------------------------------------------------------------------
+
+/// Copies the header out of `bytes` without validating it (for instance to echo the kind and id
+/// of a malformed message in its failure reply). `None` when shorter than a header.
+#[must_use]
+pub fn peek_header(bytes: &[u8]) -> Option<MessageHeader> {
+    MessageHeader::read_from_prefix(bytes).ok().map(|(h, _)| h)
+}
+
+fn to_usize(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Steps 1–3: header present, version supported, no unknown flag bit.
+fn read_header(bytes: &[u8]) -> Result<(MessageHeader, &[u8]), ProtoError> {
+    let (header, rest) =
+        MessageHeader::read_from_prefix(bytes).map_err(|_| ProtoError::Truncated {
+            needed: HEADER_SIZE,
+            got: bytes.len(),
+        })?;
+    let version = header.version.get();
+    if !is_supported_version(version) {
+        return Err(ProtoError::UnsupportedVersion(version));
+    }
+    if header.flags.get() & !MessageFlags::DEFINED_BITS != 0 {
+        return Err(ProtoError::ReservedNonZero { field: "flags" });
+    }
+    Ok((header, rest))
+}
+
+/// Step 5.
+fn check_kind_version(kind: MessageKind, version: u32) -> Result<(), ProtoError> {
+    if kind == MessageKind::NEGOTIATE && version != NEGOTIATE_HEADER_VERSION {
+        return Err(ProtoError::UnsupportedVersion(version));
+    }
+    Ok(())
+}
+
+/// Step 6.
+fn check_payload<'a>(header: &MessageHeader, rest: &'a [u8]) -> Result<&'a [u8], ProtoError> {
+    let declared = header.payload_len.get();
+    let len = to_usize(declared);
+    if len > MAX_PAYLOAD {
+        return Err(ProtoError::PayloadTooLarge {
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    if len != rest.len() {
+        return Err(ProtoError::LengthMismatch {
+            header: declared,
+            actual: rest.len(),
+        });
+    }
+    Ok(rest)
+}
+
+/// Step 7 for a fixed-size body.
+fn fixed_body<T: FromBytes>(kind: MessageKind, payload: &[u8]) -> Result<T, ProtoError> {
+    let expected = size_of::<T>();
+    if payload.len() < expected {
+        return Err(ProtoError::Truncated {
+            needed: HEADER_SIZE + expected,
+            got: HEADER_SIZE + payload.len(),
+        });
+    }
+    T::read_from_bytes(payload).map_err(|_| ProtoError::BodyLength {
+        kind,
+        expected,
+        got: payload.len(),
+    })
+}
+
+fn empty_body(kind: MessageKind, payload: &[u8]) -> Result<(), ProtoError> {
+    if payload.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtoError::BodyLength {
+            kind,
+            expected: 0,
+            got: payload.len(),
+        })
+    }
+}
+
+const fn check_range(min: u32, max: u32) -> Result<(), ProtoError> {
+    if min == 0 || min > max {
+        Err(ProtoError::InvalidVersionRange { min, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Steps 1–6 for a request travelling in `direction`.
+fn parse_request(bytes: &[u8], direction: Direction) -> Result<(MessageHeader, &[u8]), ProtoError> {
+    let (header, rest) = read_header(bytes)?;
+    let kind = header.kind;
+    let Some(kind_direction) = kind.direction() else {
+        return Err(ProtoError::UnknownKind(kind.get()));
+    };
+    if header.flags.is_reply() {
+        return Err(ProtoError::ReplyFlag {
+            expected_reply: false,
+        });
+    }
+    if kind_direction != direction {
+        return Err(ProtoError::WrongDirection { kind });
+    }
+    if header.status.get() != 0 {
+        return Err(ProtoError::ReservedNonZero { field: "status" });
+    }
+    check_kind_version(kind, header.version.get())?;
+    let payload = check_payload(&header, rest)?;
+    Ok((header, payload))
+}
+
+/// Parses what the guest receives: a host→guest request (ECHO or NOTIFY).
+///
+/// # Errors
+/// The first rule of the module's parsing rules that `bytes` breaks.
+pub fn parse_host_message(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> {
+    let (header, payload) = parse_request(bytes, Direction::HostToGuest)?;
+    let body = match header.kind {
+        MessageKind::ECHO => HostBody::Echo { payload },
+        MessageKind::NOTIFY => HostBody::Notify { payload },
+        kind => return Err(ProtoError::WrongDirection { kind }),
+    };
+    Ok(HostMessage {
+        version: header.version.get(),
+        id: header.id.get(),
+        body,
+    })
+}
+
+/// Parses what the host receives: a guest→host request (NEGOTIATE, SEND or PING). Used by the
+/// simulated host and the fuzzers.
+///
+/// # Errors
+/// The first rule of the module's parsing rules that `bytes` breaks.
+pub fn parse_guest_message(bytes: &[u8]) -> Result<GuestMessage<'_>, ProtoError> {
+    let (header, payload) = parse_request(bytes, Direction::GuestToHost)?;
+    let kind = header.kind;
+    let body = match kind {
+        MessageKind::NEGOTIATE => {
+            let b: NegotiateRequest = fixed_body(kind, payload)?;
+            let (min_version, max_version) = (b.min_version.get(), b.max_version.get());
+            check_range(min_version, max_version)?;
+            GuestBody::Negotiate {
+                min_version,
+                max_version,
+            }
+        }
+        MessageKind::SEND => GuestBody::Send { payload },
+        MessageKind::PING => {
+            let b: PingBody = fixed_body(kind, payload)?;
+            GuestBody::Ping {
+                nonce: b.nonce.get(),
+            }
+        }
+        kind => return Err(ProtoError::WrongDirection { kind }),
+    };
+    Ok(GuestMessage {
+        version: header.version.get(),
+        id: header.id.get(),
+        body,
+    })
+}
+
+/// Parses a reply (completion payload) to the request of `expected_kind` and `expected_id`,
+/// in either direction: the guest parses NEGOTIATE, SEND and PING replies, the host ECHO and
+/// NOTIFY replies. The body follows the reply rule of [`Reply`].
+///
+/// # Errors
+/// The first rule of the module's parsing rules that `bytes` breaks.
+pub fn parse_reply(
+    bytes: &[u8],
+    expected_kind: MessageKind,
+    expected_id: u64,
+) -> Result<Reply<'_>, ProtoError> {
+    let (header, rest) = read_header(bytes)?;
+    if !header.flags.is_reply() {
+        return Err(ProtoError::ReplyFlag {
+            expected_reply: true,
+        });
+    }
+    let kind = header.kind;
+    if kind != expected_kind {
+        return Err(ProtoError::KindMismatch {
+            expected: expected_kind,
+            got: kind,
+        });
+    }
+    let id = header.id.get();
+    if id != expected_id {
+        return Err(ProtoError::IdMismatch {
+            expected: expected_id,
+            got: id,
+        });
+    }
+    let version = header.version.get();
+    check_kind_version(kind, version)?;
+    let payload = check_payload(&header, rest)?;
+    let status = header.status();
+    let body = if status.is_success() {
+        match kind {
+            MessageKind::NEGOTIATE => {
+                let b: NegotiateReply = fixed_body(kind, payload)?;
+                if b.reserved.get() != 0 {
+                    return Err(ProtoError::ReservedNonZero { field: "reserved" });
+                }
+                ReplyBody::Negotiate {
+                    version: b.version.get(),
+                }
+            }
+            MessageKind::PING => {
+                let b: PingBody = fixed_body(kind, payload)?;
+                ReplyBody::Ping {
+                    nonce: b.nonce.get(),
+                }
+            }
+            MessageKind::ECHO => ReplyBody::Echo { payload },
+            MessageKind::SEND | MessageKind::NOTIFY => {
+                empty_body(kind, payload)?;
+                ReplyBody::Empty
+            }
+            other => return Err(ProtoError::UnknownKind(other.get())),
+        }
+    } else {
+        empty_body(kind, payload)?;
+        ReplyBody::Empty
+    };
+    Ok(Reply {
+        kind,
+        version,
+        id,
+        status,
+        body,
+    })
+}
+
+/// Parses the reply to the guest's NEGOTIATE `id` that proposed `min..=max`.
+///
+/// # Errors
+/// Those of [`parse_reply`], and [`ProtoError::VersionOutOfRange`] when the host accepted with
+/// a version outside the proposal.
+pub fn parse_negotiate_reply(
+    bytes: &[u8],
+    id: u64,
+    min: u32,
+    max: u32,
+) -> Result<NegotiateOutcome, ProtoError> {
+    let reply = parse_reply(bytes, MessageKind::NEGOTIATE, id)?;
+    match reply.body {
+        ReplyBody::Negotiate { version } => {
+            check_chosen_version(version, min, max).map(NegotiateOutcome::Accepted)
+        }
+        _ => Ok(NegotiateOutcome::Rejected(reply.status)),
+    }
+}
+
+/// Parses the reply to the guest's PING `id` carrying `nonce`; returns the host's status
+/// (on success the nonce has been checked).
+///
+/// # Errors
+/// Those of [`parse_reply`], and [`ProtoError::NonceMismatch`].
+pub fn parse_ping_reply(bytes: &[u8], id: u64, nonce: u64) -> Result<NtStatus, ProtoError> {
+    let reply = parse_reply(bytes, MessageKind::PING, id)?;
+    match reply.body {
+        ReplyBody::Ping { nonce: got } if got != nonce => Err(ProtoError::NonceMismatch {
+            expected: nonce,
+            got,
+        }),
+        _ => Ok(reply.status),
+    }
+}
+
+// ---- writing --------------------------------------------------------------------------------
+
+fn payload_len_u32(len: usize) -> Result<u32, ProtoError> {
+    if len > MAX_PAYLOAD {
+        return Err(ProtoError::PayloadTooLarge {
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    u32::try_from(len).map_err(|_| ProtoError::PayloadTooLarge {
+        len,
+        max: MAX_PAYLOAD,
+    })
+}
+
+/// Writes `header` (with `payload_len` set from `body`) and `body`; returns the length.
+fn write_frame(
+    buf: &mut [u8],
+    mut header: MessageHeader,
+    body: &[u8],
+) -> Result<usize, ProtoError> {
+    header.payload_len = U32::new(payload_len_u32(body.len())?);
+    let total = HEADER_SIZE + body.len();
+    let got = buf.len();
+    let out = buf
+        .get_mut(..total)
+        .ok_or(ProtoError::BufferTooSmall { needed: total, got })?;
+    let (head, tail) = out
+        .split_at_mut_checked(HEADER_SIZE)
+        .ok_or(ProtoError::BufferTooSmall { needed: total, got })?;
+    head.copy_from_slice(header.as_bytes());
+    tail.copy_from_slice(body);
+    Ok(total)
+}
+
+fn header(
+    version: u32,
+    kind: MessageKind,
+    flags: MessageFlags,
+    status: NtStatus,
+    id: u64,
+) -> MessageHeader {
+    MessageHeader {
+        version: U32::new(version),
+        kind,
+        flags,
+        payload_len: U32::ZERO,
+        status: I32::new(status.0),
+        id: U64::new(id),
+    }
+}
+
+fn check_write_version(kind: MessageKind, version: u32) -> Result<(), ProtoError> {
+    if !is_supported_version(version) {
+        return Err(ProtoError::UnsupportedVersion(version));
+    }
+    check_kind_version(kind, version)
+}
+
+impl HostMessage<'_> {
+    /// An ECHO request.
+    #[must_use]
+    pub const fn echo(version: u32, id: u64, payload: &[u8]) -> HostMessage<'_> {
+        HostMessage {
+            version,
+            id,
+            body: HostBody::Echo { payload },
+        }
+    }
+
+    /// A NOTIFY request.
+    #[must_use]
+    pub const fn notify(version: u32, id: u64, payload: &[u8]) -> HostMessage<'_> {
+        HostMessage {
+            version,
+            id,
+            body: HostBody::Notify { payload },
+        }
+    }
+
+    /// The message kind.
+    #[must_use]
+    pub const fn kind(&self) -> MessageKind {
+        match self.body {
+            HostBody::Echo { .. } => MessageKind::ECHO,
+            HostBody::Notify { .. } => MessageKind::NOTIFY,
+        }
+    }
+
+    /// The encoded size.
+    #[must_use]
+    pub const fn encoded_len(&self) -> usize {
+        match self.body {
+            HostBody::Echo { payload } | HostBody::Notify { payload } => {
+                HEADER_SIZE + payload.len()
+            }
+        }
+    }
+
+    /// Writes the message to the front of `buf`; returns the bytes written. The output always
+    /// parses back with [`parse_host_message`] to `self`.
+    ///
+    /// # Errors
+    /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
+    /// [`ProtoError::UnsupportedVersion`].
+    pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
+        let kind = self.kind();
+        check_write_version(kind, self.version)?;
+        let payload = match self.body {
+            HostBody::Echo { payload } | HostBody::Notify { payload } => payload,
+        };
+        let h = header(
+            self.version,
+            kind,
+            MessageFlags::NONE,
+            NtStatus::STATUS_SUCCESS,
+            self.id,
+        );
+        write_frame(buf, h, payload)
+    }
+}
+
+impl GuestMessage<'_> {
+    /// A NEGOTIATE request proposing `min_version..=max_version` (header version
+    /// [`NEGOTIATE_HEADER_VERSION`]).
+    #[must_use]
+    pub const fn negotiate(id: u64, min_version: u32, max_version: u32) -> GuestMessage<'static> {
+        GuestMessage {
+            version: NEGOTIATE_HEADER_VERSION,
+            id,
+            body: GuestBody::Negotiate {
+                min_version,
+                max_version,
+            },
+        }
+    }
+
+    /// A SEND request.
+    #[must_use]
+    pub const fn send(version: u32, id: u64, payload: &[u8]) -> GuestMessage<'_> {
+        GuestMessage {
+            version,
+            id,
+            body: GuestBody::Send { payload },
+        }
+    }
+
+    /// A PING request.
+    #[must_use]
+    pub const fn ping(version: u32, id: u64, nonce: u64) -> GuestMessage<'static> {
+        GuestMessage {
+            version,
+            id,
+            body: GuestBody::Ping { nonce },
+        }
+    }
+
+    /// The message kind.
+    #[must_use]
+    pub const fn kind(&self) -> MessageKind {
+        match self.body {
+            GuestBody::Negotiate { .. } => MessageKind::NEGOTIATE,
+            GuestBody::Send { .. } => MessageKind::SEND,
+            GuestBody::Ping { .. } => MessageKind::PING,
+        }
+    }
+
+    /// The encoded size.
+    #[must_use]
+    pub const fn encoded_len(&self) -> usize {
+        match self.body {
+            GuestBody::Negotiate { .. } => NEGOTIATE_REQUEST_SIZE,
+            GuestBody::Send { payload } => HEADER_SIZE + payload.len(),
+            GuestBody::Ping { .. } => PING_SIZE,
+        }
+    }
+
+    /// Writes the message to the front of `buf`; returns the bytes written. The output always
+    /// parses back with [`parse_guest_message`] to `self`.
+    ///
+    /// # Errors
+    /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
+    /// [`ProtoError::UnsupportedVersion`], [`ProtoError::InvalidVersionRange`].
+    pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
+        let kind = self.kind();
+        check_write_version(kind, self.version)?;
+        let h = header(
+            self.version,
+            kind,
+            MessageFlags::NONE,
+            NtStatus::STATUS_SUCCESS,
+            self.id,
+        );
+        match self.body {
+            GuestBody::Negotiate {
+                min_version,
+                max_version,
+            } => {
+                check_range(min_version, max_version)?;
+                let body = NegotiateRequest {
+                    min_version: U32::new(min_version),
+                    max_version: U32::new(max_version),
+                };
+                write_frame(buf, h, body.as_bytes())
+            }
+            GuestBody::Send { payload } => write_frame(buf, h, payload),
+            GuestBody::Ping { nonce } => {
+                let body = PingBody {
+                    nonce: U64::new(nonce),
+                };
+                write_frame(buf, h, body.as_bytes())
+            }
+        }
+    }
+}
+
+impl<'a> Reply<'a> {
+    /// The host accepts a NEGOTIATE with `version`.
+    #[must_use]
+    pub const fn negotiate_accept(id: u64, version: u32) -> Reply<'static> {
+        Reply {
+            kind: MessageKind::NEGOTIATE,
+            version: NEGOTIATE_HEADER_VERSION,
+            id,
+            status: NtStatus::STATUS_SUCCESS,
+            body: ReplyBody::Negotiate { version },
+        }
+    }
+
+    /// The host rejects a NEGOTIATE with [`NEGOTIATE_REJECT_STATUS`].
+    #[must_use]
+    pub const fn negotiate_reject(id: u64) -> Reply<'static> {
+        Self::status_only(
+            MessageKind::NEGOTIATE,
+            NEGOTIATE_HEADER_VERSION,
+            id,
+            NEGOTIATE_REJECT_STATUS,
+        )
+    }
+
+    /// A successful PING reply.
+    #[must_use]
+    pub const fn ping(version: u32, id: u64, nonce: u64) -> Reply<'static> {
+        Reply {
+            kind: MessageKind::PING,
+            version,
+            id,
+            status: NtStatus::STATUS_SUCCESS,
+            body: ReplyBody::Ping { nonce },
+        }
+    }
+
+    /// A successful ECHO reply carrying `payload` (the request's).
+    #[must_use]
+    pub const fn echo(version: u32, id: u64, payload: &'a [u8]) -> Self {
+        Reply {
+            kind: MessageKind::ECHO,
+            version,
+            id,
+            status: NtStatus::STATUS_SUCCESS,
+            body: ReplyBody::Echo { payload },
+        }
+    }
+
+    /// A reply without a body: any failure, or a SEND / NOTIFY success.
+    #[must_use]
+    pub const fn status_only(
+        kind: MessageKind,
+        version: u32,
+        id: u64,
+        status: NtStatus,
+    ) -> Reply<'static> {
+        Reply {
+            kind,
+            version,
+            id,
+            status,
+            body: ReplyBody::Empty,
+        }
+    }
+
+    /// The failure reply to a request that did not parse: echoes the raw kind and id when
+    /// the header could be read (kind 0 and id 0 otherwise), and the raw version when it is
+    /// supported ([`PROTOCOL_V1`] otherwise), with `status` (normally
+    /// [`ProtoError::status`]). Always writable: a NEGOTIATE kind gets the negotiate version.
+    #[must_use]
+    pub fn for_malformed(raw: &[u8], status: NtStatus) -> Reply<'static> {
+        let (kind, version, id) = match peek_header(raw) {
+            Some(h) => (h.kind, h.version.get(), h.id.get()),
+            None => (MessageKind::new(0), PROTOCOL_V1, 0),
+        };
+        let version = if kind == MessageKind::NEGOTIATE || !is_supported_version(version) {
+            PROTOCOL_V1
+        } else {
+            version
+        };
+        Self::status_only(kind, version, id, status)
+    }
+
+    /// The encoded size.
+    #[must_use]
+    pub const fn encoded_len(&self) -> usize {
+        HEADER_SIZE
+            + match self.body {
+                ReplyBody::Empty => 0,
+                ReplyBody::Negotiate { .. } => size_of::<NegotiateReply>(),
+                ReplyBody::Ping { .. } => size_of::<PingBody>(),
+                ReplyBody::Echo { payload } => payload.len(),
+            }
+    }
+
+    /// Writes the reply to the front of `buf`; returns the bytes written. The output always
+    /// parses back with [`parse_reply`]`(.., self.kind, self.id)` to `self`.
+    ///
+    /// A failure reply may carry any kind (it may answer a message whose kind is unknown); a
+    /// success reply needs a known kind and the body of the reply rule.
+    ///
+    /// # Errors
+    /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
+    /// [`ProtoError::UnsupportedVersion`], [`ProtoError::UnknownKind`],
+    /// [`ProtoError::BodyShape`].
+    pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
+        let kind = self.kind;
+        check_write_version(kind, self.version)?;
+        let h = header(
+            self.version,
+            kind,
+            MessageFlags::REPLY,
+            self.status,
+            self.id,
+        );
+        let shape_ok = match (self.status.is_success(), kind, self.body) {
+            (false, _, ReplyBody::Empty)
+            | (true, MessageKind::SEND | MessageKind::NOTIFY, ReplyBody::Empty)
+            | (true, MessageKind::NEGOTIATE, ReplyBody::Negotiate { .. })
+            | (true, MessageKind::PING, ReplyBody::Ping { .. })
+            | (true, MessageKind::ECHO, ReplyBody::Echo { .. }) => true,
+            (true, k, _) if !k.is_known() => return Err(ProtoError::UnknownKind(k.get())),
+            _ => false,
+        };
+        if !shape_ok {
+            return Err(ProtoError::BodyShape { kind });
+        }
+        match self.body {
+            ReplyBody::Empty => write_frame(buf, h, &[]),
+            ReplyBody::Negotiate { version } => {
+                let body = NegotiateReply {
+                    version: U32::new(version),
+                    reserved: U32::ZERO,
+                };
+                write_frame(buf, h, body.as_bytes())
+            }
+            ReplyBody::Ping { nonce } => {
+                let body = PingBody {
+                    nonce: U64::new(nonce),
+                };
+                write_frame(buf, h, body.as_bytes())
+            }
+            ReplyBody::Echo { payload } => write_frame(buf, h, payload),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::format;
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+
+    const V1: u32 = PROTOCOL_V1;
+
+    fn encode_host(m: &HostMessage<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; m.encoded_len()];
+        assert_eq!(m.write(&mut buf), Ok(buf.len()));
+        buf
+    }
+
+    fn encode_guest(m: &GuestMessage<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; m.encoded_len()];
+        assert_eq!(m.write(&mut buf), Ok(buf.len()));
+        buf
+    }
+
+    fn encode_reply(r: &Reply<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; r.encoded_len()];
+        assert_eq!(r.write(&mut buf), Ok(buf.len()));
+        buf
+    }
+
+    /// A raw header with chosen fields, for building bad messages byte by byte.
+    fn raw(version: u32, kind: u16, flags: u16, payload_len: u32, status: i32, id: u64) -> Vec<u8> {
+        MessageHeader {
+            version: U32::new(version),
+            kind: MessageKind::new(kind),
+            flags: MessageFlags::new(flags),
+            payload_len: U32::new(payload_len),
+            status: I32::new(status),
+            id: U64::new(id),
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn header_bytes_are_little_endian_at_documented_offsets() {
+        let bytes = encode_host(&HostMessage::echo(V1, 0x0102_0304_0506_0708, b"hi"));
+        assert_eq!(
+            bytes,
+            [
+                0x00, 0x00, 0x01, 0x00, // version 1.0
+                0x01, 0x01, // kind ECHO
+                0x00, 0x00, // flags
+                0x02, 0x00, 0x00, 0x00, // payload_len
+                0x00, 0x00, 0x00, 0x00, // status
+                0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // id
+                b'h', b'i',
+            ]
+        );
+        let reply = encode_reply(&Reply::status_only(
+            MessageKind::NOTIFY,
+            V1,
+            1,
+            QUEUE_FULL_STATUS,
+        ));
+        assert_eq!(reply.len(), STATUS_REPLY_SIZE);
+        assert_eq!(&reply[4..8], &[0x02, 0x01, 0x01, 0x00]); // NOTIFY, REPLY
+        assert_eq!(&reply[12..16], &0xC000_0044u32.to_le_bytes()); // STATUS_QUOTA_EXCEEDED
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(PROTOCOL_V1, 0x0001_0000);
+        assert_eq!(make_version(2, 7), 0x0002_0007);
+        assert_eq!(version_major(0x0002_0007), 2);
+        assert_eq!(version_minor(0x0002_0007), 7);
+        assert!(is_supported_version(V1));
+        assert!(!is_supported_version(make_version(1, 1)));
+        assert!(!is_supported_version(0));
+    }
+
+    #[test]
+    fn choose_version_picks_newest_common() {
+        let v = |a, b| make_version(a, b);
+        let host = [v(1, 0), v(1, 1), v(2, 0), v(3, 0)];
+        assert_eq!(choose_version(v(1, 0), v(2, 0), &host), Some(v(2, 0)));
+        assert_eq!(choose_version(v(1, 0), v(1, 5), &host), Some(v(1, 1)));
+        assert_eq!(choose_version(v(1, 0), v(1, 0), &host), Some(v(1, 0)));
+        assert_eq!(choose_version(v(4, 0), v(5, 0), &host), None);
+        assert_eq!(choose_version(v(2, 0), v(1, 0), &host), None); // inverted
+        assert_eq!(choose_version(v(1, 0), v(9, 0), &[]), None);
+        assert_eq!(
+            choose_version(SUPPORTED_MIN, SUPPORTED_MAX, &[V1]),
+            Some(V1)
+        );
+    }
+
+    #[test]
+    fn chosen_version_must_lie_in_the_proposal() {
+        let (min, max) = (make_version(1, 0), make_version(2, 0));
+        for chosen in [min, make_version(1, 3), max] {
+            assert_eq!(check_chosen_version(chosen, min, max), Ok(chosen));
+        }
+        for chosen in [0, make_version(0, 9), make_version(2, 1), u32::MAX] {
+            assert_eq!(
+                check_chosen_version(chosen, min, max),
+                Err(ProtoError::VersionOutOfRange { chosen, min, max })
+            );
+        }
+    }
+
+    #[test]
+    fn echo_and_notify_round_trip() {
+        for m in [
+            HostMessage::echo(V1, 7, b"hello"),
+            HostMessage::notify(V1, u64::MAX, b""),
+            HostMessage::echo(V1, 0, &[0xAB; MAX_PAYLOAD]),
+        ] {
+            let bytes = encode_host(&m);
+            assert_eq!(parse_host_message(&bytes), Ok(m));
+            assert!(bytes.len() <= MAX_MESSAGE);
+        }
+    }
+
+    #[test]
+    fn negotiate_send_ping_round_trip() {
+        for m in [
+            GuestMessage::negotiate(1, SUPPORTED_MIN, SUPPORTED_MAX),
+            GuestMessage::negotiate(2, make_version(1, 0), make_version(7, 3)),
+            GuestMessage::send(V1, 3, b"payload"),
+            GuestMessage::send(V1, 4, &[1; MAX_PAYLOAD]),
+            GuestMessage::ping(V1, 5, 0xDEAD_BEEF),
+        ] {
+            let bytes = encode_guest(&m);
+            assert_eq!(bytes.len(), m.encoded_len());
+            assert_eq!(parse_guest_message(&bytes), Ok(m));
+        }
+        assert_eq!(
+            encode_guest(&GuestMessage::negotiate(1, V1, V1)).len(),
+            NEGOTIATE_REQUEST_SIZE
+        );
+        assert_eq!(encode_guest(&GuestMessage::ping(V1, 1, 1)).len(), PING_SIZE);
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let payload = [9u8; 100];
+        for r in [
+            Reply::negotiate_accept(1, V1),
+            Reply::negotiate_reject(1),
+            Reply::ping(V1, 2, 42),
+            Reply::echo(V1, 3, &payload),
+            Reply::echo(V1, 3, &[]),
+            Reply::status_only(MessageKind::SEND, V1, 4, NtStatus::STATUS_SUCCESS),
+            Reply::status_only(MessageKind::SEND, V1, 4, NtStatus::STATUS_ACCESS_DENIED),
+            Reply::status_only(MessageKind::NOTIFY, V1, 5, NtStatus::STATUS_SUCCESS),
+            Reply::status_only(MessageKind::NOTIFY, V1, 5, QUEUE_FULL_STATUS),
+            Reply::status_only(MessageKind::ECHO, V1, 6, NtStatus::STATUS_DATA_ERROR),
+            Reply::status_only(MessageKind::PING, V1, 6, NtStatus::STATUS_UNSUCCESSFUL),
+        ] {
+            let bytes = encode_reply(&r);
+            assert_eq!(parse_reply(&bytes, r.kind, r.id), Ok(r));
+        }
+        assert_eq!(
+            encode_reply(&Reply::negotiate_accept(1, V1)).len(),
+            NEGOTIATE_REPLY_SIZE
+        );
+        assert_eq!(
+            encode_reply(&Reply::negotiate_reject(1)).len(),
+            STATUS_REPLY_SIZE
+        );
+        let full = [0u8; MAX_PAYLOAD];
+        assert_eq!(encode_reply(&Reply::echo(V1, 1, &full)).len(), MAX_MESSAGE);
+    }
+
+    #[test]
+    fn negotiate_reply_outcomes() {
+        let accept = encode_reply(&Reply::negotiate_accept(9, V1));
+        assert_eq!(
+            parse_negotiate_reply(&accept, 9, SUPPORTED_MIN, SUPPORTED_MAX),
+            Ok(NegotiateOutcome::Accepted(V1))
+        );
+        // A host choosing any version inside a wider proposal is accepted; outside is not.
+        assert_eq!(
+            parse_negotiate_reply(&accept, 9, make_version(0, 5), make_version(3, 0)),
+            Ok(NegotiateOutcome::Accepted(V1))
+        );
+        let (min, max) = (make_version(2, 0), make_version(3, 0));
+        assert_eq!(
+            parse_negotiate_reply(&accept, 9, min, max),
+            Err(ProtoError::VersionOutOfRange {
+                chosen: V1,
+                min,
+                max
+            })
+        );
+        let zero = encode_reply(&Reply::negotiate_accept(9, 0));
+        assert!(matches!(
+            parse_negotiate_reply(&zero, 9, V1, V1),
+            Err(ProtoError::VersionOutOfRange { chosen: 0, .. })
+        ));
+        let reject = encode_reply(&Reply::negotiate_reject(9));
+        assert_eq!(
+            parse_negotiate_reply(&reject, 9, V1, V1),
+            Ok(NegotiateOutcome::Rejected(
+                NtStatus::STATUS_REVISION_MISMATCH
+            ))
+        );
+        assert_eq!(
+            parse_negotiate_reply(&reject, 8, V1, V1),
+            Err(ProtoError::IdMismatch {
+                expected: 8,
+                got: 9
+            })
+        );
+        // Reserved field of the accepting body.
+        let mut bad = accept.clone();
+        bad[HEADER_SIZE + 4] = 1;
+        assert_eq!(
+            parse_negotiate_reply(&bad, 9, V1, V1),
+            Err(ProtoError::ReservedNonZero { field: "reserved" })
+        );
+    }
+
+    #[test]
+    fn ping_reply_checks_the_nonce() {
+        let ok = encode_reply(&Reply::ping(V1, 3, 77));
+        assert_eq!(parse_ping_reply(&ok, 3, 77), Ok(NtStatus::STATUS_SUCCESS));
+        assert_eq!(
+            parse_ping_reply(&ok, 3, 78),
+            Err(ProtoError::NonceMismatch {
+                expected: 78,
+                got: 77
+            })
+        );
+        let failed = encode_reply(&Reply::status_only(
+            MessageKind::PING,
+            V1,
+            3,
+            NtStatus::STATUS_DEVICE_BUSY,
+        ));
+        assert_eq!(
+            parse_ping_reply(&failed, 3, 78),
+            Ok(NtStatus::STATUS_DEVICE_BUSY)
+        );
+    }
+
+    #[test]
+    fn truncated_header() {
+        let bytes = encode_host(&HostMessage::echo(V1, 1, b"x"));
+        for n in 0..HEADER_SIZE {
+            let err = ProtoError::Truncated {
+                needed: HEADER_SIZE,
+                got: n,
+            };
+            assert_eq!(parse_host_message(&bytes[..n]), Err(err));
+            assert_eq!(parse_guest_message(&bytes[..n]), Err(err));
+            assert_eq!(parse_reply(&bytes[..n], MessageKind::ECHO, 1), Err(err));
+        }
+    }
+
+    #[test]
+    fn truncated_or_oversized_fixed_body() {
+        // PING with a 4-byte body that the header agrees with: shorter than the fixed body.
+        let mut b = raw(V1, MessageKind::PING.get(), 0, 4, 0, 1);
+        b.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            parse_guest_message(&b),
+            Err(ProtoError::Truncated {
+                needed: PING_SIZE,
+                got: HEADER_SIZE + 4
+            })
+        );
+        // NEGOTIATE with 12 bytes: longer than the fixed body.
+        let mut b = raw(V1, MessageKind::NEGOTIATE.get(), 0, 12, 0, 1);
+        b.extend_from_slice(&[1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            parse_guest_message(&b),
+            Err(ProtoError::BodyLength {
+                kind: MessageKind::NEGOTIATE,
+                expected: 8,
+                got: 12
+            })
+        );
+        // A failure reply with a body, a SEND success with a body.
+        let mut b = raw(
+            V1,
+            MessageKind::ECHO.get(),
+            1,
+            3,
+            NtStatus::STATUS_DATA_ERROR.0,
+            5,
+        );
+        b.extend_from_slice(b"abc");
+        assert_eq!(
+            parse_reply(&b, MessageKind::ECHO, 5),
+            Err(ProtoError::BodyLength {
+                kind: MessageKind::ECHO,
+                expected: 0,
+                got: 3
+            })
+        );
+        let mut b = raw(V1, MessageKind::SEND.get(), 1, 1, 0, 5);
+        b.push(0);
+        assert!(matches!(
+            parse_reply(&b, MessageKind::SEND, 5),
+            Err(ProtoError::BodyLength { expected: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn length_field_must_match() {
+        let bytes = encode_guest(&GuestMessage::send(V1, 1, b"abcd"));
+        // Cut inside the payload, or add a trailing byte.
+        assert_eq!(
+            parse_guest_message(&bytes[..bytes.len() - 1]),
+            Err(ProtoError::LengthMismatch {
+                header: 4,
+                actual: 3
+            })
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            parse_guest_message(&longer),
+            Err(ProtoError::LengthMismatch {
+                header: 4,
+                actual: 5
+            })
+        );
+        // Declared above the maximum.
+        let mut b = raw(V1, MessageKind::ECHO.get(), 0, u32::MAX, 0, 1);
+        b.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            parse_host_message(&b),
+            Err(ProtoError::PayloadTooLarge {
+                len: u32::MAX as usize,
+                max: MAX_PAYLOAD
+            })
+        );
+        let b = raw(V1, MessageKind::ECHO.get(), 0, MAX_PAYLOAD as u32 + 1, 0, 1);
+        assert!(matches!(
+            parse_host_message(&b),
+            Err(ProtoError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn header_field_checks() {
+        let echo = MessageKind::ECHO.get();
+        // Unsupported version, including a NEGOTIATE in a non-V1 header.
+        for v in [0, make_version(1, 1), make_version(2, 0), u32::MAX] {
+            assert_eq!(
+                parse_host_message(&raw(v, echo, 0, 0, 0, 1)),
+                Err(ProtoError::UnsupportedVersion(v))
+            );
+        }
+        let mut neg = raw(make_version(2, 0), MessageKind::NEGOTIATE.get(), 0, 8, 0, 1);
+        neg.extend_from_slice(&[0, 0, 1, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            parse_guest_message(&neg),
+            Err(ProtoError::UnsupportedVersion(make_version(2, 0)))
+        );
+        // Unknown flag bits.
+        assert_eq!(
+            parse_host_message(&raw(V1, echo, 0x8000, 0, 0, 1)),
+            Err(ProtoError::ReservedNonZero { field: "flags" })
+        );
+        // Unknown kinds.
+        for k in [0, 4, 0x100, 0x103, 0xFFFF] {
+            assert_eq!(
+                parse_host_message(&raw(V1, k, 0, 0, 0, 1)),
+                Err(ProtoError::UnknownKind(k))
+            );
+            assert_eq!(
+                parse_guest_message(&raw(V1, k, 0, 0, 0, 1)),
+                Err(ProtoError::UnknownKind(k))
+            );
+        }
+        // A reply where a request is expected, and the other way round.
+        assert_eq!(
+            parse_host_message(&raw(V1, echo, 1, 0, 0, 1)),
+            Err(ProtoError::ReplyFlag {
+                expected_reply: false
+            })
+        );
+        assert_eq!(
+            parse_reply(&raw(V1, echo, 0, 0, 0, 1), MessageKind::ECHO, 1),
+            Err(ProtoError::ReplyFlag {
+                expected_reply: true
+            })
+        );
+        // Wrong direction.
+        let send = encode_guest(&GuestMessage::send(V1, 1, b""));
+        assert_eq!(
+            parse_host_message(&send),
+            Err(ProtoError::WrongDirection {
+                kind: MessageKind::SEND
+            })
+        );
+        let notify = encode_host(&HostMessage::notify(V1, 1, b""));
+        assert_eq!(
+            parse_guest_message(&notify),
+            Err(ProtoError::WrongDirection {
+                kind: MessageKind::NOTIFY
+            })
+        );
+        // Status in a request.
+        assert_eq!(
+            parse_host_message(&raw(V1, echo, 0, 0, 1, 1)),
+            Err(ProtoError::ReservedNonZero { field: "status" })
+        );
+    }
+
+    #[test]
+    fn reply_kind_and_id_checks() {
+        let r = encode_reply(&Reply::ping(V1, 10, 1));
+        assert_eq!(
+            parse_reply(&r, MessageKind::SEND, 10),
+            Err(ProtoError::KindMismatch {
+                expected: MessageKind::SEND,
+                got: MessageKind::PING
+            })
+        );
+        assert_eq!(
+            parse_reply(&r, MessageKind::PING, 11),
+            Err(ProtoError::IdMismatch {
+                expected: 11,
+                got: 10
+            })
+        );
+        // A success reply of an unknown kind the caller asked for.
+        let odd = raw(V1, 0x7777, 1, 0, 0, 1);
+        assert_eq!(
+            parse_reply(&odd, MessageKind::new(0x7777), 1),
+            Err(ProtoError::UnknownKind(0x7777))
+        );
+    }
+
+    #[test]
+    fn negotiate_range_checks() {
+        let bad = |min: u32, max: u32| {
+            let mut b = raw(V1, MessageKind::NEGOTIATE.get(), 0, 8, 0, 1);
+            b.extend_from_slice(&min.to_le_bytes());
+            b.extend_from_slice(&max.to_le_bytes());
+            parse_guest_message(&b).map(|_| ())
+        };
+        assert_eq!(
+            bad(make_version(2, 0), V1),
+            Err(ProtoError::InvalidVersionRange {
+                min: make_version(2, 0),
+                max: V1
+            })
+        );
+        assert_eq!(
+            bad(0, V1),
+            Err(ProtoError::InvalidVersionRange { min: 0, max: V1 })
+        );
+        assert!(bad(V1, V1).is_ok());
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            GuestMessage::negotiate(1, 5, 4).write(&mut buf),
+            Err(ProtoError::InvalidVersionRange { min: 5, max: 4 })
+        );
+    }
+
+    #[test]
+    fn writer_errors() {
+        let m = HostMessage::echo(V1, 1, b"abc");
+        let mut buf = [0u8; HEADER_SIZE + 3];
+        assert_eq!(m.write(&mut buf), Ok(HEADER_SIZE + 3));
+        assert_eq!(
+            m.write(&mut buf[..HEADER_SIZE + 2]),
+            Err(ProtoError::BufferTooSmall {
+                needed: HEADER_SIZE + 3,
+                got: HEADER_SIZE + 2
+            })
+        );
+        assert!(matches!(
+            GuestMessage::ping(V1, 1, 1).write(&mut buf[..4]),
+            Err(ProtoError::BufferTooSmall { .. })
+        ));
+        let big = vec![0u8; MAX_PAYLOAD + 1];
+        let mut out = vec![0u8; MAX_MESSAGE + 8];
+        assert_eq!(
+            HostMessage::notify(V1, 1, &big).write(&mut out),
+            Err(ProtoError::PayloadTooLarge {
+                len: MAX_PAYLOAD + 1,
+                max: MAX_PAYLOAD
+            })
+        );
+        assert_eq!(
+            GuestMessage::send(make_version(9, 0), 1, b"").write(&mut out),
+            Err(ProtoError::UnsupportedVersion(make_version(9, 0)))
+        );
+        let mut neg = GuestMessage::negotiate(1, V1, V1);
+        neg.version = make_version(1, 1);
+        assert_eq!(
+            neg.write(&mut out),
+            Err(ProtoError::UnsupportedVersion(make_version(1, 1)))
+        );
+        // Reply bodies that break the reply rule.
+        let shapes = [
+            Reply {
+                body: ReplyBody::Empty,
+                ..Reply::ping(V1, 1, 1)
+            },
+            Reply {
+                status: NtStatus::STATUS_UNSUCCESSFUL,
+                ..Reply::ping(V1, 1, 1)
+            },
+            Reply {
+                body: ReplyBody::Ping { nonce: 1 },
+                ..Reply::negotiate_accept(1, V1)
+            },
+            Reply::status_only(MessageKind::ECHO, V1, 1, NtStatus::STATUS_SUCCESS),
+        ];
+        for r in shapes {
+            assert_eq!(
+                r.write(&mut out),
+                Err(ProtoError::BodyShape { kind: r.kind })
+            );
+        }
+        assert_eq!(
+            Reply::status_only(MessageKind::new(0x55), V1, 1, NtStatus::STATUS_SUCCESS)
+                .write(&mut out),
+            Err(ProtoError::UnknownKind(0x55))
+        );
+    }
+
+    #[test]
+    fn failure_reply_to_a_malformed_message() {
+        // Readable header with an unknown kind: the reply echoes kind and id.
+        let bad = raw(V1, 0x4242, 0, 0, 0, 0xABCD);
+        let err = parse_host_message(&bad).unwrap_err();
+        let reply = Reply::for_malformed(&bad, err.status());
+        let bytes = encode_reply(&reply);
+        assert_eq!(bytes.len(), STATUS_REPLY_SIZE);
+        let parsed = parse_reply(&bytes, MessageKind::new(0x4242), 0xABCD);
+        assert_eq!(parsed.map(|r| r.status), Ok(NtStatus::STATUS_NOT_SUPPORTED));
+        // Unreadable header: kind 0, id 0; unsupported version: V1 in the reply.
+        for raw_bytes in [
+            &[1u8, 2, 3][..],
+            &raw(make_version(5, 0), 1, 0, 0, 0, 7)[..],
+        ] {
+            let r = Reply::for_malformed(raw_bytes, NtStatus::STATUS_DATA_ERROR);
+            assert_eq!(r.version, V1);
+            let bytes = encode_reply(&r);
+            assert!(parse_reply(&bytes, r.kind, r.id).is_ok());
+        }
+        assert_eq!(peek_header(&[0; 23]), None);
+        assert_eq!(peek_header(&bad).map(|h| h.id.get()), Some(0xABCD));
+    }
+
+    #[test]
+    fn every_parse_error_maps_to_a_malformed_status_and_reason() {
+        let parse_errors = [
+            ProtoError::Truncated { needed: 1, got: 0 },
+            ProtoError::LengthMismatch {
+                header: 1,
+                actual: 0,
+            },
+            ProtoError::BodyLength {
+                kind: MessageKind::PING,
+                expected: 8,
+                got: 9,
+            },
+            ProtoError::UnknownKind(9),
+            ProtoError::UnsupportedVersion(9),
+            ProtoError::PayloadTooLarge { len: 1, max: 0 },
+            ProtoError::ReservedNonZero { field: "flags" },
+            ProtoError::WrongDirection {
+                kind: MessageKind::SEND,
+            },
+            ProtoError::ReplyFlag {
+                expected_reply: true,
+            },
+            ProtoError::KindMismatch {
+                expected: MessageKind::SEND,
+                got: MessageKind::PING,
+            },
+            ProtoError::IdMismatch {
+                expected: 1,
+                got: 2,
+            },
+            ProtoError::NonceMismatch {
+                expected: 1,
+                got: 2,
+            },
+            ProtoError::InvalidVersionRange { min: 2, max: 1 },
+            ProtoError::VersionOutOfRange {
+                chosen: 3,
+                min: 1,
+                max: 2,
+            },
+        ];
+        for e in parse_errors {
+            assert_eq!(StatusClass::of(e.status()), StatusClass::Malformed, "{e}");
+            assert!(!e.status().is_success());
+            assert!(!matches!(
+                e.reason(),
+                MalformedReason::Other | MalformedReason::Premature
+            ));
+            let text = format!("{e}");
+            assert!(text.starts_with(|c: char| c.is_ascii_lowercase()), "{text}");
+        }
+        assert_eq!(
+            ProtoError::UnsupportedVersion(0).status(),
+            NtStatus::STATUS_REVISION_MISMATCH
+        );
+        assert_eq!(
+            ProtoError::UnknownKind(0).status(),
+            NtStatus::STATUS_NOT_SUPPORTED
+        );
+        assert_eq!(
+            ProtoError::Truncated { needed: 0, got: 0 }.status(),
+            NtStatus::STATUS_DATA_ERROR
+        );
+        let w = ProtoError::BufferTooSmall { needed: 2, got: 1 };
+        assert_eq!(w.status(), NtStatus::STATUS_BUFFER_TOO_SMALL);
+        assert_eq!(w.reason(), MalformedReason::Other);
+        assert_eq!(
+            format!(
+                "{}",
+                ProtoError::ReplyFlag {
+                    expected_reply: true
+                }
+            ),
+            "reply flag is clear, expected set"
+        );
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(StatusClass::of(NtStatus::STATUS_SUCCESS), StatusClass::Ok);
+        assert_eq!(StatusClass::of(QUEUE_FULL_STATUS), StatusClass::QueueFull);
+        assert_eq!(StatusClass::of(PREMATURE_STATUS), StatusClass::NotReady);
+        assert_eq!(
+            StatusClass::of(NtStatus::STATUS_INSUFFICIENT_RESOURCES),
+            StatusClass::Other
+        );
+        for s in MALFORMED_STATUSES {
+            assert_eq!(StatusClass::of(*s), StatusClass::Malformed);
+        }
+    }
+
+    #[test]
+    fn malformed_reasons_are_dense_and_named() {
+        assert_eq!(MalformedReason::COUNT, 11);
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in MalformedReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(MalformedReason::from_index(i), Some(*r));
+            assert!(names.insert(r.name()));
+        }
+        assert_eq!(MalformedReason::from_index(MalformedReason::COUNT), None);
+        assert_eq!(MalformedReason::Premature as u32, 9);
+    }
+
+    #[test]
+    fn open_enums_keep_unknown_values() {
+        let k = MessageKind::new(0x1234);
+        assert!(!k.is_known());
+        assert_eq!(k.direction(), None);
+        assert_eq!(format!("{k:?}"), "MessageKind(0x1234)");
+        assert_eq!(format!("{:?}", MessageKind::ECHO), "ECHO");
+        assert_eq!(MessageKind::NOTIFY.name(), Some("NOTIFY"));
+        for k in MessageKind::KNOWN {
+            assert!(k.direction().is_some());
+        }
+        assert!(MessageFlags::REPLY.is_reply());
+        assert!(!MessageFlags::NONE.is_reply());
+    }
+}
