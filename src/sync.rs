@@ -182,3 +182,17 @@ impl<T> core::fmt::Debug for SpinGuard<'_, T> {
         f.write_str("SpinGuard")
     }
 }
+
+/// Lets another thread run while waiting for a short-held resource.
+///
+/// # IRQL
+/// PASSIVE_LEVEL (it may yield the processor).
+pub fn relax() {
+    #[cfg(not(windows))]
+    {
+        extern crate std;
+        std::thread::yield_now();
+    }
+    #[cfg(windows)]
+    core::hint::spin_loop();
+}

@@ -524,7 +524,7 @@ impl<H: ChannelHandler> Drop for ChannelBuilder<H> {
 impl<H: ChannelHandler> Channel<H> {
     /// A borrowed handle for sending packets and runtime calls.
     #[must_use]
-    pub fn as_ref(&self) -> ChannelRef<'_> {
+    pub fn handle(&self) -> ChannelRef<'_> {
         ChannelRef::from_raw(self.owned.raw)
     }
 
@@ -586,7 +586,7 @@ impl<H: ChannelHandler> Drop for DisabledChannel<H> {
 }
 
 /// A borrowed, copyable handle to a live channel: what callbacks receive and what
-/// [`Channel::as_ref`] returns. It cannot outlive the channel.
+/// [`Channel::handle`] returns. It cannot outlive the channel.
 #[derive(Clone, Copy, Debug)]
 pub struct ChannelRef<'a> {
     raw: sys::VMBCHANNEL,

@@ -55,7 +55,7 @@
 //!     let mut b = b;
 //!     b.max_packet_size(4096)?;
 //!     let ch = b.enable().map_err(|(_, status)| status)?;
-//!     let packet = ch.as_ref().allocate_packet()?;
+//!     let packet = ch.handle().allocate_packet()?;
 //!     packet
 //!         .send(&[0; 8], kmcl::SendFlags::WAIT_FOR_COMPLETION, |_| {})
 //!         .map_err(|e| e.status)?;

@@ -34,14 +34,26 @@ pub struct Completion<'a> {
     pub response: &'a [u8],
 }
 
-/// A send that KMCL refused: the packet comes back, still owned (freed when dropped).
-#[derive(Debug)]
-pub struct SendError<'ch> {
+/// A send that KMCL refused: the packet and the completion closure come back unused (the
+/// packet is freed when dropped; the closure can be called to report the failure through the
+/// same path as a completion).
+pub struct SendError<'ch, F> {
     /// The packet, unsent.
     pub packet: OutgoingPacket<'ch>,
     /// Why: KMCL's status, or `STATUS_INSUFFICIENT_RESOURCES` / `STATUS_INVALID_PARAMETER`
     /// from this layer.
     pub status: NtStatus,
+    /// The closure, not run.
+    pub on_complete: F,
+}
+
+impl<F> core::fmt::Debug for SendError<'_, F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SendError")
+            .field("packet", &self.packet)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A packet from `VmbPacketAllocate`, not yet sent. Neither `Clone` nor `Copy`; freed
@@ -81,9 +93,9 @@ impl<'ch> OutgoingPacket<'ch> {
     /// block or take a lock held around `send`.
     ///
     /// # Errors
-    /// The packet back, unsent, with KMCL's status, `STATUS_INSUFFICIENT_RESOURCES` if the
-    /// in-flight state cannot be allocated, or `STATUS_INVALID_PARAMETER` for a payload over
-    /// 4 GiB. `on_complete` is dropped without running.
+    /// The packet and `on_complete` back, unsent and not run, with KMCL's status,
+    /// `STATUS_INSUFFICIENT_RESOURCES` if the in-flight state cannot be allocated, or
+    /// `STATUS_INVALID_PARAMETER` for a payload over 4 GiB.
     ///
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.
@@ -92,7 +104,36 @@ impl<'ch> OutgoingPacket<'ch> {
         payload: &[u8],
         flags: SendFlags,
         on_complete: F,
-    ) -> Result<(), SendError<'ch>>
+    ) -> Result<(), SendError<'ch, F>>
+    where
+        F: FnOnce(Completion<'_>) + Send + 'static,
+    {
+        let mut copy = Vec::new();
+        if copy.try_reserve_exact(payload.len()).is_err() {
+            return Err(SendError {
+                packet: self,
+                status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+                on_complete,
+            });
+        }
+        copy.extend_from_slice(payload);
+        self.send_vec(copy, flags, on_complete)
+    }
+
+    /// [`send`](Self::send) for a payload the caller already owns: the buffer itself is kept
+    /// until completion, with no copy. It is dropped if the send fails.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn send_vec<F>(
+        self,
+        payload: Vec<u8>,
+        flags: SendFlags,
+        on_complete: F,
+    ) -> Result<(), SendError<'ch, F>>
     where
         F: FnOnce(Completion<'_>) + Send + 'static,
     {
@@ -100,24 +141,21 @@ impl<'ch> OutgoingPacket<'ch> {
             return Err(SendError {
                 packet: self,
                 status: NtStatus::STATUS_INVALID_PARAMETER,
+                on_complete,
             });
         };
-        let mut copy = Vec::new();
-        if copy.try_reserve_exact(payload.len()).is_err() {
-            return Err(SendError {
-                packet: self,
-                status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
-            });
-        }
-        copy.extend_from_slice(payload);
-        let Ok(state) = try_box(InFlight {
+        let state = match try_box(InFlight {
             on_complete,
-            payload: copy,
-        }) else {
-            return Err(SendError {
-                packet: self,
-                status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
-            });
+            payload,
+        }) {
+            Ok(state) => state,
+            Err(InFlight { on_complete, .. }) => {
+                return Err(SendError {
+                    packet: self,
+                    status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+                    on_complete,
+                });
+            }
         };
         let data = state.payload.as_ptr();
         let state = Box::into_raw(state);
@@ -142,10 +180,11 @@ impl<'ch> OutgoingPacket<'ch> {
         unsafe { sys::VmbPacketSetPointer(raw, ptr::null_mut()) };
         // SAFETY: `state` came from `Box::into_raw` above and the send that could have taken
         // it failed, so this is its only owner.
-        drop(unsafe { Box::from_raw(state) });
+        let InFlight { on_complete, .. } = *unsafe { Box::from_raw(state) };
         Err(SendError {
             packet: ManuallyDrop::into_inner(this),
             status,
+            on_complete,
         })
     }
 }

@@ -1,0 +1,267 @@
+//! The IOCTL handlers: GET_INFO, GET_STATS, RESET_STATS, PING, SEND, RECV.
+//!
+//! Each validates the code and buffer sizes first (one table, `IoctlCode::check_buffers`),
+//! then either completes the request or hands it to the path that will (a send's completion,
+//! the parked-RECV queue). Every request is completed exactly once.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use kmcl::{Completion, NtStatus, SendFlags};
+use vmbmsg_proto::ioctl::{
+    ABI_VERSION, BAD_REPLY_STATUS, ChannelState, InfoOut, IoctlCode, NOT_READY_STATUS, PingOut,
+    SendOut, TOO_MANY_PARKED_STATUS, parse_send_input, write_output, write_recv_output,
+};
+use vmbmsg_proto::wire::{
+    GuestMessage, HEADER_SIZE, MAX_PAYLOAD, MessageKind, PING_SIZE, SUPPORTED_MAX, SUPPORTED_MIN,
+    parse_ping_reply, parse_reply,
+};
+use zerocopy::little_endian::{I32, U16, U32, U64};
+
+use crate::stats::bump;
+use crate::sync::now_ns;
+use crate::{Core, DRIVER_VERSION, IoRequest, Platform, Shared};
+
+pub(crate) fn handle<P: Platform>(core: &Core<P>, code: u32, request: P::Request) {
+    let Some(code) = IoctlCode::from_raw(code) else {
+        request.complete(NtStatus::STATUS_INVALID_DEVICE_REQUEST, 0);
+        return;
+    };
+    let mut request = request;
+    let (input_len, output_len) = (request.input().len(), request.output().len());
+    if let Err(e) = code.check_buffers(input_len, output_len) {
+        request.complete(e.status(), 0);
+        return;
+    }
+    match code {
+        IoctlCode::GetInfo => {
+            let info = info(&core.shared);
+            complete_with(request, &info);
+        }
+        IoctlCode::GetStats => {
+            let stats = core.shared.stats.snapshot();
+            complete_with(request, &stats);
+        }
+        IoctlCode::ResetStats => {
+            core.shared.stats.reset();
+            request.complete(NtStatus::STATUS_SUCCESS, 0);
+        }
+        IoctlCode::Ping => ping(core, request),
+        IoctlCode::Send => send(core, request),
+        IoctlCode::Recv => recv(&core.shared, request),
+    }
+}
+
+/// Writes `value` to the output and completes with its size.
+fn complete_with<R: IoRequest, T: zerocopy::IntoBytes + zerocopy::Immutable>(
+    mut request: R,
+    value: &T,
+) {
+    match write_output(request.output(), value) {
+        Ok(len) => request.complete(NtStatus::STATUS_SUCCESS, len),
+        Err(e) => request.complete(e.status(), 0),
+    }
+}
+
+fn info<P: Platform>(shared: &Shared<P>) -> InfoOut {
+    let (major, minor, patch) = DRIVER_VERSION;
+    let as_u32 = |v: usize| U32::new(u32::try_from(v).unwrap_or(u32::MAX));
+    InfoOut {
+        abi_version: U32::new(ABI_VERSION),
+        channel_state: shared.state(),
+        driver_major: U16::new(major),
+        driver_minor: U16::new(minor),
+        driver_patch: U16::new(patch),
+        reserved: U16::ZERO,
+        protocol_version: U32::new(shared.version.load(Ordering::Acquire)),
+        protocol_min: U32::new(SUPPORTED_MIN),
+        protocol_max: U32::new(SUPPORTED_MAX),
+        max_payload: as_u32(MAX_PAYLOAD),
+        notify_queue_depth: as_u32(shared.config.notify_depth),
+        max_parked_recv: as_u32(shared.config.max_parked_recv),
+    }
+}
+
+/// PING: sends a nonce and completes when the host echoes it, with the round trip.
+fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
+    let shared = &core.shared;
+    let (Some(version), Some(channel)) = (shared.ready_version(), core.channel()) else {
+        request.complete(NOT_READY_STATUS, 0);
+        return;
+    };
+    let id = shared.next_id();
+    let nonce = id;
+    let mut message = [0u8; PING_SIZE];
+    let Ok(len) = GuestMessage::ping(version, id, nonce).write(&mut message) else {
+        request.complete(NtStatus::STATUS_INTERNAL_ERROR, 0);
+        return;
+    };
+    let packet = match channel.handle().allocate_packet() {
+        Ok(p) => p,
+        Err(status) => {
+            bump(&shared.stats.alloc_failures);
+            bump(&shared.stats.ping_failed);
+            request.complete(status, 0);
+            return;
+        }
+    };
+    let done = {
+        let shared = Arc::clone(shared);
+        let started = now_ns();
+        move |c: Completion<'_>| {
+            let rtt = now_ns().saturating_sub(started);
+            let host_status = match (c.status.is_success(), parse_ping_reply(c.response, id, nonce)) {
+                (true, Ok(host_status)) => host_status,
+                (true, Err(e)) => {
+                    shared.stats.malformed(e.reason());
+                    bump(&shared.stats.ping_failed);
+                    request.complete(BAD_REPLY_STATUS, 0);
+                    return;
+                }
+                (false, _) => {
+                    bump(&shared.stats.ping_failed);
+                    request.complete(c.status, 0);
+                    return;
+                }
+            };
+            if host_status.is_success() {
+                bump(&shared.stats.ping_ok);
+                shared.stats.rtt(rtt);
+            } else {
+                bump(&shared.stats.ping_failed);
+            }
+            let out = PingOut {
+                nonce: U64::new(nonce),
+                round_trip_ns: U64::new(rtt),
+                host_status: I32::new(host_status.0),
+                reserved: U32::ZERO,
+            };
+            complete_with(request, &out);
+        }
+    };
+    match packet.send(message.get(..len).unwrap_or_default(), SendFlags::WAIT_FOR_COMPLETION, done) {
+        Ok(()) => shared.stats.sent(len),
+        Err(e) => (e.on_complete)(Completion {
+            status: e.status,
+            response: &[],
+        }),
+    }
+}
+
+/// SEND: sends the caller's payload and completes with the host's status.
+fn send<P: Platform>(core: &Core<P>, request: P::Request) {
+    let shared = &core.shared;
+    let payload = match parse_send_input(request.input()) {
+        Ok(p) => p,
+        Err(e) => {
+            request.complete(e.status(), 0);
+            return;
+        }
+    };
+    let (Some(version), Some(channel)) = (shared.ready_version(), core.channel()) else {
+        request.complete(NOT_READY_STATUS, 0);
+        return;
+    };
+    let id = shared.next_id();
+    let mut message = Vec::new();
+    if message.try_reserve_exact(HEADER_SIZE + payload.len()).is_err() {
+        bump(&shared.stats.alloc_failures);
+        request.complete(NtStatus::STATUS_INSUFFICIENT_RESOURCES, 0);
+        return;
+    }
+    message.resize(HEADER_SIZE + payload.len(), 0);
+    let len = match GuestMessage::send(version, id, payload).write(&mut message) {
+        Ok(len) => len,
+        Err(e) => {
+            request.complete(e.status(), 0);
+            return;
+        }
+    };
+    message.truncate(len);
+    let packet = match channel.handle().allocate_packet() {
+        Ok(p) => p,
+        Err(status) => {
+            bump(&shared.stats.alloc_failures);
+            bump(&shared.stats.send_failed);
+            request.complete(status, 0);
+            return;
+        }
+    };
+    let done = {
+        let shared = Arc::clone(shared);
+        move |c: Completion<'_>| {
+            if !c.status.is_success() {
+                bump(&shared.stats.send_failed);
+                request.complete(c.status, 0);
+                return;
+            }
+            let host_status = match parse_reply(c.response, MessageKind::SEND, id) {
+                Ok(reply) => reply.status,
+                Err(e) => {
+                    shared.stats.malformed(e.reason());
+                    bump(&shared.stats.send_failed);
+                    request.complete(BAD_REPLY_STATUS, 0);
+                    return;
+                }
+            };
+            bump(if host_status.is_success() {
+                &shared.stats.send_ok
+            } else {
+                &shared.stats.send_failed
+            });
+            let out = SendOut {
+                host_status: I32::new(host_status.0),
+                reserved: U32::ZERO,
+            };
+            complete_with(request, &out);
+        }
+    };
+    match packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done) {
+        Ok(()) => shared.stats.sent(len),
+        Err(e) => (e.on_complete)(Completion {
+            status: e.status,
+            response: &[],
+        }),
+    }
+}
+
+/// RECV: the oldest queued notification now, or park until one arrives.
+fn recv<P: Platform>(shared: &Shared<P>, mut request: P::Request) {
+    let mut state = shared.notify.lock();
+    let dropped = state.dropped_since_last;
+    let written = state
+        .queue
+        .front()
+        .map(|(seq, message)| write_recv_output(request.output(), seq, dropped, message));
+    match written {
+        Some(Ok(len)) => {
+            state.queue.pop_front();
+            state.dropped_since_last = 0;
+            drop(state);
+            bump(&shared.stats.notify_delivered);
+            request.complete(NtStatus::STATUS_SUCCESS, len);
+        }
+        Some(Err(e)) => {
+            drop(state);
+            request.complete(e.status(), 0);
+        }
+        None if shared.state() != ChannelState::READY => {
+            drop(state);
+            request.complete(NOT_READY_STATUS, 0);
+        }
+        None if shared.platform.parked_recv_count() >= shared.config.max_parked_recv => {
+            drop(state);
+            request.complete(TOO_MANY_PARKED_STATUS, 0);
+        }
+        None => {
+            // Parked under the lock, so a notification arriving now either sees this request
+            // or was queued before we looked.
+            let parked = shared.platform.park_recv(request);
+            drop(state);
+            if let Err((request, status)) = parked {
+                request.complete(status, 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The packet-processing callback (`on_packet`), negotiation, and the channel's state
+//! callbacks: the [`kmcl::ChannelHandler`] of the driver.
+
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+
+use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
+use vmbmsg_proto::ioctl::{ChannelState, write_recv_output};
+use vmbmsg_proto::wire::{
+    GuestMessage, HostBody, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE,
+    NEGOTIATE_REQUEST_SIZE, NegotiateOutcome, PREMATURE_STATUS, QUEUE_FULL_STATUS, Reply,
+    STATUS_REPLY_SIZE, SUPPORTED_MAX, SUPPORTED_MIN, parse_host_message, parse_negotiate_reply,
+};
+
+use crate::notify::PushError;
+use crate::stats::bump;
+use crate::{IoRequest, Platform, Shared};
+
+/// The driver's channel handler: a view of the device's shared state.
+pub(crate) struct Handler<P: Platform> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P: Platform> Handler<P> {
+    pub(crate) fn new(shared: Arc<Shared<P>>) -> Self {
+        Self { shared }
+    }
+}
+
+impl<P: Platform> ChannelHandler for Handler<P> {
+    fn process_packet(
+        &self,
+        _channel: ChannelRef<'_>,
+        packet: IncomingPacket,
+        data: &[u8],
+        _flags: PacketFlags,
+    ) {
+        on_packet(&self.shared, packet, data);
+    }
+
+    fn opened(&self, _channel: ChannelRef<'_>) -> NtStatus {
+        self.shared.set_state(ChannelState::NEGOTIATING);
+        NtStatus::STATUS_SUCCESS
+    }
+
+    fn post_started(&self, channel: ChannelRef<'_>) {
+        negotiate(&self.shared, channel);
+    }
+
+    fn suspend(&self, _channel: ChannelRef<'_>) {
+        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED).
+        self.shared.version.store(0, Ordering::Release);
+        self.shared.set_state(ChannelState::CLOSED);
+    }
+
+    fn closed(&self, _channel: ChannelRef<'_>) {
+        self.shared.version.store(0, Ordering::Release);
+        self.shared.set_state(ChannelState::CLOSED);
+        // No notification can arrive any more: a parked RECV would wait forever.
+        self.shared
+            .finish_parked(vmbmsg_proto::ioctl::NOT_READY_STATUS);
+    }
+}
+
+/// Retires a host packet with a status-only reply and counts the status.
+fn complete_status<P: Platform>(
+    shared: &Shared<P>,
+    packet: IncomingPacket,
+    kind: MessageKind,
+    version: u32,
+    id: u64,
+    status: NtStatus,
+) {
+    let mut buf = [0u8; STATUS_REPLY_SIZE];
+    let reply = Reply::status_only(kind, version, id, status);
+    // A status-only reply always fits STATUS_REPLY_SIZE; an empty response is the fallback.
+    let len = reply.write(&mut buf).unwrap_or(0);
+    packet.complete(buf.get(..len).unwrap_or_default());
+    shared.stats.completed(status);
+}
+
+/// The packet-processing callback: parse, validate, dispatch, and complete `packet` exactly
+/// once. Malformed, unknown or premature packets are completed with an error status and
+/// counted by reason; nothing here panics or allocates.
+///
+/// # IRQL
+/// ≤ DISPATCH_LEVEL.
+pub(crate) fn on_packet<P: Platform>(shared: &Shared<P>, packet: IncomingPacket, data: &[u8]) {
+    shared.stats.received(data.len());
+    let message = match parse_host_message(data) {
+        Ok(m) => m,
+        Err(e) => {
+            shared.stats.malformed(e.reason());
+            let status = e.status();
+            let mut buf = [0u8; STATUS_REPLY_SIZE];
+            let len = Reply::for_malformed(data, status)
+                .write(&mut buf)
+                .unwrap_or(0);
+            packet.complete(buf.get(..len).unwrap_or_default());
+            shared.stats.completed(status);
+            return;
+        }
+    };
+    let kind = match message.body {
+        HostBody::Echo { .. } => MessageKind::ECHO,
+        HostBody::Notify { .. } => MessageKind::NOTIFY,
+    };
+    let Some(version) = shared.ready_version() else {
+        shared.stats.malformed(MalformedReason::Premature);
+        complete_status(
+            shared,
+            packet,
+            kind,
+            message.version,
+            message.id,
+            PREMATURE_STATUS,
+        );
+        return;
+    };
+    if message.version != version {
+        shared.stats.malformed(MalformedReason::UnsupportedVersion);
+        complete_status(
+            shared,
+            packet,
+            kind,
+            message.version,
+            message.id,
+            NtStatus::STATUS_REVISION_MISMATCH,
+        );
+        return;
+    }
+    match message.body {
+        HostBody::Echo { payload } => {
+            bump(&shared.stats.echo_count);
+            echo(shared, packet, version, message.id, payload);
+        }
+        HostBody::Notify { payload } => {
+            bump(&shared.stats.notify_count);
+            let status = deliver_notification(shared, payload);
+            complete_status(
+                shared,
+                packet,
+                MessageKind::NOTIFY,
+                version,
+                message.id,
+                status,
+            );
+        }
+    }
+}
+
+/// Answers an ECHO with its payload, in a reply buffer reserved at start-up.
+fn echo<P: Platform>(
+    shared: &Shared<P>,
+    packet: IncomingPacket,
+    version: u32,
+    id: u64,
+    payload: &[u8],
+) {
+    let buffer = shared.replies.lock().pop();
+    let Some(mut buffer) = buffer else {
+        bump(&shared.stats.alloc_failures);
+        complete_status(
+            shared,
+            packet,
+            MessageKind::ECHO,
+            version,
+            id,
+            NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+        );
+        return;
+    };
+    match Reply::echo(version, id, payload).write(&mut buffer) {
+        Ok(len) => {
+            packet.complete(buffer.get(..len).unwrap_or_default());
+            shared.stats.completed(NtStatus::STATUS_SUCCESS);
+        }
+        Err(e) => complete_status(shared, packet, MessageKind::ECHO, version, id, e.status()),
+    }
+    // Capacity for every buffer was reserved up front: this push never allocates.
+    shared.replies.lock().push(buffer);
+}
+
+/// Hands a notification to the oldest parked RECV request, or queues it. Returns the status
+/// the NOTIFY packet is completed with.
+fn deliver_notification<P: Platform>(shared: &Shared<P>, payload: &[u8]) -> NtStatus {
+    let mut state = shared.notify.lock();
+    let seq = state.next_seq;
+    if let Some(mut request) = shared.platform.next_parked_recv() {
+        state.next_seq += 1;
+        let dropped = core::mem::take(&mut state.dropped_since_last);
+        drop(state);
+        // A parked request's output was checked against RECV_OUT_MAX before it was parked.
+        match write_recv_output(request.output(), seq, dropped, payload) {
+            Ok(len) => {
+                request.complete(NtStatus::STATUS_SUCCESS, len);
+                bump(&shared.stats.notify_delivered);
+            }
+            Err(e) => request.complete(e.status(), 0),
+        }
+        return NtStatus::STATUS_SUCCESS;
+    }
+    match state.queue.push(seq, payload) {
+        Ok(()) => {
+            state.next_seq += 1;
+            drop(state);
+            bump(&shared.stats.notify_queued);
+            NtStatus::STATUS_SUCCESS
+        }
+        Err(PushError::Full | PushError::TooLarge) => {
+            state.dropped_since_last += 1;
+            drop(state);
+            bump(&shared.stats.notify_dropped);
+            QUEUE_FULL_STATUS
+        }
+    }
+}
+
+/// Proposes our version range with a synchronous request and records the outcome.
+///
+/// # IRQL
+/// PASSIVE_LEVEL (from `EvtChannelPostStarted`).
+fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
+    shared.set_state(ChannelState::NEGOTIATING);
+    let id = shared.next_id();
+    let mut request = [0u8; NEGOTIATE_REQUEST_SIZE];
+    let Ok(len) = GuestMessage::negotiate(id, SUPPORTED_MIN, SUPPORTED_MAX).write(&mut request)
+    else {
+        shared.set_state(ChannelState::NEGOTIATION_FAILED);
+        return;
+    };
+    let mut reply = [0u8; NEGOTIATE_REPLY_SIZE];
+    let sent = channel.send_sync(
+        request.get(..len).unwrap_or_default(),
+        &mut reply,
+        Timeout::After(shared.config.negotiate_timeout),
+    );
+    shared.stats.sent(len);
+    let outcome = match sent {
+        Ok(n) => parse_negotiate_reply(
+            reply.get(..n).unwrap_or_default(),
+            id,
+            SUPPORTED_MIN,
+            SUPPORTED_MAX,
+        ),
+        Err(_) => {
+            // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
+            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version.
+            shared.set_state(ChannelState::NEGOTIATION_FAILED);
+            return;
+        }
+    };
+    match outcome {
+        Ok(NegotiateOutcome::Accepted(version)) => {
+            shared.version.store(version, Ordering::Release);
+            shared.set_state(ChannelState::READY);
+        }
+        Ok(NegotiateOutcome::Rejected(_)) => shared.set_state(ChannelState::NEGOTIATION_FAILED),
+        Err(e) => {
+            shared.stats.malformed(e.reason());
+            shared.set_state(ChannelState::NEGOTIATION_FAILED);
+        }
+    }
+}
