@@ -1,2 +1,57 @@
-//! placeholder
-#![no_std]
+//! A user-mode model of the VMBus Kernel Mode Client Library (KMCL, `vmbkmcl.lib`), for
+//! building and testing KMCL client code on machines without Windows.
+//!
+//! Three things in one crate:
+//!
+//! * **The library.** The 40 client functions that `kmcl-sys` declares are defined here under
+//!   the same names and signatures (`#[unsafe(no_mangle)] extern "C"`), implementing the
+//!   documented contract of `shared/reference/vmbus-kmcl-api.md`: the channel state model
+//!   (§5), packet lifetimes (§6), every function (§7) and callback (§8). Where the reference
+//!   marks a rule `[inf]`, the model takes that conservative choice and says so in a comment.
+//!   Code that calls `kmcl_sys::Vmb*` links against these definitions when this crate is in
+//!   the build.
+//! * **A scriptable host.** [`connected`] creates an isolated world and returns its [`Host`]:
+//!   the guest allocates its channel under [`Host::parent_device`], the test opens it
+//!   ([`Host::open`]), sends packets ([`Host::send`]), receives and completes the guest's
+//!   packets ([`Host::recv`], [`GuestPacket::complete`], [`Host::set_responder`]) and closes
+//!   it ([`Host::rescind`]). Worlds never share state, so tests run in parallel.
+//! * **A verifier.** Every contract violation the model sees (a packet completed twice, a
+//!   PASSIVE-only call at DISPATCH, a leak at cleanup, ...) is recorded as a [`Violation`] in
+//!   the world's log ([`Host::violations`], [`Host::assert_no_violations`],
+//!   [`Host::violation_guard`]) or, when no world can be named, in [`orphan_violations`].
+//!
+//! Handles are opaque tokens, never pointers: any value (NULL, stale, garbage) is looked up,
+//! recorded and refused, so misuse is a violation, never undefined behaviour. The model never
+//! calls a guest callback while holding one of its locks, so the guest may call back into it
+//! from any callback, on any thread.
+//!
+//! IRQL is simulated per thread ([`current_irql`], [`with_irql`]): delivery threads and host
+//! completions run guest callbacks at DISPATCH_LEVEL, state-change callbacks at PASSIVE_LEVEL.
+// UNSAFETY: this crate defines the `extern "C"` KMCL functions: it receives raw pointers to
+// guest buffers and out-parameters (wrapped once, in `raw`) and calls the guest's C callbacks.
+#![allow(
+    unsafe_code,
+    reason = "defines the KMCL C ABI and calls guest callbacks"
+)]
+
+mod exports;
+mod handle;
+mod host;
+mod irql;
+mod mdl;
+mod raw;
+mod violation;
+mod world;
+
+pub use host::{
+    ChannelState, DEFAULT_INTERFACE_INSTANCE, DEFAULT_INTERFACE_TYPE, FaultPlan, GuestCompletion,
+    GuestPacket, Host, HostSendError, HostStats, HostTxn, ModelConfig, OpenError, OpenTask,
+    ViolationGuard, connected, connected_with,
+};
+pub use irql::{Irql, current_irql, with_irql};
+pub use mdl::{mdl_bytes, mdl_create, mdl_free};
+pub use ntstatus::NtStatus;
+pub use violation::{Violation, ViolationKind, orphan_violations};
+
+/// Re-exported so tests name the same FFI types the model implements.
+pub use kmcl_sys;
