@@ -111,7 +111,10 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
         let started = now_ns();
         move |c: Completion<'_>| {
             let rtt = now_ns().saturating_sub(started);
-            let host_status = match (c.status.is_success(), parse_ping_reply(c.response, id, nonce)) {
+            let host_status = match (
+                c.status.is_success(),
+                parse_ping_reply(c.response, id, nonce),
+            ) {
                 (true, Ok(host_status)) => host_status,
                 (true, Err(e)) => {
                     shared.stats.malformed(e.reason());
@@ -140,7 +143,11 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
             complete_with(request, &out);
         }
     };
-    match packet.send(message.get(..len).unwrap_or_default(), SendFlags::WAIT_FOR_COMPLETION, done) {
+    match packet.send(
+        message.get(..len).unwrap_or_default(),
+        SendFlags::WAIT_FOR_COMPLETION,
+        done,
+    ) {
         Ok(()) => shared.stats.sent(len),
         Err(e) => (e.on_complete)(Completion {
             status: e.status,
@@ -165,7 +172,10 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
     };
     let id = shared.next_id();
     let mut message = Vec::new();
-    if message.try_reserve_exact(HEADER_SIZE + payload.len()).is_err() {
+    if message
+        .try_reserve_exact(HEADER_SIZE + payload.len())
+        .is_err()
+    {
         bump(&shared.stats.alloc_failures);
         request.complete(NtStatus::STATUS_INSUFFICIENT_RESOURCES, 0);
         return;

@@ -44,7 +44,14 @@ impl NotifyQueue {
         let mut seqs = Vec::new();
         seqs.try_reserve_exact(depth).ok()?;
         seqs.resize(depth, 0);
-        Some(Self { storage, lens, seqs, slot_size, head: 0, len: 0 })
+        Some(Self {
+            storage,
+            lens,
+            seqs,
+            slot_size,
+            head: 0,
+            len: 0,
+        })
     }
 
     /// How many slots there are.
@@ -112,6 +119,7 @@ impl NotifyQueue {
 #[cfg(test)]
 mod tests {
     use super::{NotifyQueue, PushError};
+    use alloc::vec::Vec;
 
     #[test]
     fn fifo_with_wraparound_and_bounds() {
@@ -123,14 +131,25 @@ mod tests {
         assert_eq!(q.push(4, b"d"), Err(PushError::Full));
         assert_eq!(q.front(), Some((1, &b"a"[..])));
         q.pop_front();
-        assert_eq!(q.push(4, b"dddd"), Ok(()), "a freed slot is reused (wraps around)");
+        assert_eq!(
+            q.push(4, b"dddd"),
+            Ok(()),
+            "a freed slot is reused (wraps around)"
+        );
         assert_eq!(q.push(5, b"eeeee"), Err(PushError::TooLarge));
         let mut out = Vec::new();
         while let Some((seq, m)) = q.front() {
             out.push((seq, m.to_vec()));
             q.pop_front();
         }
-        assert_eq!(out, [(2, b"bb".to_vec()), (3, b"cccc".to_vec()), (4, b"dddd".to_vec())]);
+        assert_eq!(
+            out,
+            [
+                (2, b"bb".to_vec()),
+                (3, b"cccc".to_vec()),
+                (4, b"dddd".to_vec())
+            ]
+        );
         assert_eq!(q.push(6, b""), Ok(()), "empty messages are messages too");
         assert_eq!(q.front(), Some((6, &b""[..])));
         assert_eq!(q.clear(), 1);

@@ -1,0 +1,109 @@
+//! Host-to-guest packets through kmcl: inline completion, completion later from another
+//! thread, dropped packets completed with the fallback response, delivery IRQL.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::{FALLBACK, Mode, Recorder, T, builder, wait_until};
+
+#[test]
+fn inline_completion_returns_the_response_to_the_host() {
+    let host = kmcl_model::connected();
+    let rec = Recorder::new(Mode::Echo);
+    let channel = builder(&host, &rec)
+        .enable()
+        .map_err(|(_, s)| s)
+        .expect("enable");
+    host.open().expect("open");
+    let txn = host.send(b"hello", true).expect("send");
+    let done = host.wait_completion(txn, T).expect("completion");
+    assert_eq!(done.payload, b"hello");
+    assert!(!done.failed);
+    assert_eq!(
+        rec.dispatch_packets.load(Ordering::Relaxed),
+        1,
+        "delivered at DISPATCH_LEVEL"
+    );
+    drop(channel);
+    host.assert_no_violations();
+}
+
+#[test]
+fn a_packet_can_be_completed_later_from_another_thread() {
+    let host = kmcl_model::connected();
+    let rec = Recorder::new(Mode::Park);
+    let channel = builder(&host, &rec)
+        .enable()
+        .map_err(|(_, s)| s)
+        .expect("enable");
+    host.open().expect("open");
+    let txns: Vec<_> = (0u8..8)
+        .map(|i| host.send(&[i; 16], true).expect("send"))
+        .collect();
+    assert!(wait_until(T, || rec.parked.lock().unwrap().len() == 8));
+    let parked = rec.take_parked();
+    // Complete in reverse order, from another thread, well after the callbacks returned.
+    std::thread::spawn(move || {
+        for (packet, data) in parked.into_iter().rev() {
+            let mut reply = data;
+            reply.reverse();
+            packet.complete(&reply);
+        }
+    })
+    .join()
+    .expect("completer thread");
+    for (i, txn) in txns.into_iter().enumerate() {
+        let done = host.wait_completion(txn, T).expect("completion");
+        assert_eq!(done.payload, vec![u8::try_from(i).unwrap(); 16]);
+    }
+    drop(channel);
+    host.assert_no_violations();
+}
+
+#[test]
+fn a_dropped_packet_is_completed_with_the_fallback_and_counted() {
+    let host = kmcl_model::connected();
+    let rec = Recorder::new(Mode::Drop);
+    let channel = builder(&host, &rec)
+        .enable()
+        .map_err(|(_, s)| s)
+        .expect("enable");
+    host.open().expect("open");
+    let before = kmcl::unconsumed_packets();
+    let txn = host.send(b"lost?", true).expect("send");
+    let done = host
+        .wait_completion(txn, T)
+        .expect("completion: never silently lost");
+    assert_eq!(done.payload, FALLBACK);
+    assert!(kmcl::unconsumed_packets() > before);
+    drop(channel);
+    host.assert_no_violations();
+}
+
+#[test]
+fn disable_waits_for_parked_packets_completed_meanwhile() {
+    let host = kmcl_model::connected();
+    let rec = Recorder::new(Mode::Park);
+    let channel = builder(&host, &rec)
+        .enable()
+        .map_err(|(_, s)| s)
+        .expect("enable");
+    host.open().expect("open");
+    let txn = host.send(b"parked", true).expect("send");
+    assert!(wait_until(T, || rec.parked.lock().unwrap().len() == 1));
+    let rec2 = rec.clone();
+    let completer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for (p, d) in rec2.take_parked() {
+            p.complete(&d);
+        }
+    });
+    drop(channel); // blocks until the parked packet is completed
+    completer.join().expect("completer");
+    assert_eq!(
+        host.wait_completion(txn, T).expect("completion").payload,
+        b"parked"
+    );
+    host.assert_no_violations();
+}
