@@ -56,9 +56,15 @@ impl<P: Platform> ChannelHandler for Handler<P> {
     fn closed(&self, _channel: ChannelRef<'_>) {
         self.shared.version.store(0, Ordering::Release);
         self.shared.set_state(ChannelState::CLOSED);
-        // No notification can arrive any more: a parked RECV would wait forever.
-        self.shared
-            .finish_parked(vmbmsg_proto::ioctl::NOT_READY_STATUS);
+        // No notification can arrive any more: a parked RECV would wait forever. When the
+        // host closed the channel, user mode may retry later; when we are tearing the device
+        // down, it is gone.
+        let status = if self.shared.going_down.load(Ordering::Acquire) {
+            NtStatus::STATUS_DEVICE_REMOVED
+        } else {
+            vmbmsg_proto::ioctl::NOT_READY_STATUS
+        };
+        self.shared.finish_parked(status);
     }
 }
 
@@ -75,8 +81,9 @@ fn complete_status<P: Platform>(
     let reply = Reply::status_only(kind, version, id, status);
     // A status-only reply always fits STATUS_REPLY_SIZE; an empty response is the fallback.
     let len = reply.write(&mut buf).unwrap_or(0);
-    packet.complete(buf.get(..len).unwrap_or_default());
+    // Counted first, so that whoever sees the completion sees it counted.
     shared.stats.completed(status);
+    packet.complete(buf.get(..len).unwrap_or_default());
 }
 
 /// The packet-processing callback: parse, validate, dispatch, and complete `packet` exactly
@@ -96,8 +103,8 @@ pub(crate) fn on_packet<P: Platform>(shared: &Shared<P>, packet: IncomingPacket,
             let len = Reply::for_malformed(data, status)
                 .write(&mut buf)
                 .unwrap_or(0);
-            packet.complete(buf.get(..len).unwrap_or_default());
             shared.stats.completed(status);
+            packet.complete(buf.get(..len).unwrap_or_default());
             return;
         }
     };
@@ -172,8 +179,8 @@ fn echo<P: Platform>(
     };
     match Reply::echo(version, id, payload).write(&mut buffer) {
         Ok(len) => {
-            packet.complete(buffer.get(..len).unwrap_or_default());
             shared.stats.completed(NtStatus::STATUS_SUCCESS);
+            packet.complete(buffer.get(..len).unwrap_or_default());
         }
         Err(e) => complete_status(shared, packet, MessageKind::ECHO, version, id, e.status()),
     }
@@ -193,8 +200,8 @@ fn deliver_notification<P: Platform>(shared: &Shared<P>, payload: &[u8]) -> NtSt
         // A parked request's output was checked against RECV_OUT_MAX before it was parked.
         match write_recv_output(request.output(), seq, dropped, payload) {
             Ok(len) => {
-                request.complete(NtStatus::STATUS_SUCCESS, len);
                 bump(&shared.stats.notify_delivered);
+                request.complete(NtStatus::STATUS_SUCCESS, len);
             }
             Err(e) => request.complete(e.status(), 0),
         }

@@ -1,0 +1,488 @@
+//! The in-process simulation (not on Windows): the real driver [`Core`] against `kmcl-model`,
+//! with a host peer that speaks the vmbmsg protocol and can misbehave on request.
+//!
+//! This is what the integration tests and `vmbctl --sim` drive: [`Simulation::start`] brings
+//! the channel up, the simulated host opens it and negotiates, and [`Simulation::ioctl`] sends
+//! IOCTLs exactly as the WDF shell would deliver them.
+
+extern crate std;
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use kmcl_model::{GuestPacket, Host, HostSendError, HostTxn, ModelConfig, OpenError};
+use vmbmsg_proto::wire::{
+    GuestBody, HostMessage, MessageKind, PROTOCOL_V1, Reply, choose_version, parse_guest_message,
+};
+
+use crate::{Core, CoreConfig, IoRequest, NtStatus, ParentDevice, Platform};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How a completed request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The status the driver completed it with.
+    pub status: NtStatus,
+    /// The first `information` bytes of the output buffer.
+    pub output: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    result: Mutex<Option<Completed>>,
+    done: Condvar,
+}
+
+/// An IOCTL request as the simulation delivers it: input bytes, an output buffer of a chosen
+/// size, and a completion slot that a [`Pending`] waits on.
+#[derive(Debug)]
+pub struct SimRequest {
+    id: u64,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    slot: Arc<Slot>,
+}
+
+impl IoRequest for SimRequest {
+    fn input(&self) -> &[u8] {
+        &self.input
+    }
+
+    fn output(&mut self) -> &mut [u8] {
+        &mut self.output
+    }
+
+    fn complete(self, status: NtStatus, information: usize) {
+        let mut output = self.output;
+        output.truncate(information);
+        *lock(&self.slot.result) = Some(Completed { status, output });
+        self.slot.done.notify_all();
+    }
+}
+
+/// The caller's side of a [`SimRequest`]: wait for its completion or cancel it.
+#[derive(Debug)]
+pub struct Pending {
+    id: u64,
+    slot: Arc<Slot>,
+    platform: SimPlatform,
+}
+
+impl Pending {
+    /// Waits up to `timeout` for the request to complete.
+    #[must_use]
+    pub fn wait(&self, timeout: Duration) -> Option<Completed> {
+        let guard = lock(&self.slot.result);
+        let (guard, _) = self
+            .slot
+            .done
+            .wait_timeout_while(guard, timeout, |r| r.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        guard.clone()
+    }
+
+    /// The completion, if it already happened.
+    #[must_use]
+    pub fn try_get(&self) -> Option<Completed> {
+        lock(&self.slot.result).clone()
+    }
+
+    /// Cancels the request if it is parked (as the I/O manager would on `CancelIo`): it
+    /// completes with `STATUS_CANCELLED`. Returns whether it was parked.
+    pub fn cancel(&self) -> bool {
+        self.platform.cancel(self.id)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Parking {
+    parked: Mutex<VecDeque<SimRequest>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// The simulation's [`Platform`]: a FIFO of parked RECV requests that can be cancelled, like a
+/// manual `WDFQUEUE`.
+#[derive(Debug, Clone, Default)]
+pub struct SimPlatform {
+    inner: Arc<Parking>,
+}
+
+impl SimPlatform {
+    /// A request with `input` and an output buffer of `output_len` bytes.
+    #[must_use]
+    pub fn request(&self, input: &[u8], output_len: usize) -> (SimRequest, Pending) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot::default());
+        let request = SimRequest {
+            id,
+            input: input.to_vec(),
+            output: vec![0; output_len],
+            slot: slot.clone(),
+        };
+        let pending = Pending {
+            id,
+            slot,
+            platform: self.clone(),
+        };
+        (request, pending)
+    }
+
+    fn cancel(&self, id: u64) -> bool {
+        let request = {
+            let mut parked = lock(&self.inner.parked);
+            let index = parked.iter().position(|r| r.id == id);
+            index.and_then(|i| parked.remove(i))
+        };
+        match request {
+            Some(r) => {
+                r.complete(NtStatus::STATUS_CANCELLED, 0);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Platform for SimPlatform {
+    type Request = SimRequest;
+
+    fn park_recv(&self, request: SimRequest) -> Result<(), (SimRequest, NtStatus)> {
+        lock(&self.inner.parked).push_back(request);
+        Ok(())
+    }
+
+    fn next_parked_recv(&self) -> Option<SimRequest> {
+        lock(&self.inner.parked).pop_front()
+    }
+
+    fn parked_recv_count(&self) -> usize {
+        lock(&self.inner.parked).len()
+    }
+}
+
+/// How the simulated host answers NEGOTIATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiation {
+    /// Choose the newest version in the guest's range among `SimConfig::host_versions`.
+    Accept,
+    /// Reject with `STATUS_REVISION_MISMATCH`.
+    Reject,
+    /// Never answer (the guest times out).
+    Silent,
+    /// Answer with bytes that are not a NEGOTIATE reply.
+    Garbage,
+}
+
+/// How the simulated host answers PING and SEND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    /// Answer at once.
+    Normal,
+    /// Answer after this delay, from a host thread.
+    Slow(Duration),
+    /// Never answer (the transaction stays in flight until the channel closes).
+    Silent,
+    /// Answer at once with bytes that are not a valid reply.
+    Malformed,
+}
+
+/// The simulated host's behaviour; can be changed while the simulation runs
+/// ([`Simulation::set_behavior`]).
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// NEGOTIATE answers.
+    pub negotiation: Negotiation,
+    /// Versions the host speaks.
+    pub host_versions: Vec<u32>,
+    /// PING and SEND answers.
+    pub behavior: Behavior,
+    /// The status the host completes SEND with.
+    pub send_status: NtStatus,
+    /// Delivery threads of the model (simulated DPCs).
+    pub delivery_threads: usize,
+    /// The driver core's tunables.
+    pub core: CoreConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            negotiation: Negotiation::Accept,
+            host_versions: vec![PROTOCOL_V1],
+            behavior: Behavior::Normal,
+            send_status: NtStatus::STATUS_SUCCESS,
+            delivery_threads: 1,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// The answer the simulated host gives to one guest packet (`None`: answer later or never).
+fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
+    let message = match parse_guest_message(&packet.payload) {
+        Ok(m) => m,
+        Err(e) => {
+            let mut buf = vec![0; vmbmsg_proto::wire::STATUS_REPLY_SIZE];
+            let n = Reply::for_malformed(&packet.payload, e.status())
+                .write(&mut buf)
+                .unwrap_or(0);
+            buf.truncate(n);
+            return Some(buf);
+        }
+    };
+    let reply = match message.body {
+        GuestBody::Negotiate {
+            min_version,
+            max_version,
+        } => match config.negotiation {
+            Negotiation::Accept => {
+                match choose_version(min_version, max_version, &config.host_versions) {
+                    Some(v) => Reply::negotiate_accept(message.id, v),
+                    None => Reply::negotiate_reject(message.id),
+                }
+            }
+            Negotiation::Reject => Reply::negotiate_reject(message.id),
+            Negotiation::Silent => return None,
+            Negotiation::Garbage => return Some(b"not a negotiate reply".to_vec()),
+        },
+        GuestBody::Send { .. } | GuestBody::Ping { .. } => match config.behavior {
+            Behavior::Slow(_) | Behavior::Silent => return None,
+            Behavior::Malformed => return Some(vec![0xA5; 40]),
+            Behavior::Normal => match message.body {
+                GuestBody::Ping { nonce } => Reply::ping(message.version, message.id, nonce),
+                _ => Reply::status_only(
+                    MessageKind::SEND,
+                    message.version,
+                    message.id,
+                    config.send_status,
+                ),
+            },
+        },
+    };
+    let mut buf = vec![0; reply.encoded_len()];
+    let n = reply.write(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// The driver core and a simulated host, connected.
+pub struct Simulation {
+    host: Arc<Host>,
+    core: Core<SimPlatform>,
+    config: Arc<Mutex<SimConfig>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl core::fmt::Debug for Simulation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a simulation could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The core could not be created or its channel brought up.
+    Core(NtStatus),
+    /// The host could not open the channel.
+    Open(OpenError),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Core(s) => write!(f, "the driver core did not come up: {s}"),
+            Self::Open(e) => write!(f, "the host did not open the channel: {e}"),
+        }
+    }
+}
+
+impl Simulation {
+    /// Creates the core and the host, brings the channel up, and lets the host open it (which
+    /// runs negotiation). Whether negotiation succeeded is in [`Core::state`].
+    ///
+    /// # Errors
+    /// [`StartError`] when the core or the open fails.
+    pub fn start(config: SimConfig) -> Result<Self, StartError> {
+        let sim = Self::new(config)?;
+        sim.host.open().map_err(StartError::Open)?;
+        Ok(sim)
+    }
+
+    /// Creates the core and the host and brings the channel up, without opening it.
+    ///
+    /// # Errors
+    /// [`StartError::Core`] when the core cannot be created or the channel brought up.
+    pub fn new(config: SimConfig) -> Result<Self, StartError> {
+        let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
+        let host = Arc::new(kmcl_model::connected_with(ModelConfig {
+            delivery_threads: config.delivery_threads.max(1),
+            interface_type: kmcl_model::kmcl_sys::GUID {
+                Data1: ty.data1,
+                Data2: ty.data2,
+                Data3: ty.data3,
+                Data4: ty.data4,
+            },
+            ..ModelConfig::default()
+        }));
+        let core = Core::with_config(SimPlatform::default(), config.core.clone())
+            .map_err(StartError::Core)?;
+        let config = Arc::new(Mutex::new(config));
+        {
+            let config = config.clone();
+            host.set_responder(move |packet| {
+                let config = lock(&config).clone();
+                answer(&config, packet).map(|r| (NtStatus::STATUS_SUCCESS, r))
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (host, config, stop) = (host.clone(), config.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sim-host".into())
+                .spawn(move || slow_host(&host, &config, &stop))
+                .ok()
+        };
+        let parent = parent_of(&host);
+        core.channel_up(parent).map_err(StartError::Core)?;
+        Ok(Self {
+            host,
+            core,
+            config,
+            stop,
+            worker,
+        })
+    }
+
+    /// The driver core.
+    #[must_use]
+    pub fn core(&self) -> &Core<SimPlatform> {
+        &self.core
+    }
+
+    /// The model's host endpoint (raw packets, rescind, violations, statistics).
+    #[must_use]
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Changes how the host behaves from now on.
+    pub fn set_behavior(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut lock(&self.config));
+    }
+
+    /// Delivers an IOCTL to the core as the WDF shell would.
+    #[must_use]
+    pub fn ioctl(&self, code: u32, input: &[u8], output_len: usize) -> Pending {
+        let (request, pending) = self.core.platform().request(input, output_len);
+        self.core.handle_ioctl(code, request);
+        pending
+    }
+
+    /// The host sends an ECHO and waits for the guest's completion payload.
+    ///
+    /// # Errors
+    /// The model's refusal to send (channel not open).
+    pub fn host_echo(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, HostSendError> {
+        let txn = self.host_message(HostMessage::echo(self.version(), 0, payload))?;
+        Ok(self.completion(txn, timeout))
+    }
+
+    /// The host sends a NOTIFY and waits for the guest's completion payload.
+    ///
+    /// # Errors
+    /// The model's refusal to send (channel not open).
+    pub fn host_notify(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, HostSendError> {
+        let txn = self.host_message(HostMessage::notify(self.version(), 0, payload))?;
+        Ok(self.completion(txn, timeout))
+    }
+
+    /// Sends a host message with completion requested.
+    ///
+    /// # Errors
+    /// The model's refusal to send.
+    pub fn host_message(&self, message: HostMessage<'_>) -> Result<HostTxn, HostSendError> {
+        let mut buf = vec![0; message.encoded_len()];
+        let n = message.write(&mut buf).unwrap_or(0);
+        buf.truncate(n);
+        self.host.send(&buf, true)
+    }
+
+    /// The guest's completion payload of `txn` (empty if none arrived in time).
+    #[must_use]
+    pub fn completion(&self, txn: HostTxn, timeout: Duration) -> Vec<u8> {
+        self.host
+            .wait_completion(txn, timeout)
+            .map(|c| c.payload)
+            .unwrap_or_default()
+    }
+
+    /// The negotiated version, or V1 when none (for building host messages).
+    fn version(&self) -> u32 {
+        match self.core.protocol_version() {
+            0 => PROTOCOL_V1,
+            v => v,
+        }
+    }
+}
+
+/// The model's parent-device token for `host`.
+#[expect(
+    unsafe_code,
+    reason = "the one unsafe call of the simulation: wrapping the model's device token"
+)]
+fn parent_of(host: &Host) -> ParentDevice {
+    // SAFETY: `ParentDevice::from_raw` needs a device object valid for as long as any channel
+    // allocated under it exists. The model's token is valid for the life of `host`, and every
+    // `Simulation` takes its core's channel down (in `Drop`) before its `host` is dropped.
+    unsafe { ParentDevice::from_raw(host.parent_device()) }
+}
+
+/// Answers the packets the responder left for later: after the configured delay, or never.
+fn slow_host(host: &Host, config: &Mutex<SimConfig>, stop: &AtomicBool) {
+    let mut held = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let Some(packet) = host.recv(Duration::from_millis(20)) else {
+            continue;
+        };
+        let now = lock(config).clone();
+        match now.behavior {
+            Behavior::Slow(delay) => {
+                std::thread::sleep(delay);
+                let normal = SimConfig {
+                    behavior: Behavior::Normal,
+                    negotiation: Negotiation::Accept,
+                    ..now
+                };
+                match answer(&normal, &packet) {
+                    Some(reply) => packet.complete(NtStatus::STATUS_SUCCESS, &reply),
+                    None => held.push(packet),
+                }
+            }
+            // Silent (or a silent NEGOTIATE): keep it in flight; the close cancels it.
+            _ => held.push(packet),
+        }
+    }
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        self.core.channel_down();
+        self.stop.store(true, Ordering::Release);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Helpers shared by the driver's integration tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::time::Duration;
+
+use vmbmsg::sim::{Completed, SimConfig, Simulation};
+use vmbmsg::{CoreConfig, NtStatus};
+use vmbmsg_proto::ioctl::{
+    ChannelState, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS, InfoOut, RECV_OUT_MAX, StatsOut,
+    read_output,
+};
+
+pub(crate) const T: Duration = Duration::from_secs(10);
+
+/// A simulation that has negotiated, with test-friendly timeouts.
+pub(crate) fn ready() -> Simulation {
+    ready_with(SimConfig::default())
+}
+
+pub(crate) fn ready_with(config: SimConfig) -> Simulation {
+    let sim = Simulation::start(config).expect("simulation starts");
+    assert_eq!(sim.core().state(), ChannelState::READY);
+    sim
+}
+
+/// A config whose negotiation gives up quickly.
+pub(crate) fn quick() -> SimConfig {
+    SimConfig {
+        core: CoreConfig {
+            negotiate_timeout: Duration::from_millis(200),
+            ..CoreConfig::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+/// Runs one IOCTL to completion.
+pub(crate) fn ioctl(sim: &Simulation, code: u32, input: &[u8], output_len: usize) -> Completed {
+    sim.ioctl(code, input, output_len)
+        .wait(T)
+        .expect("the IOCTL completes")
+}
+
+pub(crate) fn info(sim: &Simulation) -> InfoOut {
+    let c = ioctl(sim, IOCTL_VMBMSG_GET_INFO, &[], size_of::<InfoOut>());
+    assert_eq!(c.status, NtStatus::STATUS_SUCCESS);
+    InfoOut::parse(&c.output).expect("a valid InfoOut")
+}
+
+pub(crate) fn stats(sim: &Simulation) -> StatsOut {
+    let c = ioctl(sim, IOCTL_VMBMSG_GET_STATS, &[], size_of::<StatsOut>());
+    assert_eq!(c.status, NtStatus::STATUS_SUCCESS);
+    read_output(&c.output).expect("a valid StatsOut")
+}
+
+/// RECV's minimum output size.
+pub(crate) const RECV_LEN: usize = RECV_OUT_MAX;
+
+/// Ends a test: the channel goes down and the model saw no contract violation.
+pub(crate) fn finish(sim: Simulation) {
+    sim.core().channel_down();
+    sim.host().assert_no_violations();
+    assert!(kmcl_model::orphan_violations().is_empty());
+}
