@@ -14,6 +14,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
+use wdk::paged_code;
 use wdk_sys::{
     _WDF_IO_QUEUE_DISPATCH_TYPE, _WDF_TRI_STATE, ULONG, WDF_IO_QUEUE_CONFIG,
     WDF_NO_OBJECT_ATTRIBUTES, WDFDEVICE, WDFQUEUE, WDFREQUEST, call_unsafe_wdf_function_binding,
@@ -33,8 +34,10 @@ const METHOD_MASK: u32 = 0b11;
 /// queue may present a request as soon as it exists).
 ///
 /// # IRQL
-/// PASSIVE_LEVEL (it runs in EvtDriverDeviceAdd, which is pageable).
+/// PASSIVE_LEVEL (only EvtDriverDeviceAdd calls it), so it is pageable.
+#[unsafe(link_section = "PAGE")]
 pub(super) unsafe fn create_default_queue(device: WDFDEVICE) -> NtStatus {
+    paged_code!();
     // `WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE(&config, WdfIoQueueDispatchParallel)` (wdfio.h):
     // zero, `Size`, `PowerManaged`, `DefaultQueue`, `DispatchType`, and for a parallel queue
     // `Settings.Parallel.NumberOfPresentedRequests = (ULONG)-1`. That last field matters: KMDF
@@ -89,8 +92,10 @@ pub(super) unsafe fn create_default_queue(device: WDFDEVICE) -> NtStatus {
 /// `device` is a live device created by `device::create`.
 ///
 /// # IRQL
-/// PASSIVE_LEVEL.
+/// PASSIVE_LEVEL (only EvtDriverDeviceAdd calls it), so it is pageable.
+#[unsafe(link_section = "PAGE")]
 pub(super) unsafe fn create_parked_queue(device: WDFDEVICE) -> Result<WDFQUEUE, NtStatus> {
+    paged_code!();
     // `WDF_IO_QUEUE_CONFIG_INIT(&config, WdfIoQueueDispatchManual)` with `PowerManaged =
     // WdfFalse`. A manual queue takes no I/O callbacks and `NumberOfPresentedRequests` must stay
     // 0 (`FxIoQueue::Initialize` rejects anything else).
