@@ -14,6 +14,12 @@ use core::ops::{Deref, DerefMut};
 
 #[cfg(windows)]
 mod imp {
+    // UNSAFETY: the kernel spin lock and clock are FFI calls into ntoskrnl.
+    #![expect(
+        unsafe_code,
+        reason = "KSPIN_LOCK and KeQueryPerformanceCounter through wdk-sys"
+    )]
+
     use core::cell::UnsafeCell;
     use wdk_sys::{KIRQL, KSPIN_LOCK};
 

@@ -258,4 +258,25 @@ impl Platform for WdfPlatform {
             }
         }
     }
+
+    fn parked_recv_count(&self) -> usize {
+        let Some(queue) = self.queue() else {
+            return 0;
+        };
+        let mut queued: ULONG = 0;
+        let mut driver_owned: ULONG = 0;
+        // SAFETY: `queue` is the device's live manual queue (type invariant); both out-pointers
+        // are valid. `WdfIoQueueGetState(Queue, PULONG QueueRequests, PULONG DriverRequests)`
+        // (wdfio.h) is callable at <= DISPATCH_LEVEL; for a manual queue, `QueueRequests`
+        // counts the requests parked in it (cancelled ones leave it when KMDF completes them).
+        let _state = unsafe {
+            call_unsafe_wdf_function_binding!(
+                WdfIoQueueGetState,
+                queue,
+                &raw mut queued,
+                &raw mut driver_owned
+            )
+        };
+        usize::try_from(queued).unwrap_or(usize::MAX)
+    }
 }
