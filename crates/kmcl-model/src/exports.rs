@@ -803,6 +803,10 @@ pub unsafe extern "C" fn VmbChannelSendSynchronousRequest(
     let Some(response) = outcome.response else {
         return outcome.status.0;
     };
+    if capacity.is_none() {
+        // [inf] No CompletionBufferSize: the caller wants no response; it is discarded.
+        return outcome.status.0;
+    }
     let written = out.fill(&response);
     size.write(u32::try_from(written).unwrap_or(u32::MAX));
     if written < response.len() && outcome.status.is_success() {
