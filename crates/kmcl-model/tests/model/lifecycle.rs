@@ -345,12 +345,75 @@ fn violation_guard_fails_the_test_on_a_violation() {
 }
 
 #[test]
-fn dispatch_level_is_reported_to_callbacks_and_restored() {
+fn dropping_the_host_calls_no_guest_callback() {
     assert_eq!(kmcl_model::current_irql(), Irql::Passive);
     let host = connected();
     let g = GuestBuilder::new(&host).opened();
     // Drop with the channel still enabled: the world is torn down without callbacks.
     drop(host);
     assert_eq!(g.event_names(), ["opened", "started", "post_started"]);
-    let _ = ViolationKind::InvalidHandle;
+}
+
+#[test]
+fn open_async_runs_the_open_on_its_own_thread() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    let test_thread = std::thread::current().id();
+    static OPEN_THREAD: std::sync::Mutex<Option<std::thread::ThreadId>> =
+        std::sync::Mutex::new(None);
+    let g = GuestBuilder::new(&host)
+        .on_opened(|_| {
+            *lock(&OPEN_THREAD) = Some(std::thread::current().id());
+            NtStatus::STATUS_SUCCESS
+        })
+        .enabled();
+    let task = host.open_async();
+    task.wait().expect("open");
+    assert_ne!(*lock(&OPEN_THREAD), Some(test_thread));
+    assert_eq!(host.channel_state(), ChannelState::Active);
+    g.teardown();
+}
+
+#[test]
+fn sends_from_opened_reach_the_host_after_opened_returns() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    host.set_responder(|gp| Some((NtStatus::STATUS_SUCCESS, gp.payload.clone())));
+    let c = Completions::new(true);
+    let g = GuestBuilder::new(&host)
+        .on_opened(move |g| send(tracked_packet(g.ch, c), b"from opened", WAIT))
+        .opened();
+    assert_eq!(c.all()[0].data, b"from opened");
+    assert_eq!(host.stats().received_from_guest, 1);
+    g.teardown();
+}
+
+#[test]
+fn uncompleted_packets_at_rescind_and_pause_are_reported() {
+    let host = connected_with(ModelConfig {
+        teardown_timeout: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let g = GuestBuilder::new(&host).on_packet(hold).opened();
+    host.send(b"x", true).expect("send");
+    wait_until("delivery", || g.held_len() == 1);
+    pause(g.ch);
+    expect_one(
+        &host,
+        ViolationKind::UncompletedAtDisable,
+        "VmbChannelPause",
+    );
+    start(g.ch);
+    host.send(b"y", true).expect("send");
+    wait_until("delivery", || g.held_len() == 2);
+    host.rescind();
+    expect_one(
+        &host,
+        ViolationKind::UncompletedAtDisable,
+        "EvtChannelSuspend",
+    );
+    assert_eq!(host.stats().force_retired, 2);
+    assert_eq!(host.channel_state(), ChannelState::Disabled);
+    cleanup(g.ch);
+    host.assert_no_violations();
 }
