@@ -730,6 +730,9 @@ pub unsafe extern "C" fn VmbPacketSendWithExternalMdl(
     w.packet_send(F, k, h, &buf, external, flags).0
 }
 
+/// [inf] The longest PFN list the model accepts (4 GiB of 4 KiB pages).
+const MAX_PFNS: usize = 1 << 20;
+
 /// Sends `buffer` plus external data as page frame numbers; needs `WAIT_FOR_COMPLETION`.
 ///
 /// # Safety
@@ -751,10 +754,14 @@ pub unsafe extern "C" fn VmbPacketSendWithExternalPfns(
         return NtStatus::STATUS_INVALID_PARAMETER_1.0;
     };
     let n = usize::try_from(pfn_length).unwrap_or(usize::MAX);
+    if n == 0 || n > MAX_PFNS {
+        w.record(V::InvalidParameter, F, h, format!("PfnLength {n}"));
+        return NtStatus::STATUS_INVALID_PARAMETER.0;
+    }
     // SAFETY: `_In_reads_(PfnLength)`: NULL or readable for `pfn_length` entries.
     let list = unsafe { raw::read_array(pfns.cast_const(), n) };
-    let Some(list) = list.filter(|l| !l.is_empty()) else {
-        w.record(V::InvalidParameter, F, h, "NULL or empty PFN list");
+    let Some(list) = list else {
+        w.record(V::InvalidParameter, F, h, "NULL PFN list");
         return NtStatus::STATUS_INVALID_PARAMETER.0;
     };
     w.packet_send(F, k, h, &buf, External::Pfns(list), flags).0
@@ -803,6 +810,10 @@ pub unsafe extern "C" fn VmbChannelSendSynchronousRequest(
     let Some(response) = outcome.response else {
         return outcome.status.0;
     };
+    if capacity.is_none() {
+        // [inf] No CompletionBufferSize: the caller wants no response; it is discarded.
+        return outcome.status.0;
+    }
     let written = out.fill(&response);
     size.write(u32::try_from(written).unwrap_or(u32::MAX));
     if written < response.len() && outcome.status.is_success() {

@@ -27,6 +27,22 @@
 //!
 //! IRQL is simulated per thread ([`current_irql`], [`with_irql`]): delivery threads and host
 //! completions run guest callbacks at DISPATCH_LEVEL, state-change callbacks at PASSIVE_LEVEL.
+//!
+//! A test drives both sides: the guest through `kmcl_sys::Vmb*` (or a safe wrapper over it),
+//! the host through [`Host`]:
+//!
+//! ```
+//! use kmcl_model::{ChannelState, ModelConfig, OpenError, connected_with};
+//! use std::time::Duration;
+//!
+//! let host = connected_with(ModelConfig { delivery_threads: 4, ..Default::default() });
+//! let _check = host.violation_guard(); // fails the test on any contract violation
+//! // The guest would now call VmbChannelAllocate(host.parent_device(), 0, &mut ch), the Init
+//! // setters and VmbChannelEnable; until then there is nothing to open.
+//! assert_eq!(host.channel_state(), ChannelState::None);
+//! assert_eq!(host.open(), Err(OpenError::NoEnabledChannel));
+//! assert!(host.recv(Duration::ZERO).is_none());
+//! ```
 // UNSAFETY: this crate defines the `extern "C"` KMCL functions: it receives raw pointers to
 // guest buffers and out-parameters (wrapped once, in `raw`) and calls the guest's C callbacks.
 #![allow(

@@ -80,6 +80,43 @@ pub enum ViolationKind {
     ResponderPanicked,
 }
 
+impl ViolationKind {
+    /// Every kind, in declaration order.
+    pub const ALL: &'static [Self] = &[
+        Self::IncomingCompletedTwice,
+        Self::UnknownIncomingToken,
+        Self::UncompletedAtDisable,
+        Self::PacketFreedTwice,
+        Self::PacketFreedInFlight,
+        Self::PacketUseAfterFree,
+        Self::ChannelUseAfterCleanup,
+        Self::CleanupWhileEnabled,
+        Self::PassiveOnlyAtDispatch,
+        Self::InitAfterEnable,
+        Self::SendOnClosedChannel,
+        Self::CompletionTooLarge,
+        Self::LeakAtCleanup,
+        Self::DeferOutsideCallback,
+        Self::SendTooLarge,
+        Self::InvalidFlags,
+        Self::SendWithoutCompletionRoutine,
+        Self::SyncRequestInStarted,
+        Self::GpadlLeak,
+        Self::InvalidHandle,
+        Self::StateCallbackReentry,
+        Self::PacketInFlight,
+        Self::InitializeOfAllocatedPacket,
+        Self::FreeOfInitializedPacket,
+        Self::ExternalDataWithoutWait,
+        Self::NoExternalData,
+        Self::GpadlOnClosedChannel,
+        Self::GpadlDeletedTwice,
+        Self::UnknownGpadl,
+        Self::InvalidParameter,
+        Self::ResponderPanicked,
+    ];
+}
+
 /// One contract violation the verifier recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {

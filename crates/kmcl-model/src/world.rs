@@ -2197,6 +2197,12 @@ impl World {
                 if wait && !g.out_txns.contains_key(&id) {
                     return; // cancelled meanwhile (channel closed or request timed out)
                 }
+                let open = g.channels.get(&gp.channel).is_some_and(|c| {
+                    c.phase.delivers_to_host() && g.open_channel == Some(c.serial)
+                });
+                if !open {
+                    return; // the channel closed while the packet was on its way
+                }
                 let size = ring_size(&gp);
                 if let Some(c) = g.channels.get_mut(&gp.channel) {
                     c.out_ring_used += size;
