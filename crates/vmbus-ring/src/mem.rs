@@ -284,11 +284,24 @@ mod flat {
     }
 }
 
-/// Loads a control word (`Acquire`); a missing word reads as 0.
+/// Loads a control word; a missing word reads as 0.
+///
+/// `SeqCst` (a plain load on x86, `ldar` on Arm) so that, paired with
+/// [`publish_control`], "publish my index, then read the peer's field" on one side and the
+/// same on the other side can never both miss each other (the lost-wakeup case of §1.8).
 pub(crate) fn load_control(mem: &impl RingMem, word: usize) -> u32 {
     mem.control()
         .get(word)
-        .map_or(0, |w| w.load(Ordering::Acquire))
+        .map_or(0, |w| w.load(Ordering::SeqCst))
+}
+
+/// Publishes a control word with a `SeqCst` swap: the store and the full barrier that must
+/// follow it before the peer's fields are read, in one instruction (`xchg` on x86, cheaper
+/// than `mov` + `mfence`).
+pub(crate) fn publish_control(mem: &impl RingMem, word: usize, value: u32) {
+    if let Some(w) = mem.control().get(word) {
+        w.swap(value, Ordering::SeqCst);
+    }
 }
 
 /// Stores a control word (`Release`).

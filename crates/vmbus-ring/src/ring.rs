@@ -1,15 +1,14 @@
 //! The two ends of one ring: [`OutgoingRing`] (the writer) and [`IncomingRing`] (the reader).
 //!
 //! Each end keeps private offsets and publishes its own index only in `commit_*`, so a batch
-//! of packets costs one index store, one full fence and one signal decision (§1.3, §1.8). The
+//! of packets costs one index store (a full barrier), and one signal decision (§1.3, §1.8). The
 //! peer's index is read once per refresh, validated (`< len`, 8-aligned) and cached; all
 //! arithmetic uses the cached copy.
 
 use core::fmt;
 use core::num::NonZeroU64;
-use core::sync::atomic::{Ordering, fence};
 
-use crate::mem::{RingMem, load_control, or_control, store_control, valid_len};
+use crate::mem::{RingMem, load_control, or_control, publish_control, store_control, valid_len};
 use crate::protocol::{
     DEFINED_FLAGS, DESCRIPTOR_SIZE, FEATURE_BITS, FEATURE_SUPPORTS_PENDING_SEND_SIZE,
     FLAG_COMPLETION_REQUESTED, INTERRUPT_MASK, PENDING_SEND_SIZE, PacketType, READ_INDEX,
@@ -414,8 +413,7 @@ impl<M: RingMem> OutgoingRing<M> {
         if self.next_in == self.committed_in {
             return Ok(false);
         }
-        store_control(&self.mem, WRITE_INDEX, to_u32(self.next_in));
-        fence(Ordering::SeqCst);
+        publish_control(&self.mem, WRITE_INDEX, to_u32(self.next_in));
         let masked = load_control(&self.mem, INTERRUPT_MASK) != 0;
         let was_empty = self.refresh_out()? == self.committed_in;
         self.committed_in = self.next_in;
@@ -448,8 +446,7 @@ impl<M: RingMem> OutgoingRing<M> {
             return Err(e);
         }
         let want = needed.min(self.max_footprint());
-        store_control(&self.mem, PENDING_SEND_SIZE, to_u32(want));
-        fence(Ordering::SeqCst);
+        publish_control(&self.mem, PENDING_SEND_SIZE, to_u32(want));
         let out = self.refresh_out()?;
         Ok(self.free_with(out) >= needed)
     }
@@ -540,8 +537,7 @@ impl<M: RingMem> IncomingRing<M> {
     /// empty → non-empty. Clear it before waiting, then check [`is_empty`](Self::is_empty)
     /// again (a packet may have arrived while it was set).
     pub fn set_interrupt_mask(&self, masked: bool) {
-        store_control(&self.mem, INTERRUPT_MASK, u32::from(masked));
-        fence(Ordering::SeqCst);
+        publish_control(&self.mem, INTERRUPT_MASK, u32::from(masked));
     }
 
     /// Whether the writer announced `FEATURE_SUPPORTS_PENDING_SEND_SIZE` on this ring.
@@ -678,8 +674,7 @@ impl<M: RingMem> IncomingRing<M> {
         if to == self.committed_out {
             return Ok(false);
         }
-        store_control(&self.mem, READ_INDEX, to_u32(to));
-        fence(Ordering::SeqCst);
+        publish_control(&self.mem, READ_INDEX, to_u32(to));
         // Low bits masked: some writers ask for "ring size - 1", which no free space equals.
         let pending = usize::try_from(load_control(&self.mem, PENDING_SEND_SIZE) & !7).unwrap_or(0);
         let before = self.committed_out;
@@ -746,6 +741,7 @@ impl<M: RingMem> PacketRef<'_, M> {
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
     extern crate std;
+    use core::sync::atomic::Ordering;
     use std::vec;
     use std::vec::Vec;
 
