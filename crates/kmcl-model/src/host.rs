@@ -13,6 +13,7 @@ use kmcl_sys::{GUID, PDEVICE_OBJECT};
 use ntstatus::NtStatus;
 
 use crate::handle::{self, Kind};
+use crate::transport::{RingSnapshot, TransportStats};
 use crate::violation::{Violation, format_list};
 use crate::world::World;
 
@@ -225,6 +226,8 @@ pub struct GuestPacket {
     pub(crate) channel: u64,
     pub(crate) needs_completion: bool,
     pub(crate) world: Weak<World>,
+    /// Where the packet sits in the guest→host ring while the host holds it.
+    pub(crate) held: Option<(Weak<crate::transport::Link>, u64)>,
 }
 
 impl GuestPacket {
@@ -420,7 +423,24 @@ impl Host {
         payload: &[u8],
         completion_requested: bool,
     ) -> Result<HostTxn, HostSendError> {
-        self.world.host_send(payload, None, completion_requested)
+        self.world
+            .host_send(payload, None, completion_requested, false)
+    }
+
+    /// Like [`Host::send`], but the calling thread delivers the packet: when it is next in
+    /// line and the queue can take it (started, not failed, under quota), the guest's
+    /// ProcessPacket runs on this thread at the channel's IRQL before this returns;
+    /// otherwise the delivery threads deliver it as usual. Benchmarks use it to measure the
+    /// guest's receive path without thread hand-offs.
+    ///
+    /// # Errors
+    /// As [`Host::send`].
+    pub fn send_inline(
+        &self,
+        payload: &[u8],
+        completion_requested: bool,
+    ) -> Result<HostTxn, HostSendError> {
+        self.world.host_send_inline(payload, completion_requested)
     }
 
     /// Host→guest packet with external data (`VMBUS_CHANNEL_PROCESS_PACKET_FLAG_EXTERNAL_DATA`):
@@ -434,7 +454,8 @@ impl Host {
         payload: &[u8],
         external: &[u8],
     ) -> Result<HostTxn, HostSendError> {
-        self.world.host_send(payload, Some(external.to_vec()), true)
+        self.world
+            .host_send(payload, Some(external.to_vec()), true, false)
     }
 
     /// Waits up to `timeout` until the guest retired `txn` (completed or failed it). `None` on
@@ -528,6 +549,20 @@ impl Host {
     #[must_use]
     pub fn faults(&self) -> &FaultPlan {
         &self.world.faults
+    }
+
+    /// Counters of the open channel's rings (signals sent and skipped, full rings, queued
+    /// sends); `None` when no channel is open.
+    #[must_use]
+    pub fn ring_stats(&self) -> Option<TransportStats> {
+        self.world.ring_stats()
+    }
+
+    /// The bytes of the open channel's two rings as they are in shared memory now; `None`
+    /// when no channel is open.
+    #[must_use]
+    pub fn ring_snapshot(&self) -> Option<RingSnapshot> {
+        self.world.ring_snapshot()
     }
 
     /// The guest memory a live GPADL describes (copied when it was created).

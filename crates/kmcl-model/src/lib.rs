@@ -56,6 +56,7 @@ mod host;
 mod irql;
 mod mdl;
 mod raw;
+mod transport;
 mod violation;
 mod world;
 
@@ -67,7 +68,9 @@ pub use host::{
 pub use irql::{Irql, current_irql, with_irql};
 pub use mdl::{mdl_bytes, mdl_create, mdl_free};
 pub use ntstatus::NtStatus;
+pub use transport::{RingSnapshot, TransportStats};
 pub use violation::{Violation, ViolationKind, orphan_violations};
+pub use vmbus_ring::RingStats;
 
 /// Re-exported so tests name the same FFI types the model implements.
 pub use kmcl_sys;

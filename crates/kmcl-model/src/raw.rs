@@ -48,6 +48,16 @@ impl GuestBytes<'_> {
         self.ptr.is_null() && self.len > 0
     }
 
+    /// The bytes, borrowed for the call; empty when the pointer is NULL.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `new`'s contract: `ptr` is readable for `len` bytes for as long as `self`
+        // lives (the export call), and the returned borrow cannot outlive `self`.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
     /// Copies the first `min(len, max)` bytes; empty when the pointer is NULL.
     pub(crate) fn to_vec(&self, max: usize) -> Vec<u8> {
         let n = self.len.min(max);

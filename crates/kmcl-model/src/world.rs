@@ -26,15 +26,23 @@ use crate::host::{
 use crate::irql::{Frame, FrameKind, Irql, StateCb, current_irql, in_callback};
 use crate::mdl;
 use crate::raw::{AlignedBuf, GuestBytes};
+use crate::transport::{
+    AUX_EXTERNAL, AUX_FLAGS, AUX_SYNCHRONOUS, Dir, GuestWrite, HostWriteError, Item, Link,
+    RingSnapshot, TransportStats, max_payload, wire_id,
+};
 use crate::violation::{Violation, ViolationKind as V};
+use vmbus_ring::OutgoingKind;
 
 /// [inf] Default maximum packet size when the guest sets none.
 pub(crate) const DEFAULT_MAX_PACKET: u32 = 4096;
 /// [inf] Default ring sizes (pages) when the guest sets none.
 pub(crate) const DEFAULT_RING_PAGES: u32 = 16;
 const PAGE_SIZE: usize = 4096;
-/// Bytes a packet descriptor takes in a ring, on top of its payload.
-const DESCRIPTOR_BYTES: usize = 16;
+/// How long a host thread waits for its own packet to come out of the other end of a ring
+/// (only while another thread runs that end's interrupt handler).
+const HANDOFF_WAIT: Duration = Duration::from_secs(30);
+/// How often a host thread that waits (recv, wait_completion) polls its incoming ring.
+const HOST_POLL: Duration = Duration::from_millis(5);
 /// [inf] `VmbChannelSizeofPacket` = maximum packet size + this much bookkeeping.
 pub(crate) const PACKET_OBJECT_OVERHEAD: u32 = 0x100;
 /// Delivered payload copies kept (poisoned) after the guest's right to read them ended, so a
@@ -109,6 +117,9 @@ struct ToGuest {
     payload: Vec<u8>,
     external: Option<Arc<Vec<u8>>>,
     deferred: bool,
+    /// Delivered by the thread of [`Host::send_inline`](crate::Host::send_inline), not by
+    /// the delivery threads.
+    inline: bool,
 }
 
 #[derive(Debug)]
@@ -133,7 +144,8 @@ struct Channel {
     batch: u32,
     /// Packet completion routines running now.
     routines_running: u32,
-    out_ring_used: usize,
+    /// The rings, from the host's open to the close.
+    link: Option<Arc<Link>>,
     // Configuration (Init setters).
     max_packet: u32,
     max_external: Option<(u32, u32)>,
@@ -173,7 +185,7 @@ impl Channel {
             delivering: 0,
             batch: 0,
             routines_running: 0,
-            out_ring_used: 0,
+            link: None,
             max_packet: DEFAULT_MAX_PACKET,
             max_external: None,
             client_context: 0,
@@ -210,6 +222,11 @@ impl Channel {
 
     fn has_queued(&self) -> bool {
         !self.deferred.is_empty() || !self.to_guest.is_empty()
+    }
+
+    /// The next packet is for a [`Host::send_inline`](crate::Host::send_inline) caller.
+    fn next_is_inline(&self) -> bool {
+        self.deferred.is_empty() && self.to_guest.front().is_some_and(|p| p.inline)
     }
 
     /// The delivery threads may take a packet of this channel now.
@@ -420,6 +437,12 @@ pub(crate) struct State {
     out_txns: HashMap<u64, OutTxn>,
     sync_slots: HashMap<u64, Option<SyncAnswer>>,
     to_host: VecDeque<GuestPacket>,
+    /// External data of packets in a ring (it would travel as GPA ranges): guest→host by
+    /// transaction (channel, MDL bytes, PFNs), host→guest by transaction.
+    g2h_side: HashMap<u64, SideData>,
+    h2g_side: HashMap<u64, Arc<Vec<u8>>>,
+    /// Host transactions that [`Host::send_inline`](crate::Host::send_inline) delivers itself.
+    inline_txns: HashSet<u64>,
     gpadls: BTreeMap<u32, Gpadl>,
     deleted_gpadls: HashSet<u32>,
     violations: Vec<Violation>,
@@ -448,6 +471,9 @@ impl Default for State {
             out_txns: HashMap::new(),
             sync_slots: HashMap::new(),
             to_host: VecDeque::new(),
+            g2h_side: HashMap::new(),
+            h2g_side: HashMap::new(),
+            inline_txns: HashSet::new(),
             gpadls: BTreeMap::new(),
             deleted_gpadls: HashSet::new(),
             violations: Vec::new(),
@@ -997,6 +1023,8 @@ impl World {
             return Err(OpenError::OpenedFailed(status));
         }
         c.phase = Phase::Starting;
+        // The rings exist from the open to the close.
+        c.link = Link::new(serial, c.ring_pages.0, c.ring_pages.1);
         let pending: Vec<GuestPacket> = c.pre_open.drain(..).collect();
         let armed = c.pause_armed;
         if armed {
@@ -1006,7 +1034,7 @@ impl World {
         drop(g);
         // Packets queued before the open reach the host now (§6.2).
         for gp in pending {
-            self.deliver_to_host(gp);
+            self.deliver_to_host(gp, true);
         }
         let mut g = self.lock();
         if !armed {
@@ -1254,9 +1282,13 @@ impl World {
         if g.shutdown {
             return g;
         }
-        // Undelivered host packets are dropped.
+        // The rings go away: packets still in them, undelivered host packets and queued guest
+        // packets are dropped.
         let st = &mut *g;
         if let Some(c) = st.channels.get_mut(&serial) {
+            if let Some(link) = c.link.take() {
+                link.close();
+            }
             c.queue_on = false;
             let dropped: Vec<ToGuest> = c.to_guest.drain(..).chain(c.deferred.drain(..)).collect();
             for p in dropped {
@@ -1351,18 +1383,10 @@ impl World {
                 }
             }
         }
-        let mut freed_ring = 0;
-        st.to_host.retain(|gp| {
-            if gp.channel == serial {
-                freed_ring += ring_size(gp);
-                false
-            } else {
-                true
-            }
-        });
+        st.to_host.retain(|gp| gp.channel != serial);
+        st.g2h_side.retain(|_, (channel, _, _)| *channel != serial);
         if let Some(c) = st.channels.get_mut(&serial) {
             c.pre_open.clear();
-            c.out_ring_used = 0;
             c.routines_running += u32::try_from(routines.len()).unwrap_or(u32::MAX);
         }
         drop(g);
@@ -1388,6 +1412,7 @@ impl World {
         payload: &[u8],
         external: Option<Vec<u8>>,
         completion_requested: bool,
+        inline: bool,
     ) -> Result<crate::HostTxn, HostSendError> {
         let mut g = self.lock();
         let st = &mut *g;
@@ -1399,8 +1424,9 @@ impl World {
         ) {
             return Err(HostSendError::NotOpen);
         }
+        let link = c.link.clone().ok_or(HostSendError::NotOpen)?;
         let len = payload.len() + external.as_ref().map_or(0, Vec::len);
-        let limit = Channel::ring_bytes(c.ring_pages.0).saturating_sub(DESCRIPTOR_BYTES);
+        let limit = link.h2g_max_payload();
         if len > limit || u32::try_from(payload.len()).is_err() {
             return Err(HostSendError::TooLarge { len, limit });
         }
@@ -1414,21 +1440,85 @@ impl World {
                 dropped: false,
             },
         );
-        c.to_guest.push_back(ToGuest {
-            txn,
-            payload: payload.to_vec(),
-            external: external.map(Arc::new),
-            deferred: false,
-        });
+        let aux = if external.is_some() { AUX_EXTERNAL } else { 0 };
+        if let Some(e) = external {
+            st.h2g_side.insert(txn, Arc::new(e));
+        }
+        if inline {
+            st.inline_txns.insert(txn);
+        }
         drop(g);
-        self.work_cv.notify_one();
+        let kind = OutgoingKind::InBand {
+            transaction_id: wire_id(txn),
+            completion_requested,
+        };
+        match link.host_write(kind, aux, payload, || self.guest_isr(&link)) {
+            Ok(true) => self.guest_isr(&link),
+            Ok(false) => {} // the guest is draining the ring (or will be): no signal
+            Err(_) => {
+                // The channel closed meanwhile: dropped undelivered.
+                let mut g = self.lock();
+                g.stats.dropped_undelivered += 1;
+                g.h2g_side.remove(&txn);
+                g.inline_txns.remove(&txn);
+                if let Some(hr) = g.host_txns.get_mut(&txn) {
+                    hr.dropped = true;
+                }
+                drop(g);
+                self.txn_cv.notify_all();
+            }
+        }
         Ok(crate::HostTxn(txn))
+    }
+
+    /// [`Host::send_inline`](crate::Host::send_inline): sends, then runs the packet's
+    /// ProcessPacket on this thread when it is next in line and the queue can take it.
+    pub(crate) fn host_send_inline(
+        &self,
+        payload: &[u8],
+        completion_requested: bool,
+    ) -> Result<crate::HostTxn, HostSendError> {
+        let handle = self.host_send(payload, None, completion_requested, true)?;
+        let txn = handle.0;
+        let deadline = Instant::now() + HANDOFF_WAIT;
+        let mut g = self.lock();
+        let job = loop {
+            let serial = g.open_channel;
+            let st = &mut *g;
+            let c = serial.and_then(|s| st.channels.get_mut(&s));
+            let Some(c) = c else {
+                break None;
+            };
+            let ours = c.next_is_inline() && c.to_guest.front().is_some_and(|p| p.txn == txn);
+            if ours && c.can_deliver() {
+                break self.take_delivery_from(st, serial);
+            }
+            let queued = c.to_guest.iter_mut().find(|p| p.txn == txn);
+            if let Some(p) = queued {
+                // Not deliverable now: the delivery threads take it in turn.
+                p.inline = false;
+                break None;
+            } else if !st.inline_txns.contains(&txn) || g.shutdown || Instant::now() >= deadline {
+                // Delivered already, dropped, or never read out of the ring.
+                g.inline_txns.remove(&txn);
+                break None;
+            }
+            // Still in the ring: another thread runs the guest's interrupt handler.
+            let (ng, _) = Self::wait_until(&self.state_cv, g, Some(Instant::now() + HOST_POLL));
+            g = ng;
+        };
+        drop(g);
+        match job {
+            Some(job) => self.run_delivery(job),
+            None => self.work_cv.notify_all(),
+        }
+        Ok(handle)
     }
 
     pub(crate) fn wait_completion(&self, txn: u64, timeout: Duration) -> Option<GuestCompletion> {
         let deadline = Instant::now().checked_add(timeout);
-        let mut g = self.lock();
         loop {
+            let mut g = self.lock();
             match g.host_txns.get(&txn) {
                 None => return None,
                 Some(r) if r.result.is_some() || r.dropped => {
@@ -1439,9 +1529,26 @@ impl World {
             if g.shutdown {
                 return None;
             }
-            let (ng, expired) = Self::wait_until(&self.txn_cv, g, deadline);
-            g = ng;
-            if expired {
+            let link = self.open_link(&g);
+            drop(g);
+            // The host polls its incoming ring while it waits: a guest completion is not
+            // signalled while the host holds unreceived packets.
+            if let Some(link) = link {
+                self.host_isr(&link);
+            }
+            let g = self.lock();
+            if g.host_txns
+                .get(&txn)
+                .is_some_and(|r| r.result.is_some() || r.dropped)
+            {
+                continue;
+            }
+            let slice = Instant::now() + HOST_POLL;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let (g, _) = Self::wait_until(&self.txn_cv, g, Some(until));
+            drop(g);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let mut g = self.lock();
                 let done = g
                     .host_txns
                     .get(&txn)
@@ -1452,6 +1559,192 @@ impl World {
                     None
                 };
             }
+        }
+    }
+
+    // ---- the rings ----------------------------------------------------------------------------
+
+    /// The link of the open channel.
+    fn open_link(&self, st: &State) -> Option<Arc<Link>> {
+        st.open_channel
+            .and_then(|s| st.channels.get(&s))
+            .and_then(|c| c.link.clone())
+    }
+
+    fn link_of(&self, serial: u64) -> Option<Arc<Link>> {
+        self.lock()
+            .channels
+            .get(&serial)
+            .and_then(|c| c.link.clone())
+    }
+
+    /// The guest's interrupt handler for the host→guest ring (KMCL's ISR/DPC): host packets
+    /// go to the channel's delivery queue, completions to the host thread that completes.
+    fn guest_isr(&self, link: &Arc<Link>) {
+        let mut woke = false;
+        link.guest_drain(|item| match item {
+            Item::Data {
+                txn, aux, payload, ..
+            } => woke |= self.enqueue_to_guest(link, txn, aux, payload),
+            Item::Completion { txn, .. } => {
+                if link.hand_off(Dir::H2g, txn, item).is_some() {
+                    link.note_unknown_completion();
+                }
+            }
+        });
+        if woke {
+            self.work_cv.notify_one();
+        }
+        self.state_cv.notify_all();
+    }
+
+    /// A host packet read out of the ring joins the channel's delivery queue. Returns whether
+    /// a delivery thread should wake.
+    fn enqueue_to_guest(&self, link: &Arc<Link>, txn: u64, aux: u32, payload: Vec<u8>) -> bool {
+        let mut g = self.lock();
+        let st = &mut *g;
+        let external = if aux & AUX_EXTERNAL != 0 {
+            st.h2g_side.remove(&txn)
+        } else {
+            None
+        };
+        let inline = st.inline_txns.remove(&txn);
+        let live = st
+            .channels
+            .get_mut(&link.channel)
+            .filter(|c| c.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)));
+        let Some(c) = live else {
+            st.stats.dropped_undelivered += 1;
+            if let Some(hr) = st.host_txns.get_mut(&txn) {
+                hr.dropped = true;
+            }
+            drop(g);
+            self.txn_cv.notify_all();
+            return false;
+        };
+        c.to_guest.push_back(ToGuest {
+            txn,
+            payload,
+            external,
+            deferred: false,
+            inline,
+        });
+        !inline
+    }
+
+    /// The host's interrupt handler for the guest→host ring (also its poll): copies new guest
+    /// packets out, records guest completions, hands each packet to the guest thread waiting
+    /// to offer it or offers it here, and writes queued guest packets when space frees up.
+    fn host_isr(&self, link: &Arc<Link>) {
+        loop {
+            let mut unowned = Vec::new();
+            let mut signal = link.host_drain(|item| match item {
+                Item::Completion {
+                    txn,
+                    status,
+                    payload,
+                } => self.record_guest_completion(link, txn, status, payload),
+                Item::Data { txn, .. } => {
+                    if let Some(item) = link.hand_off(Dir::G2h, txn, item) {
+                        unowned.push(item);
+                    }
+                }
+            });
+            let mut again = false;
+            for item in unowned {
+                let (s, more) = self.offer_item(link, item);
+                signal |= s;
+                again |= more;
+            }
+            if signal && link.flush_backlog() {
+                again = true;
+            }
+            if !again {
+                return;
+            }
+        }
+    }
+
+    /// Reacts to a consumed packet: writes queued guest packets if the host's reader signalled,
+    /// and drains what arrived without a signal.
+    fn after_consume(&self, link: &Arc<Link>, (signal, more): (bool, bool)) {
+        let wrote = signal && link.flush_backlog();
+        if wrote || more {
+            self.host_isr(link);
+        }
+    }
+
+    fn record_guest_completion(&self, link: &Link, txn: u64, status: NtStatus, payload: Vec<u8>) {
+        let mut g = self.lock();
+        match g.host_txns.get_mut(&txn) {
+            Some(hr) if hr.result.is_none() && hr.completion_requested => {
+                hr.result = Some(GuestCompletion {
+                    payload,
+                    failed: !status.is_success(),
+                });
+                drop(g);
+                self.txn_cv.notify_all();
+            }
+            _ => {
+                drop(g);
+                link.note_unknown_completion();
+            }
+        }
+    }
+
+    /// The guest packet that a ring item carries.
+    fn guest_packet(&self, link: &Arc<Link>, item: Item) -> Option<GuestPacket> {
+        let Item::Data {
+            txn,
+            completion_requested,
+            aux,
+            payload,
+            slot,
+        } = item
+        else {
+            return None;
+        };
+        let (external, pfns) = if aux & AUX_EXTERNAL != 0 {
+            self.lock()
+                .g2h_side
+                .remove(&txn)
+                .map_or((None, None), |(_, e, p)| (e, p))
+        } else {
+            (None, None)
+        };
+        Some(GuestPacket {
+            payload,
+            flags: aux & AUX_FLAGS,
+            synchronous: aux & AUX_SYNCHRONOUS != 0,
+            external,
+            pfns,
+            id: txn,
+            channel: link.channel,
+            needs_completion: completion_requested,
+            world: self.me.clone(),
+            held: Some((Arc::downgrade(link), slot)),
+        })
+    }
+
+    /// Offers a packet read out of the ring; returns the consume flags to react to.
+    fn offer_item(&self, link: &Arc<Link>, item: Item) -> (bool, bool) {
+        match self.guest_packet(link, item) {
+            Some(gp) => self.offer_to_host(gp),
+            None => (false, false),
+        }
+    }
+
+    /// Frees a guest packet's ring space; returns the consume flags.
+    fn consume(gp: &GuestPacket) -> (Option<Arc<Link>>, (bool, bool)) {
+        match &gp.held {
+            Some((link, slot)) => match link.upgrade() {
+                Some(l) => {
+                    let flags = l.consume(*slot);
+                    (Some(l), flags)
+                }
+                None => (None, (false, false)),
+            },
+            None => (None, (false, false)),
         }
     }
 
@@ -1475,10 +1768,6 @@ impl World {
     }
 
     fn take_delivery(&self, st: &mut State) -> Option<Delivery> {
-        if st.next_token > MAX_SERIAL {
-            return None;
-        }
-        let token = st.next_token;
         let mut chosen = None;
         for c in st.channels.values_mut() {
             if c.queue_on
@@ -1490,12 +1779,21 @@ impl World {
                 // §6.1.4: the queue stops until a packet completes.
                 c.quota_blocked = true;
             }
-            if c.can_deliver() {
-                chosen = Some(c);
+            if c.can_deliver() && !c.next_is_inline() {
+                chosen = Some(c.serial);
                 break;
             }
         }
-        let c = chosen?;
+        self.take_delivery_from(st, chosen)
+    }
+
+    /// Takes the next packet of channel `serial` for delivery (the caller checked it may).
+    fn take_delivery_from(&self, st: &mut State, serial: Option<u64>) -> Option<Delivery> {
+        if st.next_token > MAX_SERIAL {
+            return None;
+        }
+        let token = st.next_token;
+        let c = st.channels.get_mut(&serial?)?;
         let p = c.deferred.pop_front().or_else(|| c.to_guest.pop_front())?;
         c.outstanding += 1;
         c.delivering += 1;
@@ -1647,10 +1945,18 @@ impl World {
         let unblocked = std::mem::replace(&mut c.quota_blocked, false);
         let chan_h = c.handle;
         let max = usize::try_from(c.max_packet).unwrap_or(usize::MAX);
+        let link = c.link.clone();
         if rec.mdl.is_some() {
             mdl::retire_incoming(self.id, token);
         }
         let mut wake_workers = unblocked;
+        // The host asked for a completion: it travels as a completion packet (below, after
+        // the lock), carrying this status; otherwise only the host's bookkeeping sees it.
+        let mut wire: Option<(Arc<Link>, u64, NtStatus)> = None;
+        let requested = st
+            .host_txns
+            .get(&rec.packet.txn)
+            .is_some_and(|hr| hr.completion_requested);
         match how {
             Retire::Complete => {
                 if response.is_null_with_length() {
@@ -1673,7 +1979,9 @@ impl World {
                     );
                 }
                 st.stats.completed_by_guest += 1;
-                if let Some(hr) = st.host_txns.get_mut(&rec.packet.txn) {
+                if let (true, Some(l)) = (requested, &link) {
+                    wire = Some((Arc::clone(l), rec.packet.txn, NtStatus::STATUS_SUCCESS));
+                } else if let Some(hr) = st.host_txns.get_mut(&rec.packet.txn) {
                     let payload = if hr.completion_requested {
                         response.to_vec(max)
                     } else {
@@ -1688,7 +1996,9 @@ impl World {
             Retire::Fail => {
                 st.stats.failed_by_guest += 1;
                 c.queue_failed = true; // §6.1.2: Fail stops the queue until the channel closes.
-                if let Some(hr) = st.host_txns.get_mut(&rec.packet.txn) {
+                if let (true, Some(l)) = (requested, &link) {
+                    wire = Some((Arc::clone(l), rec.packet.txn, NtStatus::STATUS_UNSUCCESSFUL));
+                } else if let Some(hr) = st.host_txns.get_mut(&rec.packet.txn) {
                     hr.result = Some(GuestCompletion {
                         payload: Vec::new(),
                         failed: true,
@@ -1704,6 +2014,21 @@ impl World {
             }
         }
         drop(g);
+        if let Some((link, txn, status)) = wire {
+            let body = if status.is_success() {
+                let all = response.as_slice();
+                all.get(..max).unwrap_or(all)
+            } else {
+                &[]
+            };
+            let kind = OutgoingKind::Completion {
+                transaction_id: wire_id(txn),
+            };
+            let aux = u32::from_le_bytes(status.0.to_le_bytes());
+            if link.guest_write(kind, aux, body, true) == GuestWrite::Signal {
+                self.host_isr(&link);
+            }
+        }
         self.txn_cv.notify_all();
         self.state_cv.notify_all();
         if wake_workers {
@@ -1945,6 +2270,7 @@ impl World {
             return NtStatus::STATUS_INVALID_DEVICE_STATE;
         };
         let max = c.max_packet;
+        let ring_max = max_payload(Channel::ring_bytes(c.ring_pages.1));
         let (may_send, phase, immediate) = (c.may_send(), c.phase, c.phase.delivers_to_host());
         if flags & !sys::VMBUS_CHANNEL_FORMAT_FLAGS != 0 {
             st.record(
@@ -1981,6 +2307,10 @@ impl World {
                 "NULL buffer with a non-zero length",
             );
             return NtStatus::STATUS_INVALID_PARAMETER;
+        }
+        if buf.len() > ring_max {
+            // [inf] A packet that can never fit the outgoing ring cannot be sent.
+            return NtStatus::STATUS_INVALID_BUFFER_SIZE;
         }
         if matches!(key, PacketKey::Caller(_)) && routine.is_none() {
             st.record(
@@ -2064,6 +2394,7 @@ impl World {
             channel: serial,
             needs_completion: wait,
             world: self.me.clone(),
+            held: None,
         };
         if let Some(p) = st.packets.get_mut(&key) {
             p.in_flight = true;
@@ -2089,7 +2420,7 @@ impl World {
         };
         drop(g);
         if let Some(gp) = gp {
-            self.deliver_to_host(gp);
+            self.deliver_to_host(gp, true);
         }
         if !wait {
             // [inf] Without WAIT_FOR_COMPLETION the routine runs as soon as the packet is
@@ -2163,8 +2494,56 @@ impl World {
         buf.poison();
     }
 
-    /// Hands a guest packet to the host: the responder answers it or it waits for `recv`.
-    fn deliver_to_host(&self, gp: GuestPacket) {
+    /// The guest's KMCL sends `gp` through the guest→host ring (queued on the channel when the
+    /// ring is full and `queue`). When this write signals the host, the host's interrupt
+    /// handler runs here and this thread offers its own packet to the host (so the responder
+    /// answers inline, before the send returns); otherwise whoever drains the ring offers it.
+    fn deliver_to_host(&self, gp: GuestPacket, queue: bool) -> GuestWrite {
+        let Some(link) = self.link_of(gp.channel) else {
+            return GuestWrite::Closed; // the channel closed while the packet was on its way
+        };
+        let id = gp.id;
+        let mut aux = gp.flags & AUX_FLAGS;
+        if gp.synchronous {
+            aux |= AUX_SYNCHRONOUS;
+        }
+        if gp.external.is_some() || gp.pfns.is_some() {
+            aux |= AUX_EXTERNAL;
+            self.lock()
+                .g2h_side
+                .insert(id, (gp.channel, gp.external, gp.pfns));
+        }
+        let kind = OutgoingKind::InBand {
+            transaction_id: wire_id(id),
+            completion_requested: gp.needs_completion,
+        };
+        link.expect(Dir::G2h, id);
+        let wrote = link.guest_write(kind, aux, &gp.payload, queue);
+        if wrote == GuestWrite::Signal {
+            self.host_isr(&link);
+        }
+        // Ours if the host's handler handed it to us (it did, if we signalled).
+        let mine = if link.unexpect(Dir::G2h, id) {
+            None
+        } else {
+            link.take(Dir::G2h, id, HANDOFF_WAIT)
+        };
+        if let Some(item) = mine {
+            let flags = self.offer_item(&link, item);
+            self.after_consume(&link, flags);
+        }
+        if !matches!(
+            wrote,
+            GuestWrite::Signal | GuestWrite::NoSignal | GuestWrite::Queued
+        ) {
+            self.lock().g2h_side.remove(&id);
+        }
+        wrote
+    }
+
+    /// The host takes a guest packet: the responder answers it (the packet is consumed) or it
+    /// waits for `recv` (still holding its ring space). Returns the consume flags.
+    fn offer_to_host(&self, gp: GuestPacket) -> (bool, bool) {
         let responder = relock(&self.responder).clone();
         let answer = responder.and_then(|r| match catch_unwind(AssertUnwindSafe(|| r(&gp))) {
             Ok(a) => a,
@@ -2189,55 +2568,113 @@ impl World {
         match answer {
             Some((status, response)) => {
                 drop(g);
+                let (_, flags) = Self::consume(&gp);
                 if wait {
                     self.host_complete(id, status, &response);
                 }
+                flags
             }
             None => {
-                if wait && !g.out_txns.contains_key(&id) {
-                    return; // cancelled meanwhile (channel closed or request timed out)
-                }
+                let cancelled = wait && !g.out_txns.contains_key(&id);
                 let open = g.channels.get(&gp.channel).is_some_and(|c| {
                     c.phase.delivers_to_host() && g.open_channel == Some(c.serial)
                 });
-                if !open {
-                    return; // the channel closed while the packet was on its way
-                }
-                let size = ring_size(&gp);
-                if let Some(c) = g.channels.get_mut(&gp.channel) {
-                    c.out_ring_used += size;
+                if cancelled || !open {
+                    // Cancelled meanwhile (channel closed or request timed out), or the
+                    // channel closed while the packet was on its way.
+                    drop(g);
+                    return Self::consume(&gp).1;
                 }
                 g.to_host.push_back(gp);
                 drop(g);
                 self.recv_cv.notify_one();
+                (false, false)
             }
         }
     }
 
     pub(crate) fn recv(&self, timeout: Duration) -> Option<GuestPacket> {
         let deadline = Instant::now().checked_add(timeout);
-        let mut g = self.lock();
         loop {
+            let mut g = self.lock();
             if let Some(gp) = g.to_host.pop_front() {
-                let size = ring_size(&gp);
-                if let Some(c) = g.channels.get_mut(&gp.channel) {
-                    c.out_ring_used = c.out_ring_used.saturating_sub(size);
+                drop(g);
+                if let (Some(link), flags) = Self::consume(&gp) {
+                    self.after_consume(&link, flags);
                 }
                 return Some(gp);
             }
             if g.shutdown {
                 return None;
             }
-            let (ng, expired) = Self::wait_until(&self.recv_cv, g, deadline);
-            g = ng;
-            if expired && g.to_host.is_empty() {
+            let link = self.open_link(&g);
+            drop(g);
+            // Poll: a guest packet is not signalled while the host holds unreceived ones.
+            if let Some(link) = link {
+                self.host_isr(&link);
+            }
+            let g = self.lock();
+            if !g.to_host.is_empty() {
+                continue;
+            }
+            let slice = Instant::now() + HOST_POLL;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let (g, _) = Self::wait_until(&self.recv_cv, g, Some(until));
+            let empty = g.to_host.is_empty();
+            drop(g);
+            if empty && deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
             }
         }
     }
 
-    /// The host completes guest transaction `id`.
+    /// The host completes guest transaction `id`: a completion packet through the
+    /// host→guest ring, then (on this thread, once the guest's handler read it out) the
+    /// guest-side effect: the packet's completion routine or the synchronous requester's wake.
     pub(crate) fn host_complete(&self, id: u64, status: NtStatus, response: &[u8]) {
+        let link = {
+            let g = self.lock();
+            let Some(t) = g.out_txns.get(&id) else {
+                return; // cancelled, timed out, or completed already
+            };
+            g.channels.get(&t.channel).and_then(|c| c.link.clone())
+        };
+        let Some(link) = link else {
+            self.finish_host_completion(id, status, response);
+            return;
+        };
+        link.expect(Dir::H2g, id);
+        let kind = OutgoingKind::Completion {
+            transaction_id: wire_id(id),
+        };
+        let aux = u32::from_le_bytes(status.0.to_le_bytes());
+        match link.host_write(kind, aux, response, || self.guest_isr(&link)) {
+            Ok(signal) => {
+                if signal {
+                    self.guest_isr(&link);
+                }
+                if let Some(Item::Completion {
+                    status, payload, ..
+                }) = link.take(Dir::H2g, id, HANDOFF_WAIT)
+                {
+                    self.finish_host_completion(id, status, &payload);
+                }
+            }
+            Err(HostWriteError::TooLarge) => {
+                // Larger than the ring: KMCL would never see it; hand it over as is.
+                link.unexpect(Dir::H2g, id);
+                self.finish_host_completion(id, status, response);
+            }
+            Err(HostWriteError::Closed) => {
+                link.unexpect(Dir::H2g, id);
+            }
+        }
+    }
+
+    /// The host completes guest transaction `id`.
+    /// The guest side of a host completion: the routine runs here, or the synchronous
+    /// requester wakes.
+    fn finish_host_completion(&self, id: u64, status: NtStatus, response: &[u8]) {
         let mut g = self.lock();
         let st = &mut *g;
         let Some(t) = st.out_txns.remove(&id) else {
@@ -2326,8 +2763,8 @@ impl World {
             c.may_send(),
             c.phase.delivers_to_host(),
         );
-        let ring = Channel::ring_bytes(c.ring_pages.1);
-        let used = c.out_ring_used;
+        let ring_max = max_payload(Channel::ring_bytes(c.ring_pages.1));
+        let link = c.link.clone();
         if flags & !sys::VMBUS_CHANNEL_FORMAT_FLAGS != 0 {
             st.record(V::InvalidFlags, F, h, format!("flags {flags:#x}"));
             return fail(NtStatus::STATUS_INVALID_PARAMETER);
@@ -2375,11 +2812,18 @@ impl World {
             );
             return fail(NtStatus::STATUS_INVALID_PARAMETER);
         };
-        let payload = buf.to_vec(usize::MAX);
-        let size = ring_size_of(payload.len());
-        if timeout == Some(0) && used.saturating_add(size) > ring {
+        if buf.len() > ring_max {
+            // [inf] A request that can never fit the outgoing ring cannot be sent.
+            return fail(NtStatus::STATUS_INVALID_BUFFER_SIZE);
+        }
+        drop(g);
+        // A request that must not wait fails when the ring has no room for it now.
+        if timeout == Some(0) && link.as_ref().is_some_and(|l| !l.guest_has_room(buf.len())) {
             return fail(NtStatus::STATUS_BUFFER_OVERFLOW);
         }
+        let payload = buf.to_vec(usize::MAX);
+        let mut g = self.lock();
+        let st = &mut *g;
         let txn = st.next_txn;
         st.next_txn += 1;
         st.stats.sync_requests += 1;
@@ -2403,6 +2847,7 @@ impl World {
             channel: serial,
             needs_completion: wait,
             world: self.me.clone(),
+            held: None,
         };
         let gp = if immediate {
             Some(gp)
@@ -2415,7 +2860,14 @@ impl World {
         };
         drop(g);
         if let Some(gp) = gp {
-            self.deliver_to_host(gp);
+            // A request that must not wait is not queued on the channel either.
+            let queue = timeout != Some(0);
+            if self.deliver_to_host(gp, queue) == GuestWrite::Full {
+                let mut g = self.lock();
+                g.sync_slots.remove(&txn);
+                g.out_txns.remove(&txn);
+                return fail(NtStatus::STATUS_BUFFER_OVERFLOW);
+            }
         }
         if !wait {
             // [inf] Without WAIT_FOR_COMPLETION the request is done once it is queued.
@@ -2569,6 +3021,16 @@ impl World {
         }
     }
 
+    pub(crate) fn ring_stats(&self) -> Option<TransportStats> {
+        let link = self.open_link(&self.lock());
+        link.map(|l| l.stats())
+    }
+
+    pub(crate) fn ring_snapshot(&self) -> Option<RingSnapshot> {
+        let link = self.open_link(&self.lock());
+        link.map(|l| l.snapshot())
+    }
+
     pub(crate) fn stats(&self) -> HostStats {
         let g = self.lock();
         let mut s = g.stats.clone();
@@ -2581,6 +3043,9 @@ impl World {
     }
 }
 
+/// External data of a guest packet in the ring: (channel, MDL bytes, PFNs).
+type SideData = (u64, Option<Vec<u8>>, Option<Vec<usize>>);
+
 /// One ProcessPacket call to make.
 struct Delivery {
     channel: u64,
@@ -2590,15 +3055,6 @@ struct Delivery {
     view: AlignedBuf,
     flags: u32,
     irql: Irql,
-}
-
-/// Ring bytes a packet takes (external data is described by page lists, not copied).
-fn ring_size_of(payload: usize) -> usize {
-    DESCRIPTOR_BYTES + payload.div_ceil(8) * 8
-}
-
-fn ring_size(gp: &GuestPacket) -> usize {
-    ring_size_of(gp.payload.len())
 }
 
 /// The deadline of a KeWaitForSingleObject-style timeout: negative = relative in 100 ns units,
