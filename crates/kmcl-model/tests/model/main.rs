@@ -10,6 +10,7 @@ mod incoming;
 mod lifecycle;
 mod link;
 mod outgoing;
+mod rings;
 mod stress;
 mod sync;
 mod violations;
