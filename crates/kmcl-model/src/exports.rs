@@ -5,6 +5,10 @@
 //! `suppress-vmbkmcl-linking` feature), and no other crate defines them. The linker resolves
 //! every `kmcl_sys::Vmb*` call of the guest code to the definitions below.
 //!
+//! Each is `#[inline(never)]`: they stand for a separate library, so link-time optimisation
+//! must not fold the model into the guest code it serves (benchmarks attribute instructions
+//! by function: guest code versus `Vmb*`).
+//!
 //! Every function tolerates any handle value (NULL, garbage, stale): it records a violation and
 //! fails, it never dereferences a handle. Only the memory arguments (buffers and
 //! out-parameters) are trusted as the C contract says, and each is wrapped once at this
@@ -141,6 +145,7 @@ fn token(func: &'static str, t: VMBPACKETCOMPLETION) -> Option<(Arc<World>, u64,
 /// # Safety
 /// `channel` is NULL or writable for one `VMBCHANNEL`.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelAllocate(
     parent: PDEVICE_OBJECT,
     is_server: BOOLEAN,
@@ -185,6 +190,7 @@ pub unsafe extern "C" fn VmbChannelAllocate(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelCleanup(channel: VMBCHANNEL) {
     if let Some((w, s, h)) = self::channel("VmbChannelCleanup", channel) {
         w.cleanup(s, h);
@@ -198,6 +204,7 @@ pub unsafe extern "C" fn VmbChannelCleanup(channel: VMBCHANNEL) {
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelEnable(channel: VMBCHANNEL) -> NTSTATUS {
     self::channel("VmbChannelEnable", channel)
         .map_or(NtStatus::STATUS_INVALID_PARAMETER_1, |(w, s, h)| {
@@ -211,6 +218,7 @@ pub unsafe extern "C" fn VmbChannelEnable(channel: VMBCHANNEL) -> NTSTATUS {
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelDisable(channel: VMBCHANNEL) {
     if let Some((w, s, h)) = self::channel("VmbChannelDisable", channel) {
         w.disable(s, h);
@@ -222,6 +230,7 @@ pub unsafe extern "C" fn VmbChannelDisable(channel: VMBCHANNEL) {
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelPause(channel: VMBCHANNEL) {
     if let Some((w, s, h)) = self::channel("VmbChannelPause", channel) {
         w.pause(s, h);
@@ -233,6 +242,7 @@ pub unsafe extern "C" fn VmbChannelPause(channel: VMBCHANNEL) {
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelStart(channel: VMBCHANNEL) {
     if let Some((w, s, h)) = self::channel("VmbChannelStart", channel) {
         w.start(s, h);
@@ -254,6 +264,7 @@ fn init(func: &'static str, channel: VMBCHANNEL, op: impl FnOnce() -> InitOp) ->
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetMaximumPacketSize(
     channel: VMBCHANNEL,
     packet_size: UINT32,
@@ -268,6 +279,7 @@ pub unsafe extern "C" fn VmbChannelInitSetMaximumPacketSize(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetMaximumExternalData(
     channel: VMBCHANNEL,
     data_size: UINT32,
@@ -283,6 +295,7 @@ pub unsafe extern "C" fn VmbChannelInitSetMaximumExternalData(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetClientContextSize(
     channel: VMBCHANNEL,
     context_size: UINT32,
@@ -297,6 +310,7 @@ pub unsafe extern "C" fn VmbChannelInitSetClientContextSize(
 /// # Safety
 /// The callbacks must be functions with the KMCL callback signatures; the model calls them.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetProcessPacketCallbacks(
     channel: VMBCHANNEL,
     process_packet: PFN_VMB_CHANNEL_PROCESS_PACKET,
@@ -313,6 +327,7 @@ pub unsafe extern "C" fn VmbChannelInitSetProcessPacketCallbacks(
 /// `callbacks` is NULL or readable for its `Size` field and, when `Size` is right, for the
 /// whole structure; its callbacks have the KMCL signatures.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetStateChangeCallbacks(
     channel: VMBCHANNEL,
     callbacks: PVMB_CHANNEL_STATE_CHANGE_CALLBACKS,
@@ -343,6 +358,7 @@ pub unsafe extern "C" fn VmbChannelInitSetStateChangeCallbacks(
 /// # Safety
 /// `name` is NULL or a readable `UNICODE_STRING` whose `Buffer` is readable for `Length` bytes.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetFriendlyName(
     channel: VMBCHANNEL,
     name: PCUNICODE_STRING,
@@ -369,6 +385,7 @@ pub unsafe extern "C" fn VmbChannelInitSetFriendlyName(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetFlags(channel: VMBCHANNEL, flags: UINT32) -> NTSTATUS {
     init("VmbChannelInitSetFlags", channel, || InitOp::Flags(flags))
 }
@@ -378,6 +395,7 @@ pub unsafe extern "C" fn VmbChannelInitSetFlags(channel: VMBCHANNEL, flags: UINT
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbClientChannelInitSetRingBufferPageCount(
     channel: VMBCHANNEL,
     incoming_page_count: UINT32,
@@ -396,6 +414,7 @@ pub unsafe extern "C" fn VmbClientChannelInitSetRingBufferPageCount(
 /// # Safety
 /// `interface_type` is NULL or a readable GUID; `interface_instance` likewise.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbClientChannelInitSetTargetPnp(
     channel: VMBCHANNEL,
     interface_type: LPCGUID,
@@ -419,6 +438,7 @@ pub unsafe extern "C" fn VmbClientChannelInitSetTargetPnp(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelSetIncomingProcessingAtPassive(
     channel: VMBCHANNEL,
     require_passive: BOOLEAN,
@@ -435,6 +455,7 @@ pub unsafe extern "C" fn VmbChannelSetIncomingProcessingAtPassive(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelSetTransactionQuota(channel: VMBCHANNEL, quota: UINT32) {
     if let Some((w, s, h)) = self::channel("VmbChannelSetTransactionQuota", channel) {
         w.set_quota(s, h, quota);
@@ -446,6 +467,7 @@ pub unsafe extern "C" fn VmbChannelSetTransactionQuota(channel: VMBCHANNEL, quot
 /// # Safety
 /// `original_latency` is NULL or writable for one `UINT16`.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelSetInterruptLatency(
     channel: VMBCHANNEL,
     latency: UINT16,
@@ -473,6 +495,7 @@ pub unsafe extern "C" fn VmbChannelSetInterruptLatency(
 /// # Safety
 /// `instance` is NULL or writable for one GUID.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelGetInterfaceInstance(channel: VMBCHANNEL, instance: LPGUID) {
     const F: &str = "VmbChannelGetInterfaceInstance";
     // SAFETY: `_Out_ LPGUID`: NULL or writable during the call.
@@ -494,6 +517,7 @@ pub unsafe extern "C" fn VmbChannelGetInterfaceInstance(channel: VMBCHANNEL, ins
 /// # Safety
 /// None: the pointer is stored, never dereferenced.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelSetPointer(channel: VMBCHANNEL, pointer: PVOID) {
     const F: &str = "VmbChannelSetPointer";
     if let Some((w, s, h)) = self::channel(F, channel) {
@@ -506,6 +530,7 @@ pub unsafe extern "C" fn VmbChannelSetPointer(channel: VMBCHANNEL, pointer: PVOI
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelGetPointer(channel: VMBCHANNEL) -> PVOID {
     const F: &str = "VmbChannelGetPointer";
     self::channel(F, channel).map_or(ptr::null_mut(), |(w, s, h)| {
@@ -520,6 +545,7 @@ pub unsafe extern "C" fn VmbChannelGetPointer(channel: VMBCHANNEL) -> PVOID {
 /// # Safety
 /// `buffer` is NULL or readable for `buf_size` bytes.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelPacketComplete(
     packet: VMBPACKETCOMPLETION,
     buffer: PVOID,
@@ -537,6 +563,7 @@ pub unsafe extern "C" fn VmbChannelPacketComplete(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelPacketFail(packet: VMBPACKETCOMPLETION) {
     if let Some((w, t, h)) = token("VmbChannelPacketFail", packet) {
         w.retire_incoming(Retire::Fail, t, h, &GuestBytes::empty());
@@ -549,6 +576,7 @@ pub unsafe extern "C" fn VmbChannelPacketFail(packet: VMBPACKETCOMPLETION) {
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelPacketDeferToPassive(packet: VMBPACKETCOMPLETION) {
     if let Some((w, t, h)) = token("VmbChannelPacketDeferToPassive", packet) {
         w.retire_incoming(Retire::Defer, t, h, &GuestBytes::empty());
@@ -561,6 +589,7 @@ pub unsafe extern "C" fn VmbChannelPacketDeferToPassive(packet: VMBPACKETCOMPLET
 /// # Safety
 /// `mdl` is NULL or writable for one `PMDL`.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelPacketGetExternalData(
     packet: VMBPACKETCOMPLETION,
     flags: UINT32,
@@ -593,6 +622,7 @@ pub unsafe extern "C" fn VmbChannelPacketGetExternalData(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelSizeofPacket(channel: VMBCHANNEL) -> UINT32 {
     self::channel("VmbChannelSizeofPacket", channel).map_or(0, |(w, s, h)| w.sizeof_packet(s, h))
 }
@@ -602,6 +632,7 @@ pub unsafe extern "C" fn VmbChannelSizeofPacket(channel: VMBCHANNEL) -> UINT32 {
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketAllocate(channel: VMBCHANNEL) -> VMBPACKET {
     let Some((w, s, h)) = self::channel("VmbPacketAllocate", channel) else {
         return ptr::null_mut();
@@ -615,6 +646,7 @@ pub unsafe extern "C" fn VmbPacketAllocate(channel: VMBCHANNEL) -> VMBPACKET {
 /// # Safety
 /// None: the memory is used as an identity, never read or written by the model.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketInitialize(
     channel: VMBCHANNEL,
     packet: VMBPACKET,
@@ -648,6 +680,7 @@ pub unsafe extern "C" fn VmbPacketInitialize(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketFree(packet: VMBPACKET) {
     if let Some((w, k, h)) = self::packet("VmbPacketFree", packet) {
         w.packet_free(k, h);
@@ -659,6 +692,7 @@ pub unsafe extern "C" fn VmbPacketFree(packet: VMBPACKET) {
 /// # Safety
 /// `routine` has the KMCL completion-routine signature; the model calls it.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketSetCompletionRoutine(
     packet: VMBPACKET,
     routine: PFN_VMB_PACKET_COMPLETION_ROUTINE,
@@ -673,6 +707,7 @@ pub unsafe extern "C" fn VmbPacketSetCompletionRoutine(
 /// # Safety
 /// `buffer` is NULL or readable for `buffer_length` bytes.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketSend(
     packet: VMBPACKET,
     buffer: PVOID,
@@ -703,6 +738,7 @@ pub unsafe extern "C" fn VmbPacketSend(
 /// # Safety
 /// `buffer` is NULL or readable for `buffer_length` bytes.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketSendWithExternalMdl(
     packet: VMBPACKET,
     buffer: PVOID,
@@ -739,6 +775,7 @@ const MAX_PFNS: usize = 1 << 20;
 /// `buffer` is NULL or readable for `buffer_length` bytes; `pfns` is NULL or readable for
 /// `pfn_length` entries.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketSendWithExternalPfns(
     packet: VMBPACKET,
     buffer: PVOID,
@@ -774,6 +811,7 @@ pub unsafe extern "C" fn VmbPacketSendWithExternalPfns(
 /// readable and writable for one `UINT32`; `completion_buffer` is NULL or writable for
 /// `*completion_buffer_size` bytes; `timeout` is NULL or readable for one `LARGE_INTEGER`.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelSendSynchronousRequest(
     channel: VMBCHANNEL,
     buffer: PVOID,
@@ -828,6 +866,7 @@ pub unsafe extern "C" fn VmbChannelSendSynchronousRequest(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketGetChannel(packet: VMBPACKET) -> VMBCHANNEL {
     let Some((w, k, h)) = self::packet("VmbPacketGetChannel", packet) else {
         return ptr::null_mut();
@@ -840,6 +879,7 @@ pub unsafe extern "C" fn VmbPacketGetChannel(packet: VMBPACKET) -> VMBCHANNEL {
 /// # Safety
 /// None: the pointer is stored, never dereferenced.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketSetPointer(packet: VMBPACKET, pointer: PVOID) {
     const F: &str = "VmbPacketSetPointer";
     if let Some((w, k, h)) = self::packet(F, packet) {
@@ -852,6 +892,7 @@ pub unsafe extern "C" fn VmbPacketSetPointer(packet: VMBPACKET, pointer: PVOID) 
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbPacketGetPointer(packet: VMBPACKET) -> PVOID {
     const F: &str = "VmbPacketGetPointer";
     self::packet(F, packet).map_or(ptr::null_mut(), |(w, k, h)| {
@@ -866,6 +907,7 @@ pub unsafe extern "C" fn VmbPacketGetPointer(packet: VMBPACKET) -> PVOID {
 /// # Safety
 /// `buffer` is NULL or readable for `byte_count` bytes; `gpadl_handle` is NULL or writable.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelCreateGpadlFromBuffer(
     channel: VMBCHANNEL,
     flags: UINT32,
@@ -903,6 +945,7 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromBuffer(
 /// # Safety
 /// `gpadl_handle` is NULL or writable for one `UINT32`.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelCreateGpadlFromMdl(
     channel: VMBCHANNEL,
     flags: UINT32,
@@ -952,6 +995,7 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromMdl(
 /// # Safety
 /// None beyond the C contract: any handle value is accepted.
 #[unsafe(no_mangle)]
+#[inline(never)]
 pub unsafe extern "C" fn VmbChannelDeleteGpadl(channel: VMBCHANNEL, gpadl_handle: UINT32) {
     if let Some((w, s, h)) = self::channel("VmbChannelDeleteGpadl", channel) {
         w.gpadl_delete(s, h, gpadl_handle);

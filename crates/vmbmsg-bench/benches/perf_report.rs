@@ -1,0 +1,416 @@
+//! The one command behind docs/performance.md:
+//!
+//! ```text
+//! cargo bench -p vmbmsg-bench --bench perf_report -- --report [--write docs/performance.md] [--quick]
+//! ```
+//!
+//! It describes the machine, runs the criterion benches (`vmbus-ring`'s `ring`, this crate's
+//! `rx_path`) and reads their medians, counts instructions per packet with callgrind
+//! (`rx_callgrind`, run for two packet counts so set-up cancels out), counts heap
+//! allocations per packet with a counting allocator, runs the `vmbctl --sim bench` equivalent,
+//! and prints one markdown report (or replaces the results section of `--write`'s file).
+//! Needs valgrind for the instruction counts (the column says so when it is missing).
+//! A plain `cargo bench` runs this target without `--report`, which does nothing.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vmbmsg_bench::allocs::{CountingAllocator, count};
+use vmbmsg_bench::report::{gbps, machine, size, thousands};
+use vmbmsg_bench::{Guest, PAYLOAD_SIZES, RxWorld, e2e, echo_message};
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// (allocations, bytes) per packet over `n` ECHOs of `payload` bytes, after a warm-up.
+fn allocs_per_packet(world: &RxWorld, payload: usize, n: u64) -> (f64, f64) {
+    let message = echo_message(payload);
+    for _ in 0..200 {
+        let _ = world.deliver(&message);
+    }
+    let ((), c) = count(|| {
+        for _ in 0..n {
+            let _ = world.deliver(&message);
+        }
+    });
+    (c.allocations as f64 / n as f64, c.bytes as f64 / n as f64)
+}
+
+// ---- running other targets --------------------------------------------------------------
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+fn run(cmd: &mut Command) {
+    eprintln!("perf-report: running {cmd:?}");
+    let status = cmd.status().expect("spawn");
+    assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+/// The median of a criterion benchmark, in nanoseconds.
+fn criterion_median(group: &str, function: &str, param: usize) -> Option<f64> {
+    let dir = target_dir()
+        .join("criterion")
+        .join(group.replace('/', "_"))
+        .join(function)
+        .join(param.to_string())
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(dir).ok()?;
+    let median = &text[text.find("\"median\"")?..];
+    let pe = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = pe.find([',', '}'])?;
+    pe[..end].trim().parse().ok()
+}
+
+/// The executable of bench target `name` built by `cargo bench --no-run` (newest).
+fn bench_executable(name: &str) -> Option<PathBuf> {
+    let deps = target_dir().join("release/deps");
+    let prefix = format!("{name}-");
+    std::fs::read_dir(deps)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            f.starts_with(&prefix) && !f.contains('.')
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}
+
+fn has_valgrind() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Callgrind's counts with collection only inside `guest`'s ProcessPacket: (total, the
+/// inclusive part of the model's `Vmb*` functions called from it).
+fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> (f64, f64) {
+    let out = std::env::temp_dir().join(format!(
+        "vmbmsg-cg-{}-{}-{payload}-{packets}.out",
+        std::process::id(),
+        guest.name()
+    ));
+    let status = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(format!("--toggle-collect={}", guest.callback_symbol()))
+        .arg(exe)
+        .args([guest.name(), &payload.to_string(), &packets.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("valgrind");
+    assert!(status.success(), "callgrind run failed");
+    let text = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(&out)
+        .output()
+        .expect("callgrind_annotate");
+    let _ = std::fs::remove_file(&out);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let count = |line: &str| -> f64 {
+        line.split_whitespace()
+            .next()
+            .map(|n| n.replace(',', ""))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut total = 0.0;
+    let mut model = 0.0;
+    for line in text.lines() {
+        if line.contains("PROGRAM TOTALS") {
+            total = count(line);
+        } else if let Some((_, f)) = line.split_once(":Vmb") {
+            // A model export called from the guest's callback (inclusive cost).
+            if f.split_whitespace()
+                .next()
+                .is_some_and(|n| n.chars().all(char::is_alphanumeric))
+            {
+                model += count(line);
+            }
+        }
+    }
+    (total, model)
+}
+
+/// Instructions per packet: (guest path, model's part), from two runs.
+fn instructions(exe: &Path, guest: Guest, payload: usize) -> (f64, f64) {
+    let (n1, n2) = (100, 600);
+    let (t1, m1) = callgrind_counts(exe, guest, payload, n1);
+    let (t2, m2) = callgrind_counts(exe, guest, payload, n2);
+    let per = |a: f64, b: f64| (b - a) / (n2 - n1) as f64;
+    let model = per(m1, m2);
+    (per(t1, t2) - model, model)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--report") {
+        eprintln!(
+            "perf_report: nothing to do (run `cargo bench -p vmbmsg-bench --bench perf_report -- --report`)"
+        );
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let write = args
+        .iter()
+        .position(|a| a == "--write")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let criterion_args: &[&str] = if quick {
+        &[
+            "--warm-up-time",
+            "0.5",
+            "--measurement-time",
+            "1",
+            "--noplot",
+        ]
+    } else {
+        &["--warm-up-time", "1", "--measurement-time", "3", "--noplot"]
+    };
+
+    let mut md = String::new();
+    let _ = writeln!(md, "### Machine\n\n| | |\n|---|---|");
+    for (k, v) in machine() {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nProduced by `cargo bench -p vmbmsg-bench --bench perf_report -- --report{}`.",
+        if quick { " --quick" } else { "" }
+    );
+
+    // Criterion: the ring and the receive path.
+    run(cargo()
+        .args(["bench", "-p", "vmbus-ring", "--bench", "ring", "--"])
+        .args(criterion_args));
+    run(cargo()
+        .args(["bench", "-p", "vmbmsg-bench", "--bench", "rx_path", "--"])
+        .args(criterion_args));
+
+    // Callgrind: instructions per packet.
+    let valgrind = has_valgrind();
+    let exe = if valgrind {
+        run(cargo().args([
+            "bench",
+            "-p",
+            "vmbmsg-bench",
+            "--bench",
+            "rx_callgrind",
+            "--no-run",
+        ]));
+        bench_executable("rx_callgrind")
+    } else {
+        None
+    };
+
+    let _ = writeln!(
+        md,
+        "\n### Receive path per ECHO packet (callback → parse → dispatch → reply → complete)\n\n\
+         Instructions: callgrind, collecting only inside the guest's ProcessPacket callback, minus \
+         the model's `Vmb*` calls made from it (`VmbChannelGetPointer`, \
+         `VmbChannelPacketComplete`), per packet (difference of a 600- and a 100-packet run). \
+         Time: criterion median of one whole delivery on one thread (host write into the ring, \
+         KMCL copy-out, ProcessPacket, completion through the other ring, host read); the \
+         guest's share is that minus the null guest's.\n\n\
+         | Payload | Rust instr | C instr | Rust/C instr | Model instr (`Vmb*` from the callback) | Rust ns | C ns | Null ns | Rust − null ns | C − null ns |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &p in &PAYLOAD_SIZES {
+        let (ri, ci, mi) = match &exe {
+            Some(exe) => {
+                let (r, m) = instructions(exe, Guest::Rust, p);
+                let (c, _) = instructions(exe, Guest::C, p);
+                (Some(r), Some(c), Some(m))
+            }
+            None => (None, None, None),
+        };
+        let t = |g: Guest| criterion_median(&format!("rx/{p}"), g.name(), p);
+        let (rt, ct, nt) = (t(Guest::Rust), t(Guest::C), t(Guest::Null));
+        let f = |x: Option<f64>| x.map_or_else(|| "n/a".into(), thousands);
+        let ratio = match (ri, ci) {
+            (Some(r), Some(c)) if c > 0.0 => format!("{:.2}×", r / c),
+            _ => "n/a".into(),
+        };
+        let diff = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.0}", a - b),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} |",
+            size(p),
+            f(ri),
+            f(ci),
+            f(mi),
+            f(rt),
+            f(ct),
+            f(nt),
+            diff(rt, nt),
+            diff(ct, nt),
+        );
+    }
+    if !valgrind {
+        let _ = writeln!(md, "\n(valgrind not found: no instruction counts.)");
+    }
+
+    // Allocations per ECHO.
+    let _ = writeln!(
+        md,
+        "\n### Heap allocations per received ECHO packet\n\n\
+         A counting global allocator, armed on the delivering thread for 2,000 ECHOs after a \
+         warm-up. Every allocation counted belongs to the model (its packet copies and \
+         bookkeeping): the null guest, which only completes, shows the model's share, and the \
+         driver adds nothing to it.\n\n\
+         | Payload | Driver (Rust) allocs / bytes | C allocs / bytes | Null guest allocs / bytes | Driver − null allocs |\n\
+         |---:|---:|---:|---:|---:|"
+    );
+    {
+        let worlds: Vec<RxWorld> = Guest::ALL.into_iter().map(RxWorld::new).collect();
+        for &p in &PAYLOAD_SIZES {
+            let a: Vec<(f64, f64)> = worlds
+                .iter()
+                .map(|w| allocs_per_packet(w, p, 2000))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} / {:.0} | {:.2} / {:.0} | {:.2} / {:.0} | {:.2} |",
+                size(p),
+                a[0].0,
+                a[0].1,
+                a[1].0,
+                a[1].1,
+                a[2].0,
+                a[2].1,
+                a[0].0 - a[2].0
+            );
+        }
+    }
+
+    // Ring throughput next to memcpy.
+    let _ = writeln!(
+        md,
+        "\n### Ring throughput next to memcpy (same sizes, same run)\n\n\
+         `ring`: one packet written and committed, then read (copied out once) and committed, \
+         one thread, 128 KiB ring. `batch`: as many as fit, then all read. `memcpy`: \
+         `copy_from_slice` of the payload between two buffers. A ring moves every byte twice \
+         (into the ring, out of it), so 50 % of memcpy is its ceiling on one thread.\n\n\
+         | Payload | ring ns/pkt | ring Mpkt/s | ring GB/s | batch GB/s | memcpy ns | memcpy GB/s | ring / memcpy | batch / memcpy | safe word-copy ring GB/s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &p in &PAYLOAD_SIZES {
+        let g = format!("throughput/{p}");
+        let ns = |f: &str| criterion_median(&g, f, p);
+        let (ring, batch, memcpy, word) = (
+            ns("ring"),
+            ns("ring_batch"),
+            ns("memcpy"),
+            ns("ring_wordcopy"),
+        );
+        let bps = |t: Option<f64>| t.map_or(0.0, |t| p as f64 / (t * 1e-9));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if p > 0 => format!("{:.0} %", 100.0 * b / a),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            size(p),
+            ring.map_or_else(|| "n/a".into(), |t| format!("{t:.1}")),
+            ring.map_or_else(|| "n/a".into(), |t| format!("{:.1}", 1e3 / t)),
+            gbps(bps(ring)),
+            gbps(bps(batch)),
+            memcpy.map_or_else(|| "n/a".into(), |t| format!("{t:.1}")),
+            gbps(bps(memcpy)),
+            ratio(ring, memcpy),
+            ratio(batch, memcpy),
+            gbps(bps(word)),
+        );
+    }
+
+    // End to end.
+    let secs = if quick { 0.3 } else { 1.0 };
+    let _ = writeln!(
+        md,
+        "\n### End to end: the `vmbctl --sim bench` equivalent\n\n\
+         vmbctl's `bench` is not on this branch, so this runs its equivalent through \
+         `vmbmsg::sim::Simulation` (driver core, kmcl-model with one delivery thread, simulated \
+         host): SEND IOCTLs guest→host and ECHO packets host→guest, 8 in flight, each answer \
+         checked; median of 3 runs of {secs} s.\n\n\
+         | Payload | guest→host pkt/s | guest→host MB/s | host→guest pkt/s | host→guest MB/s |\n\
+         |---:|---:|---:|---:|---:|"
+    );
+    {
+        let sim = e2e::start();
+        let d = Duration::from_secs_f64(secs);
+        for &p in &PAYLOAD_SIZES {
+            let g2h = median(
+                (0..3)
+                    .map(|_| e2e::guest_to_host(&sim, p, d, 8).per_second())
+                    .collect(),
+            );
+            let h2g = median(
+                (0..3)
+                    .map(|_| e2e::host_to_guest(&sim, p, d, 8).per_second())
+                    .collect(),
+            );
+            let mb = |r: f64| {
+                if p == 0 {
+                    "-".into()
+                } else {
+                    format!("{:.1}", r * p as f64 / 1e6)
+                }
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                size(p),
+                thousands(g2h),
+                mb(g2h),
+                thousands(h2g),
+                mb(h2g)
+            );
+        }
+        sim.host().assert_no_violations();
+    }
+
+    print!("{md}");
+    if let Some(path) = write {
+        const BEGIN: &str = "<!-- results:begin -->";
+        const END: &str = "<!-- results:end -->";
+        let path = if path.is_relative() {
+            workspace().join(path)
+        } else {
+            path
+        };
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let new = match (old.find(BEGIN), old.find(END)) {
+            (Some(b), Some(e)) if b < e => {
+                format!("{}{BEGIN}\n{md}{}", &old[..b], &old[e..])
+            }
+            _ => format!("{old}\n{BEGIN}\n{md}{END}\n"),
+        };
+        std::fs::write(&path, new).expect("write the report");
+        eprintln!("perf-report: wrote {}", path.display());
+    }
+}

@@ -1,0 +1,362 @@
+/*
+ * The vmbmsg receive path written in straightforward C, against the same KMCL API
+ * (vmbkmcl_portable.h, the declarations kmcl-sys binds) and linked against the same model.
+ * It does what the Rust driver's `on_packet` does for every host packet: count it, parse and
+ * validate the 24-byte header (same rules, same order, same statuses as
+ * vmbmsg_proto::wire::parse_host_message), check the session (negotiated, same version), then
+ * ECHO: take a preallocated reply buffer under a spin lock, write the reply header and copy
+ * the payload, count the status, VmbChannelPacketComplete, give the buffer back;
+ * NOTIFY: copy the payload into a bounded queue under a spin lock, reply with a status;
+ * anything malformed: a bodiless failure reply echoing the raw kind and id.
+ *
+ * Also a "null" guest that completes every packet with its own bytes (same response size as
+ * an ECHO reply): the model's share of a packet, to subtract.
+ */
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmbkmcl_portable.h"
+
+#define HDR 24u
+#define MAX_PAYLOAD 16384u
+#define MAX_MESSAGE (HDR + MAX_PAYLOAD)
+#define V1 0x00010000u
+#define FLAG_REPLY 1u
+
+enum kind { K_NEGOTIATE = 0x1, K_SEND = 0x2, K_PING = 0x3, K_ECHO = 0x101, K_NOTIFY = 0x102 };
+
+#define S_SUCCESS ((NTSTATUS)0)
+#define S_DATA_ERROR ((NTSTATUS)0xC000003E)
+#define S_REVISION_MISMATCH ((NTSTATUS)0xC0000059)
+#define S_NOT_SUPPORTED ((NTSTATUS)0xC00000BB)
+#define S_INVALID_DEVICE_REQUEST ((NTSTATUS)0xC0000010)
+#define S_INVALID_DEVICE_STATE ((NTSTATUS)0xC0000184)
+#define S_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009A)
+#define S_QUOTA_EXCEEDED ((NTSTATUS)0xC0000044)
+#define S_INVALID_NETWORK_RESPONSE ((NTSTATUS)0xC00000C3)
+
+enum reason {
+    R_TRUNCATED, R_LENGTH_MISMATCH, R_UNKNOWN_KIND, R_UNSUPPORTED_VERSION, R_PAYLOAD_TOO_LARGE,
+    R_RESERVED_NON_ZERO, R_WRONG_DIRECTION, R_UNEXPECTED_REPLY, R_BAD_VERSION_RANGE, R_PREMATURE,
+    R_OTHER, R_COUNT
+};
+
+/* The wire header; x86-64 and the model are little-endian, and memcpy handles alignment. */
+struct msg_header {
+    uint32_t version;
+    uint16_t kind;
+    uint16_t flags;
+    uint32_t payload_len;
+    int32_t status;
+    uint64_t id;
+};
+_Static_assert(sizeof(struct msg_header) == HDR, "header is 24 bytes");
+
+typedef _Atomic uint64_t counter;
+
+struct stats {
+    counter rx_packets, rx_bytes, echo_count, notify_count, malformed_total;
+    counter malformed_by_reason[R_COUNT];
+    counter completions_ok, completions_malformed, completions_queue_full, completions_not_ready,
+        completions_other, notify_queued, notify_dropped, alloc_failures;
+};
+
+#define REPLY_BUFFERS 16
+#define NOTIFY_DEPTH 32
+
+struct notify_slot {
+    uint32_t len;
+    uint64_t seq;
+    uint8_t data[MAX_PAYLOAD];
+};
+
+struct rxc_device {
+    VMBCHANNEL channel;
+    _Atomic uint32_t ready;
+    _Atomic uint32_t version;
+    struct stats stats;
+    atomic_flag pool_lock;
+    uint32_t pool_len;
+    uint8_t *pool[REPLY_BUFFERS];
+    atomic_flag notify_lock;
+    uint32_t notify_head, notify_count;
+    uint64_t next_seq, dropped_since_last;
+    struct notify_slot *notify;
+    _Atomic uint64_t next_id;
+};
+
+static inline void bump(counter *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
+
+static inline void spin_lock(atomic_flag *l) {
+    while (atomic_flag_test_and_set_explicit(l, memory_order_acquire)) {
+    }
+}
+
+static inline void spin_unlock(atomic_flag *l) { atomic_flag_clear_explicit(l, memory_order_release); }
+
+static int status_is_malformed(NTSTATUS s) {
+    return s == S_DATA_ERROR || s == S_REVISION_MISMATCH || s == S_NOT_SUPPORTED ||
+           s == S_INVALID_DEVICE_REQUEST || s == S_INVALID_NETWORK_RESPONSE;
+}
+
+static void count_completion(struct stats *st, NTSTATUS s) {
+    if (s >= 0)
+        bump(&st->completions_ok);
+    else if (s == S_QUOTA_EXCEEDED)
+        bump(&st->completions_queue_full);
+    else if (s == S_INVALID_DEVICE_STATE)
+        bump(&st->completions_not_ready);
+    else if (status_is_malformed(s))
+        bump(&st->completions_malformed);
+    else
+        bump(&st->completions_other);
+}
+
+static void malformed(struct stats *st, enum reason r) {
+    bump(&st->malformed_total);
+    bump(&st->malformed_by_reason[r]);
+}
+
+/* A status-only reply (REPLY flag, the request's kind and id, no body). */
+static void complete_status(struct rxc_device *dev, VMBPACKETCOMPLETION pc, uint16_t kind,
+                            uint32_t version, uint64_t id, NTSTATUS status) {
+    struct msg_header h = {version, kind, FLAG_REPLY, 0, status, id};
+    uint8_t buf[HDR];
+    memcpy(buf, &h, HDR);
+    count_completion(&dev->stats, status);
+    VmbChannelPacketComplete(pc, buf, HDR);
+}
+
+/* Parses like parse_host_message: returns 0 and the header, or a reason and its status. */
+static int parse(const uint8_t *data, uint32_t len, struct msg_header *h, enum reason *why,
+                 NTSTATUS *status) {
+    if (len < HDR) {
+        *why = R_TRUNCATED;
+        *status = S_DATA_ERROR;
+        return -1;
+    }
+    memcpy(h, data, HDR);
+    if (h->version != V1) {
+        *why = R_UNSUPPORTED_VERSION;
+        *status = S_REVISION_MISMATCH;
+        return -1;
+    }
+    if (h->flags & ~FLAG_REPLY) {
+        *why = R_RESERVED_NON_ZERO;
+        *status = S_DATA_ERROR;
+        return -1;
+    }
+    int host_to_guest = h->kind == K_ECHO || h->kind == K_NOTIFY;
+    int guest_to_host = h->kind == K_NEGOTIATE || h->kind == K_SEND || h->kind == K_PING;
+    if (!host_to_guest && !guest_to_host) {
+        *why = R_UNKNOWN_KIND;
+        *status = S_NOT_SUPPORTED;
+        return -1;
+    }
+    if ((h->flags & FLAG_REPLY) || !host_to_guest) {
+        *why = R_WRONG_DIRECTION;
+        *status = S_INVALID_DEVICE_REQUEST;
+        return -1;
+    }
+    if (h->status != 0) {
+        *why = R_RESERVED_NON_ZERO;
+        *status = S_DATA_ERROR;
+        return -1;
+    }
+    if (h->payload_len > MAX_PAYLOAD) {
+        *why = R_PAYLOAD_TOO_LARGE;
+        *status = S_DATA_ERROR;
+        return -1;
+    }
+    if (h->payload_len != len - HDR) {
+        *why = R_LENGTH_MISMATCH;
+        *status = S_DATA_ERROR;
+        return -1;
+    }
+    return 0;
+}
+
+static void echo(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const struct msg_header *req,
+                 const uint8_t *payload) {
+    spin_lock(&dev->pool_lock);
+    uint8_t *buf = dev->pool_len ? dev->pool[--dev->pool_len] : NULL;
+    spin_unlock(&dev->pool_lock);
+    if (!buf) {
+        bump(&dev->stats.alloc_failures);
+        complete_status(dev, pc, K_ECHO, req->version, req->id, S_INSUFFICIENT_RESOURCES);
+        return;
+    }
+    struct msg_header h = {req->version, K_ECHO, FLAG_REPLY, req->payload_len, S_SUCCESS, req->id};
+    memcpy(buf, &h, HDR);
+    memcpy(buf + HDR, payload, req->payload_len);
+    bump(&dev->stats.completions_ok);
+    VmbChannelPacketComplete(pc, buf, HDR + req->payload_len);
+    spin_lock(&dev->pool_lock);
+    dev->pool[dev->pool_len++] = buf;
+    spin_unlock(&dev->pool_lock);
+}
+
+static NTSTATUS notify(struct rxc_device *dev, const uint8_t *payload, uint32_t len) {
+    NTSTATUS s = S_SUCCESS;
+    spin_lock(&dev->notify_lock);
+    if (dev->notify_count < NOTIFY_DEPTH) {
+        struct notify_slot *slot =
+            &dev->notify[(dev->notify_head + dev->notify_count) % NOTIFY_DEPTH];
+        slot->len = len;
+        slot->seq = dev->next_seq++;
+        memcpy(slot->data, payload, len);
+        dev->notify_count++;
+        spin_unlock(&dev->notify_lock);
+        bump(&dev->stats.notify_queued);
+    } else {
+        dev->dropped_since_last++;
+        spin_unlock(&dev->notify_lock);
+        bump(&dev->stats.notify_dropped);
+        s = S_QUOTA_EXCEEDED;
+    }
+    return s;
+}
+
+void rxc_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer, UINT32 len,
+                        UINT32 flags) {
+    (void)flags;
+    struct rxc_device *dev = VmbChannelGetPointer(channel);
+    const uint8_t *data = buffer;
+    bump(&dev->stats.rx_packets);
+    atomic_fetch_add_explicit(&dev->stats.rx_bytes, len, memory_order_relaxed);
+
+    struct msg_header h;
+    enum reason why;
+    NTSTATUS status;
+    if (parse(data, len, &h, &why, &status) != 0) {
+        malformed(&dev->stats, why);
+        /* Reply::for_malformed: raw kind and id when the header is there. */
+        uint16_t kind = 0;
+        uint32_t version = V1;
+        uint64_t id = 0;
+        if (len >= HDR) {
+            struct msg_header raw;
+            memcpy(&raw, data, HDR);
+            kind = raw.kind;
+            id = raw.id;
+            version = (raw.kind == K_NEGOTIATE || raw.version != V1) ? V1 : raw.version;
+        }
+        complete_status(dev, pc, kind, version, id, status);
+        return;
+    }
+    uint32_t version = atomic_load_explicit(&dev->version, memory_order_acquire);
+    if (!atomic_load_explicit(&dev->ready, memory_order_acquire) || version == 0) {
+        malformed(&dev->stats, R_PREMATURE);
+        complete_status(dev, pc, h.kind, h.version, h.id, S_INVALID_DEVICE_STATE);
+        return;
+    }
+    if (h.version != version) {
+        malformed(&dev->stats, R_UNSUPPORTED_VERSION);
+        complete_status(dev, pc, h.kind, h.version, h.id, S_REVISION_MISMATCH);
+        return;
+    }
+    if (h.kind == K_ECHO) {
+        bump(&dev->stats.echo_count);
+        echo(dev, pc, &h, data + HDR);
+    } else {
+        bump(&dev->stats.notify_count);
+        NTSTATUS s = notify(dev, data + HDR, h.payload_len);
+        complete_status(dev, pc, K_NOTIFY, version, h.id, s);
+    }
+}
+
+/* The model's floor: complete with the packet's own bytes, nothing else. */
+void null_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer, UINT32 len,
+                         UINT32 flags) {
+    (void)channel;
+    (void)flags;
+    VmbChannelPacketComplete(pc, buffer, len);
+}
+
+/* Negotiation, as the driver does it from EvtChannelPostStarted: a synchronous NEGOTIATE. */
+static void rxc_post_started(VMBCHANNEL channel) {
+    struct rxc_device *dev = VmbChannelGetPointer(channel);
+    struct {
+        struct msg_header h;
+        uint32_t min, max;
+    } req = {{V1, K_NEGOTIATE, 0, 8, 0, atomic_fetch_add(&dev->next_id, 1)}, V1, V1};
+    uint8_t reply[32];
+    UINT32 size = sizeof reply;
+    LARGE_INTEGER timeout = {.QuadPart = -50000000LL}; /* 5 s */
+    NTSTATUS s = VmbChannelSendSynchronousRequest(channel, &req, sizeof req, NULL,
+                                                  VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
+                                                  reply, &size, &timeout);
+    if (s != S_SUCCESS || size != 32)
+        return;
+    struct msg_header rh;
+    uint32_t chosen;
+    memcpy(&rh, reply, HDR);
+    memcpy(&chosen, reply + HDR, 4);
+    if (rh.status == S_SUCCESS && rh.flags == FLAG_REPLY && rh.kind == K_NEGOTIATE &&
+        rh.id == req.h.id && chosen == V1) {
+        atomic_store(&dev->version, chosen);
+        atomic_store(&dev->ready, 1);
+    }
+}
+
+static void rxc_suspend(VMBCHANNEL channel) {
+    struct rxc_device *dev = VmbChannelGetPointer(channel);
+    atomic_store(&dev->ready, 0);
+    atomic_store(&dev->version, 0);
+}
+
+/* Allocates, configures and enables a channel under `parent` whose packets go to the C path
+ * (`null_guest` != 0: the null guest). NULL on failure. */
+struct rxc_device *rxc_start(PDEVICE_OBJECT parent, const GUID *interface_type, int null_guest) {
+    struct rxc_device *dev = calloc(1, sizeof *dev);
+    if (!dev)
+        return NULL;
+    atomic_flag_clear(&dev->pool_lock);
+    atomic_flag_clear(&dev->notify_lock);
+    dev->next_seq = 1;
+    atomic_store(&dev->next_id, 1);
+    dev->notify = calloc(NOTIFY_DEPTH, sizeof *dev->notify);
+    for (int i = 0; i < REPLY_BUFFERS; i++) {
+        dev->pool[i] = malloc(MAX_MESSAGE);
+        if (!dev->pool[i] || !dev->notify)
+            return NULL;
+    }
+    dev->pool_len = REPLY_BUFFERS;
+    if (VmbChannelAllocate(parent, 0, &dev->channel) != S_SUCCESS)
+        return NULL;
+    VmbChannelSetPointer(dev->channel, dev);
+    VMB_CHANNEL_STATE_CHANGE_CALLBACKS cbs = {0};
+    cbs.Version = 1;
+    cbs.Size = sizeof cbs;
+    cbs.EvtChannelPostStarted = rxc_post_started;
+    cbs.EvtChannelSuspend = rxc_suspend;
+    NTSTATUS s = VmbChannelInitSetMaximumPacketSize(dev->channel, MAX_MESSAGE);
+    if (s == S_SUCCESS)
+        s = VmbChannelInitSetProcessPacketCallbacks(
+            dev->channel, null_guest ? null_process_packet : rxc_process_packet, NULL);
+    if (s == S_SUCCESS)
+        s = VmbChannelInitSetStateChangeCallbacks(dev->channel, &cbs);
+    if (s == S_SUCCESS)
+        s = VmbClientChannelInitSetRingBufferPageCount(dev->channel, 32, 32);
+    if (s == S_SUCCESS)
+        s = VmbClientChannelInitSetTargetPnp(dev->channel, interface_type, NULL, NULL);
+    if (s == S_SUCCESS)
+        s = VmbChannelEnable(dev->channel);
+    return s == S_SUCCESS ? dev : NULL;
+}
+
+int rxc_ready(const struct rxc_device *dev) { return atomic_load(&dev->ready) != 0; }
+
+uint64_t rxc_echo_count(const struct rxc_device *dev) { return atomic_load(&dev->stats.echo_count); }
+
+void rxc_stop(struct rxc_device *dev) {
+    VmbChannelDisable(dev->channel);
+    VmbChannelCleanup(dev->channel);
+    for (int i = 0; i < REPLY_BUFFERS; i++)
+        free(dev->pool[i]);
+    free(dev->notify);
+    free(dev);
+}
