@@ -7,6 +7,7 @@
 //!   `c/rx_path.c`) or a null guest that completes every packet with its own bytes
 //!   ([`Guest::Null`]: the model's share, to subtract).
 //! * [`e2e`]: the equivalent of `vmbctl --sim bench` through [`vmbmsg::sim::Simulation`].
+//! * [`ring`]: the ring against memcpy, interleaved (a ratio that survives a busy machine).
 //! * [`allocs`]: a counting global allocator (the zero-allocation proof).
 //! * [`report`]: machine description and formatting for the results table
 //!   (`benches/perf_report.rs`).
@@ -28,6 +29,8 @@ pub mod allocs;
 pub mod e2e;
 #[cfg(not(windows))]
 pub mod report;
+#[cfg(not(windows))]
+pub mod ring;
 #[cfg(not(windows))]
 mod rx;
 

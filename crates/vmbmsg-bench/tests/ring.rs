@@ -1,0 +1,11 @@
+//! The interleaved ring-vs-memcpy measurement runs and gives sane numbers (not timed).
+
+#[test]
+fn ring_vs_memcpy_gives_finite_shares() {
+    for size in vmbmsg_bench::PAYLOAD_SIZES {
+        let r = vmbmsg_bench::ring::ring_vs_memcpy(size, 3);
+        assert!(r.ring_ns.is_finite() && r.ring_ns > 0.0, "{r:?}");
+        assert!(r.batch_ns.is_finite() && r.batch_ns > 0.0, "{r:?}");
+        assert!(r.memcpy_ns.is_finite() && r.ring_share > 0.0, "{r:?}");
+    }
+}
