@@ -21,7 +21,8 @@
 //! (counted by reason). The ECHO path allocates nothing: replies are built in buffers reserved
 //! when the core is created.
 #![no_std]
-// Off Windows only `sim` has one (commented) unsafe call; the portable core has none.
+// Off Windows only `sim` (one call) and `sync`'s spin lock use unsafe, each opted in and
+// commented; the rest of the portable core has none.
 #![cfg_attr(not(windows), deny(unsafe_code))]
 
 extern crate alloc;

@@ -4,7 +4,8 @@
 //! * On Windows the lock is a `KSPIN_LOCK` taken with `KeAcquireSpinLockRaiseToDpc`, so the
 //!   holder runs at DISPATCH_LEVEL and a DPC on the same processor can never spin on it
 //!   forever; the clock is `KeQueryPerformanceCounter`.
-//! * Elsewhere (tests, the simulation) the lock is `std::sync::Mutex` and the clock
+//! * Elsewhere (tests, the simulation, benchmarks) the lock is a spin lock on an `AtomicBool`
+//!   that yields the processor when it has spun for a while, and the clock
 //!   `std::time::Instant`.
 //!
 //! Rules for users: hold a guard only for a few instructions of bookkeeping, never across a
@@ -98,31 +99,76 @@ mod imp {
 
 #[cfg(not(windows))]
 mod imp {
+    // UNSAFETY: a spin lock over an `UnsafeCell`, like the Windows build's KSPIN_LOCK. A std
+    // `Mutex` here cost the receive path a poison check per lock and per unlock (measured in
+    // docs/performance.md); a kernel spin lock has neither.
+    #![expect(unsafe_code, reason = "a spin lock over an UnsafeCell, as on Windows")]
+
     extern crate std;
-    use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
     use std::time::Instant;
 
-    pub struct Lock<T>(Mutex<T>);
-    pub struct Guard<'a, T>(MutexGuard<'a, T>);
+    pub struct Lock<T> {
+        locked: AtomicBool,
+        value: UnsafeCell<T>,
+    }
+
+    // SAFETY: the value is only reached through a guard, and at most one guard exists at a
+    // time (`locked`), so sharing the lock shares `T` across threads one at a time.
+    unsafe impl<T: Send> Sync for Lock<T> {}
+
+    pub struct Guard<'a, T> {
+        lock: &'a Lock<T>,
+    }
 
     impl<T> Lock<T> {
         pub const fn new(value: T) -> Self {
-            Self(Mutex::new(value))
+            Self {
+                locked: AtomicBool::new(false),
+                value: UnsafeCell::new(value),
+            }
         }
 
         pub fn lock(&self) -> Guard<'_, T> {
-            // A panic while holding the lock is already a failed test; keep going with the data.
-            Guard(self.0.lock().unwrap_or_else(PoisonError::into_inner))
+            let mut spins = 0u32;
+            while self
+                .locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                // Wait until it looks free before trying again. User mode can be preempted
+                // while holding the lock (a DPC cannot), so give the processor away after a
+                // while instead of spinning out the holder's time slice.
+                while self.locked.load(Ordering::Relaxed) {
+                    if spins < 100 {
+                        spins += 1;
+                        core::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+            Guard { lock: self }
         }
     }
 
     impl<T> Guard<'_, T> {
         pub fn get(&self) -> &T {
-            &self.0
+            // SAFETY: this guard holds the lock: no other reference to the value exists.
+            unsafe { &*self.lock.value.get() }
         }
 
         pub fn get_mut(&mut self) -> &mut T {
-            &mut self.0
+            // SAFETY: as above, and `&mut self` makes this the only borrow through the guard.
+            unsafe { &mut *self.lock.value.get() }
+        }
+    }
+
+    impl<T> Drop for Guard<'_, T> {
+        fn drop(&mut self) {
+            self.lock.locked.store(false, Ordering::Release);
         }
     }
 
