@@ -1383,6 +1383,7 @@ impl<'a> Reply<'a> {
     /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
     /// [`ProtoError::UnsupportedVersion`], [`ProtoError::UnknownKind`],
     /// [`ProtoError::BodyShape`].
+    #[inline]
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
         let kind = self.kind;
         check_write_version(kind, self.version)?;
