@@ -39,6 +39,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// If the ring misbehaves (a bug, not a measurement).
 #[must_use]
 pub fn ring_vs_memcpy(size: usize, rounds: usize) -> RingVsMemcpy {
+    ring_vs_memcpy_in(RING_BYTES, size, rounds)
+}
+
+/// [`ring_vs_memcpy`] with a ring of `ring_bytes` data bytes (a multiple of 8 that holds at
+/// least one packet).
+///
+/// # Panics
+/// If the ring misbehaves or is too small.
+#[must_use]
+pub fn ring_vs_memcpy_in(ring_bytes: usize, size: usize, rounds: usize) -> RingVsMemcpy {
     let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut dst = vec![0u8; size + 8];
     let pieces: [&[u8]; 1] = [&src];
@@ -49,10 +59,10 @@ pub fn ring_vs_memcpy(size: usize, rounds: usize) -> RingVsMemcpy {
         },
         payload: &pieces,
     };
-    let mem = FlatRingMem::new(RING_BYTES).expect("ring");
+    let mem = FlatRingMem::new(ring_bytes).expect("ring");
     let mut tx = OutgoingRing::new(&mem).expect("tx");
     let mut rx = IncomingRing::new(&mem).expect("rx");
-    let per_batch = (RING_BYTES - 8) / packet.footprint();
+    let per_batch = (ring_bytes - 8) / packet.footprint();
     // About 20 µs of memcpy per burst, at least 64 operations.
     let burst = (20_000 / (size / 64 + 1)).max(64);
     let (mut ring, mut batch, mut copy, mut rs, mut bs) = (vec![], vec![], vec![], vec![], vec![]);
