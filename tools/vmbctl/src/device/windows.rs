@@ -257,9 +257,11 @@ impl Device for WinDevice {
             request,
             done: None,
         };
-        // SAFETY: `request` is a live allocation owned by `pending`; these are raw-pointer
-        // field projections, not references.
-        let (ov, out) = unsafe { (&raw mut (*request).overlapped, &raw mut (*request).output) };
+        // SAFETY: `request` is a live allocation owned by `pending`; a raw-pointer field
+        // projection, not a reference.
+        let ov = unsafe { &raw mut (*request).overlapped };
+        // SAFETY: as above.
+        let out = unsafe { &raw mut (*request).output };
         // SAFETY: `out` points at the Vec in the live allocation; reading its buffer pointer
         // creates no lasting reference.
         let out_ptr = unsafe { (*out).as_mut_ptr() };
