@@ -231,8 +231,7 @@ fn recv(ctx: &mut Ctx<'_>, args: &RecvArgs) -> Result<(), Error> {
             Err(e) => break Err(e),
         }
     };
-    summary.host_sent = notifier.as_ref().map(|n| n.sent());
-    drop(notifier);
+    summary.host_sent = notifier.map(|n| n.stop());
     if limit != Some(1) {
         ctx.emit(Record::RecvSummary(summary))?;
     }

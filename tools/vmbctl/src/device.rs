@@ -106,8 +106,8 @@ pub trait HostPeer {
 
 /// Keeps a [`HostPeer::start_notifier`] thread running; stops and joins it when dropped.
 pub trait NotifierGuard {
-    /// Notifications the host sent so far.
-    fn sent(&self) -> u64;
+    /// Stops and joins the thread; returns how many notifications the host sent.
+    fn stop(self: Box<Self>) -> u64;
 }
 
 /// A backend: something that takes IOCTLs.

@@ -257,15 +257,15 @@ fn notifier(sim: &Simulation, version: u32, per_second: f64, stop: &AtomicBool, 
         }
         n = n.saturating_add(1);
         let text = format!("notification {n} from the simulated host");
-        if host_roundtrip(
-            sim,
-            HostMessage::notify(version, u64::from(n), text.as_bytes()),
-        )
-        .is_err()
-        {
+        let Ok(txn) = sim.host_message(HostMessage::notify(version, u64::from(n), text.as_bytes()))
+        else {
+            break;
+        };
+        // Counted once sent: the guest may hand it to vmbctl before its completion comes back.
+        sent.fetch_add(1, Ordering::Relaxed);
+        if sim.host().wait_completion(txn, HOST_WAIT).is_none() {
             break;
         }
-        sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -275,17 +275,24 @@ struct Notifier {
     thread: Option<JoinHandle<()>>,
 }
 
+impl Notifier {
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl NotifierGuard for Notifier {
-    fn sent(&self) -> u64 {
+    fn stop(mut self: Box<Self>) -> u64 {
+        self.halt();
         self.sent.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Notifier {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.halt();
     }
 }
