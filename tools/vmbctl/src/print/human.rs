@@ -223,13 +223,13 @@ impl<W: Write> Human<W> {
             self.bench_header = true;
             writeln!(
                 self.out,
-                "{:<12} {:>8} {:>10} {:>12} {:>12} {:>7} {:>8}",
+                "{:<12} {:>8} {:>10} {:>12} {:>14} {:>7} {:>8}",
                 "direction", "payload", "packets", "packets/s", "bytes/s", "errors", "seconds"
             )?;
         }
         writeln!(
             self.out,
-            "{:<12} {:>8} {:>10} {:>12} {:>12} {:>7} {:>8.2}",
+            "{:<12} {:>8} {:>10} {:>12} {:>14} {:>7} {:>8.2}",
             r.direction.arrow(),
             r.payload_size,
             r.packets,
