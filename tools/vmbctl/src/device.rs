@@ -56,6 +56,10 @@ pub enum BackendInfo {
         path: String,
     },
     /// The in-process simulation.
+    #[cfg_attr(
+        windows,
+        expect(dead_code, reason = "Windows builds have no simulation")
+    )]
     Simulation {
         /// How the simulated host answers PING and SEND (`normal`, `slow:<ms>`, ...).
         host_behavior: String,
@@ -220,8 +224,16 @@ pub enum DeviceError {
         code: u32,
     },
     /// The simulation could not start.
+    #[cfg_attr(
+        windows,
+        expect(dead_code, reason = "Windows builds have no simulation")
+    )]
     SimStart(String),
     /// The simulation's model recorded KMCL contract violations (listed).
+    #[cfg_attr(
+        all(windows, not(test)),
+        expect(dead_code, reason = "Windows builds have no simulation")
+    )]
     Violations(Vec<String>),
 }
 

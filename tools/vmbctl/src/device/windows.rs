@@ -198,7 +198,8 @@ impl WinDevice {
 struct Request {
     overlapped: OVERLAPPED,
     output: Vec<u8>,
-    event: OwnedHandle,
+    /// `overlapped.hEvent`, closed when the request is freed.
+    _event: OwnedHandle,
 }
 
 /// An overlapped DeviceIoControl in progress.
@@ -250,7 +251,7 @@ impl Device for WinDevice {
         let request = Box::into_raw(Box::new(Request {
             overlapped,
             output: vec![0; output_len],
-            event,
+            _event: event,
         }));
         let mut pending = WinPending {
             device: self,
