@@ -1197,11 +1197,17 @@ impl World {
         let Some(c) = g.channels.get_mut(&serial) else {
             return g;
         };
-        c.suspend_called = true;
         let (ch, suspend) = (c.raw(), c.callbacks.EvtChannelSuspend);
         drop(g);
         self.call_state(serial, ch, StateCb::Suspend, suspend);
-        let g = self.lock();
+        let mut g = self.lock();
+        // Sends are refused once Suspend has *returned* (and from inside Suspend itself, see
+        // `sending_from_suspend`): a send another thread began before the callback started may
+        // still be running while it runs; the driver's Suspend waits for such sends, it cannot
+        // undo them.
+        if let Some(c) = g.channels.get_mut(&serial) {
+            c.suspend_called = true;
+        }
         self.drain_outstanding(g, serial, func, deadline)
     }
 
@@ -1967,6 +1973,13 @@ impl World {
     }
 
     /// `VmbPacketSend`, `...WithExternalMdl`, `...WithExternalPfns`.
+    /// The calling thread is inside `EvtChannelSuspend` of channel `serial`: told to stop
+    /// sending, and sending anyway.
+    fn sending_from_suspend(&self, serial: u64) -> bool {
+        crate::irql::channel_callback_frame(self.id, serial)
+            .is_some_and(|f| f.kind == FrameKind::State(StateCb::Suspend))
+    }
+
     pub(crate) fn packet_send(
         &self,
         func: &'static str,
@@ -1991,7 +2004,11 @@ impl World {
             return NtStatus::STATUS_INVALID_DEVICE_STATE;
         };
         let max = c.max_packet;
-        let (may_send, phase, immediate) = (c.may_send(), c.phase, c.phase.delivers_to_host());
+        let (may_send, phase, immediate) = (
+            c.may_send() && !self.sending_from_suspend(serial),
+            c.phase,
+            c.phase.delivers_to_host(),
+        );
         if flags & !sys::VMBUS_CHANNEL_FORMAT_FLAGS != 0 {
             st.record(
                 V::InvalidFlags,
@@ -2372,7 +2389,7 @@ impl World {
         let (max, phase, may_send, immediate) = (
             c.max_packet,
             c.phase,
-            c.may_send(),
+            c.may_send() && !self.sending_from_suspend(serial),
             c.phase.delivers_to_host(),
         );
         let ring = Channel::ring_bytes(c.ring_pages.1);
