@@ -48,14 +48,14 @@ impl<P: Platform> ChannelHandler for Handler<P> {
     }
 
     fn suspend(&self, _channel: ChannelRef<'_>) {
-        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED).
-        self.shared.version.store(0, Ordering::Release);
-        self.shared.set_state(ChannelState::CLOSED);
+        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED), and the
+        // ones that already passed their READY check return before Suspend does.
+        self.shared.stop_sends();
     }
 
     fn closed(&self, _channel: ChannelRef<'_>) {
-        self.shared.version.store(0, Ordering::Release);
-        self.shared.set_state(ChannelState::CLOSED);
+        // Suspend did this already when the channel was running; not when it was paused.
+        self.shared.stop_sends();
         // No notification can arrive any more: a parked RECV would wait forever. When the
         // host closed the channel, user mode may retry later; when we are tearing the device
         // down, it is gone.

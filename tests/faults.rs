@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ use vmbmsg_proto::ioctl::{
     NOT_READY_STATUS, PingOut, SendIn, SendOut, write_send_input,
 };
 use vmbmsg_proto::wire::{
-    GuestBody, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE, PROTOCOL_V1, Reply, ReplyBody,
-    parse_guest_message, parse_reply, peek_header,
+    GuestBody, HostMessage, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE, PROTOCOL_V1, Reply,
+    ReplyBody, parse_guest_message, parse_reply, peek_header,
 };
 
 // ---- helpers ----------------------------------------------------------------------------------
@@ -612,6 +612,88 @@ fn rescind_after_negotiation_completes_parked_and_in_flight_requests() {
     assert_eq!(s.wait(T).unwrap().status, NtStatus::STATUS_CANCELLED);
     assert_eq!(sim.host().stats().packets_allocated, 0);
     finish_clean(sim);
+}
+
+#[test]
+fn rescind_in_the_middle_of_traffic_both_ways_on_four_delivery_threads() {
+    // A race, so several rounds with the rescind at different moments.
+    for round in 0..10 {
+        let sim = ready_with(SimConfig {
+            delivery_threads: 4,
+            ..SimConfig::default()
+        });
+        let stop = AtomicBool::new(false);
+        let (sent, completed, dropped) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        let outcomes = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for t in 0..2u64 {
+                let (sim, stop, sent, completed, dropped) =
+                    (&sim, &stop, &sent, &completed, &dropped);
+                scope.spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        i += 1;
+                        let payload = [t as u8; 40];
+                        let m = if i.is_multiple_of(3) {
+                            HostMessage::notify(PROTOCOL_V1, i, &payload)
+                        } else {
+                            HostMessage::echo(PROTOCOL_V1, i, &payload)
+                        };
+                        let Ok(txn) = sim.host_message(m) else {
+                            break; // rescinded: the host cannot send any more
+                        };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match sim.host().wait_completion(txn, T) {
+                            Some(c) => {
+                                assert!(!c.failed);
+                                completed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => {
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+            let (sim, stop, outcomes) = (&sim, &stop, &outcomes);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let r = sim.ioctl(IOCTL_VMBMSG_RECV, &[], RECV_LEN);
+                    let p = sim.ioctl(IOCTL_VMBMSG_PING, &[], size_of::<PingOut>());
+                    let s = sim.ioctl(IOCTL_VMBMSG_SEND, &send_input(b"mid"), size_of::<SendOut>());
+                    let mut o = outcomes.lock().unwrap();
+                    o.push(("PING", p.wait(T).expect("PING completes").status));
+                    o.push(("SEND", s.wait(T).expect("SEND completes").status));
+                    drop(o);
+                    // A parked RECV is completed by a notification or by the rescind.
+                    let c = r.wait(T).expect("RECV completes");
+                    outcomes.lock().unwrap().push(("RECV", c.status));
+                }
+            });
+            std::thread::sleep(Duration::from_millis(10 + 5 * round));
+            sim.host().rescind();
+            stop.store(true, Ordering::Release);
+        });
+        let allowed_after = [NtStatus::STATUS_CANCELLED, NOT_READY_STATUS];
+        for (what, status) in outcomes.into_inner().unwrap() {
+            assert!(
+                status == NtStatus::STATUS_SUCCESS || allowed_after.contains(&status),
+                "{what} completed with {status}"
+            );
+        }
+        assert_eq!(sim.core().state(), ChannelState::CLOSED);
+        let h = sim.host().stats();
+        assert_eq!(
+            sent.load(Ordering::Relaxed),
+            completed.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)
+        );
+        assert_eq!(h.dropped_undelivered, dropped.load(Ordering::Relaxed));
+        assert!(
+            completed.load(Ordering::Relaxed) > 0,
+            "traffic flowed before the rescind"
+        );
+        finish_clean(sim);
+    }
 }
 
 #[test]
