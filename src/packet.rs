@@ -250,9 +250,13 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
             SUPPORTED_MIN,
             SUPPORTED_MAX,
         ),
-        Err(_) => {
+        Err(status) => {
             // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
-            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version.
+            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version. The last one is the host's
+            // malformed reply and is counted as such.
+            if status == NtStatus::STATUS_BUFFER_OVERFLOW {
+                shared.stats.malformed(MalformedReason::LengthMismatch);
+            }
             shared.set_state(ChannelState::NEGOTIATION_FAILED);
             return;
         }

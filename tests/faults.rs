@@ -514,6 +514,14 @@ fn negotiate_replies_of_the_wrong_size_fail_negotiation() {
             ChannelState::NEGOTIATION_FAILED,
             "{name}"
         );
+        // Every wrong size is counted: short ones by the parser, long ones because KMCL
+        // reports STATUS_BUFFER_OVERFLOW for a reply larger than the reply buffer.
+        let reason = if case == 0 {
+            MalformedReason::Truncated
+        } else {
+            MalformedReason::LengthMismatch
+        };
+        assert_eq!(stats(&sim).malformed(reason), 1, "{name}");
         assert_eq!(ping(&sim).status, NOT_READY_STATUS, "{name}");
         // Host data is refused as premature, but completed and counted.
         let reply = sim.host_echo(b"early", T).unwrap();
