@@ -154,6 +154,25 @@ struct Shared<P: Platform> {
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
     /// host's rescind).
     going_down: AtomicBool,
+    /// IOCTL paths between their READY check and the return of their `VmbPacketSend`
+    /// ([`SendPermit`]); `EvtChannelSuspend` waits for them to leave.
+    senders: AtomicU32,
+}
+
+/// Permission to send one packet to the host, from [`Shared::begin_send`]: while one exists,
+/// `EvtChannelSuspend` does not return, so no `VmbPacketSend*` call can reach KMCL after
+/// Suspend (reference/vmbus-kmcl-api.md §5 step 7: the driver must stop sending). A rundown
+/// reference, like `EX_RUNDOWN_REF`.
+pub(crate) struct SendPermit<'a> {
+    senders: &'a AtomicU32,
+    /// The negotiated version the permit was granted under.
+    pub(crate) version: u32,
+}
+
+impl Drop for SendPermit<'_> {
+    fn drop(&mut self) {
+        self.senders.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct NotifyState {
@@ -179,6 +198,39 @@ impl<P: Platform> Shared<P> {
     fn ready_version(&self) -> Option<u32> {
         let v = self.version.load(Ordering::Acquire);
         (self.state() == ChannelState::READY && v != 0).then_some(v)
+    }
+
+    /// A [`SendPermit`] when the channel is READY, `None` otherwise.
+    ///
+    /// With [`stop_sends`](Self::stop_sends) this is Dekker's handshake: the sender announces
+    /// itself and then reads the state, the closer writes the state and then reads the
+    /// announcements, all `SeqCst`, so at least one of them sees the other.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    fn begin_send(&self) -> Option<SendPermit<'_>> {
+        self.senders.fetch_add(1, Ordering::SeqCst);
+        let permit = SendPermit {
+            senders: &self.senders,
+            version: self.version.load(Ordering::SeqCst),
+        };
+        let ready = self.state.load(Ordering::SeqCst) == ChannelState::READY.get();
+        (ready && permit.version != 0).then_some(permit)
+    }
+
+    /// Refuses new [`SendPermit`]s (the state becomes CLOSED) and waits until every granted
+    /// one is dropped, that is until every send that passed its READY check has returned.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL (from `EvtChannelSuspend` / `EvtChannelClosed`); the wait is as long as
+    /// one `VmbPacketSend` call.
+    fn stop_sends(&self) {
+        self.version.store(0, Ordering::SeqCst);
+        self.state
+            .store(ChannelState::CLOSED.get(), Ordering::SeqCst);
+        while self.senders.load(Ordering::SeqCst) != 0 {
+            sync::relax();
+        }
     }
 
     /// Completes every parked RECV request with `status`.
@@ -261,6 +313,7 @@ impl<P: Platform> Core<P> {
             replies: SpinLock::new(replies),
             next_id: AtomicU64::new(1),
             going_down: AtomicBool::new(false),
+            senders: AtomicU32::new(0),
         });
         Ok(Self {
             shared,

@@ -48,14 +48,14 @@ impl<P: Platform> ChannelHandler for Handler<P> {
     }
 
     fn suspend(&self, _channel: ChannelRef<'_>) {
-        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED).
-        self.shared.version.store(0, Ordering::Release);
-        self.shared.set_state(ChannelState::CLOSED);
+        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED), and the
+        // ones that already passed their READY check return before Suspend does.
+        self.shared.stop_sends();
     }
 
     fn closed(&self, _channel: ChannelRef<'_>) {
-        self.shared.version.store(0, Ordering::Release);
-        self.shared.set_state(ChannelState::CLOSED);
+        // Suspend did this already when the channel was running; not when it was paused.
+        self.shared.stop_sends();
         // No notification can arrive any more: a parked RECV would wait forever. When the
         // host closed the channel, user mode may retry later; when we are tearing the device
         // down, it is gone.
@@ -250,9 +250,13 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
             SUPPORTED_MIN,
             SUPPORTED_MAX,
         ),
-        Err(_) => {
+        Err(status) => {
             // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
-            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version.
+            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version. The last one is the host's
+            // malformed reply and is counted as such.
+            if status == NtStatus::STATUS_BUFFER_OVERFLOW {
+                shared.stats.malformed(MalformedReason::LengthMismatch);
+            }
             shared.set_state(ChannelState::NEGOTIATION_FAILED);
             return;
         }

@@ -425,6 +425,9 @@ pub(crate) struct State {
     violations: Vec<Violation>,
     stats: HostStats,
     quarantine: VecDeque<AlignedBuf>,
+    /// A rescind of the open channel is waiting for (or running after) the current transition:
+    /// synchronous requests fail at once.
+    rescind_pending: bool,
 }
 
 impl Default for State {
@@ -453,6 +456,7 @@ impl Default for State {
             violations: Vec::new(),
             stats: HostStats::default(),
             quarantine: VecDeque::new(),
+            rescind_pending: false,
         }
     }
 }
@@ -997,11 +1001,16 @@ impl World {
             return Err(OpenError::OpenedFailed(status));
         }
         c.phase = Phase::Starting;
+        // Fault hook: a rescind queued behind the open (closed below, once the open returned).
+        let rescind_queued = self.faults.take_rescind_after_opened();
         let pending: Vec<GuestPacket> = c.pre_open.drain(..).collect();
         let armed = c.pause_armed;
         if armed {
             c.phase = Phase::Paused;
             c.pause_armed = false;
+        }
+        if rescind_queued {
+            g.rescind_pending = true;
         }
         drop(g);
         // Packets queued before the open reach the host now (§6.2).
@@ -1013,6 +1022,10 @@ impl World {
             g = self.run_start(g, serial);
         }
         self.end_transition(&mut g, serial);
+        drop(g);
+        if rescind_queued {
+            self.rescind();
+        }
         Ok(())
     }
 
@@ -1077,16 +1090,49 @@ impl World {
 
     pub(crate) fn rescind(&self) {
         crate::irql::with_irql(Irql::Passive, || {
-            let g = self.lock();
+            let mut g = self.lock();
             let Some(serial) = g.open_channel else {
                 return;
             };
-            let Ok(mut g) = self.begin_transition(g, serial) else {
-                return;
+            // The open sequence may own the transition while PostStarted waits for a
+            // synchronous request: fail those now (and new ones until the close ran), as the
+            // library does for a channel being removed, so the open can return.
+            g.rescind_pending = true;
+            Self::cancel_sync_requests(&mut g, serial);
+            drop(g);
+            self.sync_cv.notify_all();
+            let g = self.lock();
+            let mut g = match self.begin_transition(g, serial) {
+                Ok(g) => g,
+                Err(mut g) => {
+                    g.rescind_pending = false;
+                    return;
+                }
             };
             g = self.close(g, serial, "EvtChannelSuspend", true);
+            g.rescind_pending = false;
             self.end_transition(&mut g, serial);
         });
+    }
+
+    /// Fails every synchronous request of channel `serial` that waits for the host with
+    /// `STATUS_DEVICE_REMOVED` (the caller notifies `sync_cv`).
+    fn cancel_sync_requests(st: &mut State, serial: u64) {
+        let ids: Vec<(u64, u64)> = st
+            .out_txns
+            .iter()
+            .filter_map(|(id, t)| match t.what {
+                OutWhat::Sync(slot) if t.channel == serial => Some((*id, slot)),
+                _ => None,
+            })
+            .collect();
+        for (id, slot) in ids {
+            st.out_txns.remove(&id);
+            st.stats.cancelled_at_close += 1;
+            if let Some(s) = st.sync_slots.get_mut(&slot) {
+                *s = Some(SyncAnswer::Removed);
+            }
+        }
     }
 
     /// IRQL, channel and re-entry checks of Disable/Pause/Start.
@@ -1151,11 +1197,17 @@ impl World {
         let Some(c) = g.channels.get_mut(&serial) else {
             return g;
         };
-        c.suspend_called = true;
         let (ch, suspend) = (c.raw(), c.callbacks.EvtChannelSuspend);
         drop(g);
         self.call_state(serial, ch, StateCb::Suspend, suspend);
-        let g = self.lock();
+        let mut g = self.lock();
+        // Sends are refused once Suspend has *returned* (and from inside Suspend itself, see
+        // `sending_from_suspend`): a send another thread began before the callback started may
+        // still be running while it runs; the driver's Suspend waits for such sends, it cannot
+        // undo them.
+        if let Some(c) = g.channels.get_mut(&serial) {
+            c.suspend_called = true;
+        }
         self.drain_outstanding(g, serial, func, deadline)
     }
 
@@ -1921,6 +1973,13 @@ impl World {
     }
 
     /// `VmbPacketSend`, `...WithExternalMdl`, `...WithExternalPfns`.
+    /// The calling thread is inside `EvtChannelSuspend` of channel `serial`: told to stop
+    /// sending, and sending anyway.
+    fn sending_from_suspend(&self, serial: u64) -> bool {
+        crate::irql::channel_callback_frame(self.id, serial)
+            .is_some_and(|f| f.kind == FrameKind::State(StateCb::Suspend))
+    }
+
     pub(crate) fn packet_send(
         &self,
         func: &'static str,
@@ -1945,7 +2004,11 @@ impl World {
             return NtStatus::STATUS_INVALID_DEVICE_STATE;
         };
         let max = c.max_packet;
-        let (may_send, phase, immediate) = (c.may_send(), c.phase, c.phase.delivers_to_host());
+        let (may_send, phase, immediate) = (
+            c.may_send() && !self.sending_from_suspend(serial),
+            c.phase,
+            c.phase.delivers_to_host(),
+        );
         if flags & !sys::VMBUS_CHANNEL_FORMAT_FLAGS != 0 {
             st.record(
                 V::InvalidFlags,
@@ -2241,6 +2304,9 @@ impl World {
         let mut g = self.lock();
         let st = &mut *g;
         let Some(t) = st.out_txns.remove(&id) else {
+            // Unknown, already completed, cancelled or timed out: ignored, never seen by the
+            // guest (a hostile host may complete twice or make ids up).
+            st.stats.ignored_host_completions += 1;
             return;
         };
         st.stats.completed_by_host += 1;
@@ -2323,7 +2389,7 @@ impl World {
         let (max, phase, may_send, immediate) = (
             c.max_packet,
             c.phase,
-            c.may_send(),
+            c.may_send() && !self.sending_from_suspend(serial),
             c.phase.delivers_to_host(),
         );
         let ring = Channel::ring_bytes(c.ring_pages.1);
@@ -2350,7 +2416,7 @@ impl World {
             );
             return fail(NtStatus::STATUS_INVALID_PARAMETER);
         }
-        if phase == Phase::Closing {
+        if phase == Phase::Closing || (st.rescind_pending && st.open_channel == Some(serial)) {
             return fail(NtStatus::STATUS_DEVICE_REMOVED);
         }
         if !may_send {
