@@ -1,4 +1,4 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Fault injection: the library failing (NULL packet, failed send), the host failing (never
 //! answering, answering twice, answering transactions that do not exist, answering with
 //! replies of the wrong size) and the host rescinding the channel at every step of its life.
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{RECV_LEN, T, finish, ioctl, quick, ready, ready_with, stats};
 use kmcl_model::{GuestPacket, Host};
-use vmbmsg::sim::{Behavior, Completed, Pending, SimConfig, Simulation};
-use vmbmsg::{CoreConfig, NtStatus};
+use vmbmsg_core::sim::{Behavior, Completed, Pending, SimConfig, Simulation};
+use vmbmsg_core::{CoreConfig, NtStatus};
 use vmbmsg_proto::ioctl::{
     BAD_REPLY_STATUS, ChannelState, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND,
     NOT_READY_STATUS, PingOut, SendIn, SendOut, write_send_input,
