@@ -33,6 +33,8 @@ extern crate alloc;
 extern crate std;
 
 mod ioctl;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod notify;
 mod packet;
 #[cfg(not(windows))]
@@ -42,7 +44,6 @@ pub mod sync;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
 
 use kmcl::{Channel, ChannelBuilder};
@@ -54,7 +55,8 @@ pub use kmcl::{NtStatus, ParentDevice};
 use crate::notify::NotifyQueue;
 use crate::packet::Handler;
 use crate::stats::Stats;
-use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{Rundown, SpinLock};
 
 /// The driver's version, reported by GET_INFO.
 pub const DRIVER_VERSION: (u16, u16, u16) = (0, 1, 0);
@@ -151,24 +153,30 @@ struct Shared<P: Platform> {
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
     /// host's rescind).
     going_down: AtomicBool,
-    /// IOCTL paths between their READY check and the return of their `VmbPacketSend`
-    /// ([`SendPermit`]); `EvtChannelSuspend` waits for them to leave.
-    senders: AtomicU32,
+    /// Who may send to the host: [`GATE_CLOSED`] plus the number of [`SendPermit`]s out
+    /// (IOCTL paths between their READY check and the return of their `VmbPacketSend`).
+    /// Opened when negotiation succeeds; `EvtChannelSuspend` closes it and waits for the
+    /// permits to come back.
+    send_gate: AtomicU32,
 }
+
+/// [`Shared::send_gate`]'s bit saying no new permit is granted; the other bits count them.
+const GATE_CLOSED: u32 = 1 << 31;
 
 /// Permission to send one packet to the host, from [`Shared::begin_send`]: while one exists,
 /// `EvtChannelSuspend` does not return, so no `VmbPacketSend*` call can reach KMCL after
 /// Suspend (reference/vmbus-kmcl-api.md §5 step 7: the driver must stop sending). A rundown
-/// reference, like `EX_RUNDOWN_REF`.
+/// reference, like `EX_RUNDOWN_REF`: one word holds the closed bit and the count, so every
+/// grant and the close are ordered by that word alone.
 pub(crate) struct SendPermit<'a> {
-    senders: &'a AtomicU32,
+    gate: &'a AtomicU32,
     /// The negotiated version the permit was granted under.
     pub(crate) version: u32,
 }
 
 impl Drop for SendPermit<'_> {
     fn drop(&mut self) {
-        self.senders.fetch_sub(1, Ordering::SeqCst);
+        self.gate.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -197,35 +205,53 @@ impl<P: Platform> Shared<P> {
         (self.state() == ChannelState::READY && v != 0).then_some(v)
     }
 
-    /// A [`SendPermit`] when the channel is READY, `None` otherwise.
-    ///
-    /// With [`stop_sends`](Self::stop_sends) this is Dekker's handshake: the sender announces
-    /// itself and then reads the state, the closer writes the state and then reads the
-    /// announcements, all `SeqCst`, so at least one of them sees the other.
+    /// A [`SendPermit`] when the gate is open and the channel READY, `None` otherwise.
     ///
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.
     fn begin_send(&self) -> Option<SendPermit<'_>> {
-        self.senders.fetch_add(1, Ordering::SeqCst);
-        let permit = SendPermit {
-            senders: &self.senders,
-            version: self.version.load(Ordering::SeqCst),
+        let mut current = self.send_gate.load(Ordering::Relaxed);
+        loop {
+            if current & GATE_CLOSED != 0 {
+                return None;
+            }
+            match self.send_gate.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        let mut permit = SendPermit {
+            gate: &self.send_gate,
+            version: 0,
         };
-        let ready = self.state.load(Ordering::SeqCst) == ChannelState::READY.get();
-        (ready && permit.version != 0).then_some(permit)
+        permit.version = self.ready_version()?;
+        Some(permit)
     }
 
-    /// Refuses new [`SendPermit`]s (the state becomes CLOSED) and waits until every granted
-    /// one is dropped, that is until every send that passed its READY check has returned.
+    /// Negotiation succeeded: the channel is READY with `version`, and sends may start.
+    fn open_sends(&self, version: u32) {
+        self.version.store(version, Ordering::Release);
+        self.set_state(ChannelState::READY);
+        self.send_gate.fetch_and(!GATE_CLOSED, Ordering::Release);
+    }
+
+    /// Closes the gate (and makes the state CLOSED), then waits until every granted
+    /// [`SendPermit`] is dropped, that is until every send that passed its READY check has
+    /// returned.
     ///
     /// # IRQL
     /// PASSIVE_LEVEL (from `EvtChannelSuspend` / `EvtChannelClosed`); the wait is as long as
     /// one `VmbPacketSend` call.
     fn stop_sends(&self) {
-        self.version.store(0, Ordering::SeqCst);
-        self.state
-            .store(ChannelState::CLOSED.get(), Ordering::SeqCst);
-        while self.senders.load(Ordering::SeqCst) != 0 {
+        self.version.store(0, Ordering::Release);
+        self.set_state(ChannelState::CLOSED);
+        self.send_gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
+        while self.send_gate.load(Ordering::Acquire) != GATE_CLOSED {
             sync::relax();
         }
     }
@@ -248,7 +274,7 @@ impl<P: Platform> Shared<P> {
 /// One vmbmsg device.
 pub struct Core<P: Platform> {
     shared: Arc<Shared<P>>,
-    channel: SpinLock<Option<Arc<Channel<Handler<P>>>>>,
+    channel: Rundown<Channel<Handler<P>>>,
 }
 
 impl<P: Platform> core::fmt::Debug for Core<P> {
@@ -310,11 +336,11 @@ impl<P: Platform> Core<P> {
             replies: SpinLock::new(replies),
             next_id: AtomicU64::new(1),
             going_down: AtomicBool::new(false),
-            senders: AtomicU32::new(0),
+            send_gate: AtomicU32::new(GATE_CLOSED),
         });
         Ok(Self {
             shared,
-            channel: SpinLock::new(None),
+            channel: Rundown::new(),
         })
     }
 
@@ -351,7 +377,7 @@ impl<P: Platform> Core<P> {
     /// # IRQL
     /// PASSIVE_LEVEL.
     pub fn channel_up(&self, parent: ParentDevice) -> Result<(), NtStatus> {
-        if self.channel.lock().is_some() {
+        if self.channel.is_set() {
             return Err(NtStatus::STATUS_INVALID_DEVICE_STATE);
         }
         let handler = Handler::new(self.shared.clone());
@@ -375,7 +401,7 @@ impl<P: Platform> Core<P> {
         self.shared.set_state(ChannelState::WAITING_FOR_HOST);
         match builder.enable() {
             Ok(channel) => {
-                *self.channel.lock() = Some(Arc::new(channel));
+                self.channel.set(channel);
                 Ok(())
             }
             Err((_builder, status)) => {
@@ -386,8 +412,8 @@ impl<P: Platform> Core<P> {
     }
 
     /// The channel, if it is up, for one IOCTL's use.
-    fn channel(&self) -> Option<Arc<Channel<Handler<P>>>> {
-        self.channel.lock().clone()
+    fn channel(&self) -> Option<sync::Arc<Channel<Handler<P>>>> {
+        self.channel.get()
     }
 
     /// Disables and cleans up the channel: blocks until every delivered packet is retired and
@@ -400,18 +426,8 @@ impl<P: Platform> Core<P> {
     /// PASSIVE_LEVEL.
     pub fn channel_down(&self) {
         self.shared.going_down.store(true, Ordering::Release);
-        let taken = self.channel.lock().take();
-        if let Some(mut channel) = taken {
-            // IOCTL paths hold a clone only around an allocate-and-send, which never blocks.
-            let channel = loop {
-                match Arc::try_unwrap(channel) {
-                    Ok(channel) => break channel,
-                    Err(shared) => {
-                        channel = shared;
-                        sync::relax();
-                    }
-                }
-            };
+        // IOCTL paths hold a reference only around an allocate-and-send, which never blocks.
+        if let Some(channel) = self.channel.take_and_wait() {
             drop(channel); // VmbChannelDisable + VmbChannelCleanup
         }
         self.shared.version.store(0, Ordering::Release);
