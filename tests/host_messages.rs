@@ -1,11 +1,11 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Each host-to-guest message, good and malformed: every packet completed exactly once with
 //! the right status, malformed ones counted by reason, and nothing lost.
 
 mod common;
 
 use common::{RECV_LEN, T, finish, ioctl, ready, stats};
-use vmbmsg::NtStatus;
+use vmbmsg_core::NtStatus;
 use vmbmsg_proto::ioctl::{IOCTL_VMBMSG_RECV, parse_recv_output};
 use vmbmsg_proto::wire::{
     HEADER_SIZE, HostMessage, MAX_PAYLOAD, MalformedReason, MessageKind, PROTOCOL_V1,
@@ -72,7 +72,7 @@ fn notify_is_queued_for_recv_and_reported_full_when_the_queue_is() {
 }
 
 /// A raw host packet and what the guest must answer.
-fn malformed(sim: &vmbmsg::sim::Simulation, bytes: &[u8]) -> NtStatus {
+fn malformed(sim: &vmbmsg_core::sim::Simulation, bytes: &[u8]) -> NtStatus {
     let txn = sim.host().send(bytes, true).expect("send");
     let reply = sim.completion(txn, T);
     peek_header(&reply).map_or(NtStatus(0x7777), |h| h.status())

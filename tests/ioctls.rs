@@ -1,4 +1,4 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Each IOCTL with good and bad buffers, and the statuses user mode relies on.
 
 mod common;
@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{RECV_LEN, T, finish, info, ioctl, ready, ready_with, stats};
-use vmbmsg::NtStatus;
-use vmbmsg::sim::{Behavior, SimConfig};
+use vmbmsg_core::NtStatus;
+use vmbmsg_core::sim::{Behavior, SimConfig};
 use vmbmsg_proto::ioctl::{
     ABI_VERSION, BAD_REPLY_STATUS, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS,
     IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_RESET_STATS, IOCTL_VMBMSG_SEND, InfoOut,
@@ -46,7 +46,7 @@ fn get_info_reports_versions_state_and_limits() {
     assert_eq!(i.protocol_version.get(), PROTOCOL_V1);
     assert_eq!(i.max_payload.get() as usize, MAX_PAYLOAD);
     assert_eq!(i.notify_queue_depth.get(), 32);
-    let (major, minor, patch) = vmbmsg::DRIVER_VERSION;
+    let (major, minor, patch) = vmbmsg_core::DRIVER_VERSION;
     assert_eq!(
         (
             i.driver_major.get(),

@@ -1,4 +1,4 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! 1 000 000 mixed host packets on four delivery threads, with IOCTL traffic alongside: zero
 //! verifier violations, zero leaks, and statistics that add up exactly.
 
@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{RECV_LEN, T, ioctl};
-use vmbmsg::sim::{SimConfig, Simulation};
-use vmbmsg::{CoreConfig, NtStatus};
+use vmbmsg_core::sim::{SimConfig, Simulation};
+use vmbmsg_core::{CoreConfig, NtStatus};
 use vmbmsg_proto::ioctl::{
     IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND, NOT_READY_STATUS, PingOut, SendIn,
     SendOut, parse_recv_output, write_send_input,

@@ -1,4 +1,4 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Version negotiation when the channel opens: accepted, rejected, host never answers, garbage.
 
 mod common;
@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{finish, info, ioctl, quick};
-use vmbmsg::NtStatus;
-use vmbmsg::sim::{Negotiation, SimConfig, Simulation};
+use vmbmsg_core::NtStatus;
+use vmbmsg_core::sim::{Negotiation, SimConfig, Simulation};
 use vmbmsg_proto::ioctl::{ChannelState, IOCTL_VMBMSG_PING, NOT_READY_STATUS, PingOut};
 use vmbmsg_proto::wire::{MalformedReason, PROTOCOL_V1, make_version, peek_header};
 

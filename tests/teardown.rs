@@ -1,4 +1,4 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! The channel going away with requests parked and packets in flight: everything finished
 //! with a clear status, nothing leaked, no contract violated.
 
@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{RECV_LEN, T, finish, ioctl, ready};
-use vmbmsg::NtStatus;
-use vmbmsg::sim::Behavior;
+use vmbmsg_core::NtStatus;
+use vmbmsg_core::sim::Behavior;
 use vmbmsg_proto::ioctl::{
     ChannelState, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, NOT_READY_STATUS, PingOut,
 };

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use vmbmsg::sim::{Completed, SimConfig, Simulation};
-use vmbmsg::{CoreConfig, NtStatus};
+use vmbmsg_core::sim::{Completed, SimConfig, Simulation};
+use vmbmsg_core::{CoreConfig, NtStatus};
 use vmbmsg_proto::ioctl::{
     ChannelState, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS, InfoOut, RECV_OUT_MAX, StatsOut,
     read_output,

@@ -77,6 +77,7 @@ struct Faults {
     fail_allocations: u32,
     fail_sends: u32,
     send_status: Option<NtStatus>,
+    rescind_after_opened: bool,
 }
 
 impl FaultPlan {
@@ -98,6 +99,15 @@ impl FaultPlan {
         f.send_status = Some(status);
     }
 
+    /// The next [`Host::open`] rescinds the channel as soon as `EvtChannelOpened` has returned
+    /// successfully: the rest of the open sequence runs as a real KMCL would run it with a
+    /// rescind queued behind it (Started, PostStarted, whose synchronous requests fail at once
+    /// with `STATUS_DEVICE_REMOVED`), then the channel is closed (Suspend, Closed) on the open
+    /// thread before `Host::open` returns.
+    pub fn rescind_after_opened(&self) {
+        self.faults().rescind_after_opened = true;
+    }
+
     /// Disarms every fault.
     pub fn clear(&self) {
         *self.faults() = Faults::default();
@@ -111,6 +121,10 @@ impl FaultPlan {
         } else {
             false
         }
+    }
+
+    pub(crate) fn take_rescind_after_opened(&self) -> bool {
+        std::mem::take(&mut self.faults().rescind_after_opened)
     }
 
     pub(crate) fn take_send_failure(&self) -> Option<NtStatus> {
@@ -175,6 +189,10 @@ pub struct HostStats {
     pub completed_by_host: u64,
     /// Guest transactions cancelled because the channel closed.
     pub cancelled_at_close: u64,
+    /// Host completions that named no guest transaction in flight (unknown, already
+    /// completed, cancelled or timed out) and were ignored: [`Host::complete_transaction`],
+    /// or [`GuestPacket::complete`] after the channel closed.
+    pub ignored_host_completions: u64,
     /// Packets from `VmbPacketAllocate` not yet freed, now.
     pub packets_allocated: u64,
     /// Guest packets sent and not yet completed, now.
@@ -466,6 +484,15 @@ impl Host {
         self.world.wait_completion(txn.0, timeout)
     }
 
+    /// The host sends a completion for guest transaction `id` (see [`GuestPacket::id`]),
+    /// whether or not that transaction is in flight: what a hostile or buggy host does when it
+    /// completes a transaction twice, late, or with a made-up id. A transaction in flight is
+    /// completed as by [`GuestPacket::complete`]; any other id is ignored and counted in
+    /// [`HostStats::ignored_host_completions`] — the guest never sees it.
+    pub fn complete_transaction(&self, id: u64, status: NtStatus, response: &[u8]) {
+        self.world.host_complete(id, status, response);
+    }
+
     /// The next packet the guest sent (`VmbPacketSend*` or a synchronous request) that no
     /// responder answered, waiting up to `timeout`.
     #[must_use]
@@ -494,6 +521,11 @@ impl Host {
     /// delivered packets, cancel in-flight guest packets, `EvtChannelClosed`; the guest channel
     /// ends Disabled. Returns when that finished; a no-op if no channel is open. Must not be
     /// called from a guest callback.
+    ///
+    /// A rescind that arrives while the open sequence is still running (for instance while
+    /// `EvtChannelPostStarted` waits for a synchronous request) fails the channel's waiting
+    /// synchronous requests at once with `STATUS_DEVICE_REMOVED`, as do new ones, and closes
+    /// the channel once the open sequence has returned.
     pub fn rescind(&self) {
         self.world.rescind();
     }

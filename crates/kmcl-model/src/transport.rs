@@ -14,9 +14,12 @@
 //!   model keeps those bytes in a side table keyed by the transaction id.
 //! * **Readers.** The guest's KMCL copies every host packet out of the ring at once (into its
 //!   delivery queue) and commits. The host endpoint copies each guest packet out too, but
-//!   keeps its ring space until the packet is *consumed* (answered by the responder or taken by
-//!   [`Host::recv`](crate::Host::recv)): the read index only moves over the consumed prefix, so
-//!   packets nobody received fill the ring as they would on a real host.
+//!   keeps its ring space until the packet is *consumed*: at once when a responder is set (it
+//!   looked at the packet, answered it or kept its own copy for [`Host::recv`]), otherwise when
+//!   [`Host::recv`] takes it. The read index only moves over the consumed prefix, so packets a
+//!   host without a responder has not received fill the ring as they would on a real host.
+//!
+//! [`Host::recv`]: crate::Host::recv
 //! * **Signals** follow §1.8 exactly (counted in [`TransportStats`]); a signal is delivered by
 //!   running the peer's interrupt handler on the signalling thread. Readers mask interrupts
 //!   while they drain, unmask, and re-check; a host reader that holds packets re-checks

@@ -448,6 +448,9 @@ pub(crate) struct State {
     violations: Vec<Violation>,
     stats: HostStats,
     quarantine: VecDeque<AlignedBuf>,
+    /// A rescind of the open channel is waiting for (or running after) the current transition:
+    /// synchronous requests fail at once.
+    rescind_pending: bool,
 }
 
 impl Default for State {
@@ -479,6 +482,7 @@ impl Default for State {
             violations: Vec::new(),
             stats: HostStats::default(),
             quarantine: VecDeque::new(),
+            rescind_pending: false,
         }
     }
 }
@@ -1025,11 +1029,16 @@ impl World {
         c.phase = Phase::Starting;
         // The rings exist from the open to the close.
         c.link = Link::new(serial, c.ring_pages.0, c.ring_pages.1);
+        // Fault hook: a rescind queued behind the open (closed below, once the open returned).
+        let rescind_queued = self.faults.take_rescind_after_opened();
         let pending: Vec<GuestPacket> = c.pre_open.drain(..).collect();
         let armed = c.pause_armed;
         if armed {
             c.phase = Phase::Paused;
             c.pause_armed = false;
+        }
+        if rescind_queued {
+            g.rescind_pending = true;
         }
         drop(g);
         // Packets queued before the open reach the host now (§6.2).
@@ -1041,6 +1050,10 @@ impl World {
             g = self.run_start(g, serial);
         }
         self.end_transition(&mut g, serial);
+        drop(g);
+        if rescind_queued {
+            self.rescind();
+        }
         Ok(())
     }
 
@@ -1105,16 +1118,49 @@ impl World {
 
     pub(crate) fn rescind(&self) {
         crate::irql::with_irql(Irql::Passive, || {
-            let g = self.lock();
+            let mut g = self.lock();
             let Some(serial) = g.open_channel else {
                 return;
             };
-            let Ok(mut g) = self.begin_transition(g, serial) else {
-                return;
+            // The open sequence may own the transition while PostStarted waits for a
+            // synchronous request: fail those now (and new ones until the close ran), as the
+            // library does for a channel being removed, so the open can return.
+            g.rescind_pending = true;
+            Self::cancel_sync_requests(&mut g, serial);
+            drop(g);
+            self.sync_cv.notify_all();
+            let g = self.lock();
+            let mut g = match self.begin_transition(g, serial) {
+                Ok(g) => g,
+                Err(mut g) => {
+                    g.rescind_pending = false;
+                    return;
+                }
             };
             g = self.close(g, serial, "EvtChannelSuspend", true);
+            g.rescind_pending = false;
             self.end_transition(&mut g, serial);
         });
+    }
+
+    /// Fails every synchronous request of channel `serial` that waits for the host with
+    /// `STATUS_DEVICE_REMOVED` (the caller notifies `sync_cv`).
+    fn cancel_sync_requests(st: &mut State, serial: u64) {
+        let ids: Vec<(u64, u64)> = st
+            .out_txns
+            .iter()
+            .filter_map(|(id, t)| match t.what {
+                OutWhat::Sync(slot) if t.channel == serial => Some((*id, slot)),
+                _ => None,
+            })
+            .collect();
+        for (id, slot) in ids {
+            st.out_txns.remove(&id);
+            st.stats.cancelled_at_close += 1;
+            if let Some(s) = st.sync_slots.get_mut(&slot) {
+                *s = Some(SyncAnswer::Removed);
+            }
+        }
     }
 
     /// IRQL, channel and re-entry checks of Disable/Pause/Start.
@@ -1179,11 +1225,17 @@ impl World {
         let Some(c) = g.channels.get_mut(&serial) else {
             return g;
         };
-        c.suspend_called = true;
         let (ch, suspend) = (c.raw(), c.callbacks.EvtChannelSuspend);
         drop(g);
         self.call_state(serial, ch, StateCb::Suspend, suspend);
-        let g = self.lock();
+        let mut g = self.lock();
+        // Sends are refused once Suspend has *returned* (and from inside Suspend itself, see
+        // `sending_from_suspend`): a send another thread began before the callback started may
+        // still be running while it runs; the driver's Suspend waits for such sends, it cannot
+        // undo them.
+        if let Some(c) = g.channels.get_mut(&serial) {
+            c.suspend_called = true;
+        }
         self.drain_outstanding(g, serial, func, deadline)
     }
 
@@ -2246,6 +2298,13 @@ impl World {
     }
 
     /// `VmbPacketSend`, `...WithExternalMdl`, `...WithExternalPfns`.
+    /// The calling thread is inside `EvtChannelSuspend` of channel `serial`: told to stop
+    /// sending, and sending anyway.
+    fn sending_from_suspend(&self, serial: u64) -> bool {
+        crate::irql::channel_callback_frame(self.id, serial)
+            .is_some_and(|f| f.kind == FrameKind::State(StateCb::Suspend))
+    }
+
     pub(crate) fn packet_send(
         &self,
         func: &'static str,
@@ -2271,7 +2330,11 @@ impl World {
         };
         let max = c.max_packet;
         let ring_max = max_payload(Channel::ring_bytes(c.ring_pages.1));
-        let (may_send, phase, immediate) = (c.may_send(), c.phase, c.phase.delivers_to_host());
+        let (may_send, phase, immediate) = (
+            c.may_send() && !self.sending_from_suspend(serial),
+            c.phase,
+            c.phase.delivers_to_host(),
+        );
         if flags & !sys::VMBUS_CHANNEL_FORMAT_FLAGS != 0 {
             st.record(
                 V::InvalidFlags,
@@ -2543,8 +2606,9 @@ impl World {
 
     /// The host takes a guest packet: the responder answers it (the packet is consumed) or it
     /// waits for `recv` (still holding its ring space). Returns the consume flags.
-    fn offer_to_host(&self, gp: GuestPacket) -> (bool, bool) {
+    fn offer_to_host(&self, mut gp: GuestPacket) -> (bool, bool) {
         let responder = relock(&self.responder).clone();
+        let has_responder = responder.is_some();
         let answer = responder.and_then(|r| match catch_unwind(AssertUnwindSafe(|| r(&gp))) {
             Ok(a) => a,
             Err(e) => {
@@ -2585,10 +2649,22 @@ impl World {
                     drop(g);
                     return Self::consume(&gp).1;
                 }
+                // A host with a responder has looked at the packet: it keeps its own copy for
+                // later and frees the ring space. A host without one has not read it yet: the
+                // packet keeps its ring space until `recv` takes it.
+                let flags = if has_responder {
+                    drop(g); // ring locks are taken before the world's, never after
+                    let flags = Self::consume(&gp).1;
+                    gp.held = None;
+                    g = self.lock();
+                    flags
+                } else {
+                    (false, false)
+                };
                 g.to_host.push_back(gp);
                 drop(g);
                 self.recv_cv.notify_one();
-                (false, false)
+                flags
             }
         }
     }
@@ -2633,9 +2709,13 @@ impl World {
     /// guest-side effect: the packet's completion routine or the synchronous requester's wake.
     pub(crate) fn host_complete(&self, id: u64, status: NtStatus, response: &[u8]) {
         let link = {
-            let g = self.lock();
+            let mut g = self.lock();
             let Some(t) = g.out_txns.get(&id) else {
-                return; // cancelled, timed out, or completed already
+                // Unknown, already completed, cancelled or timed out: ignored, never seen by
+                // the guest, and never written to the ring (a hostile host may complete twice
+                // or make ids up, 0 included).
+                g.stats.ignored_host_completions += 1;
+                return;
             };
             g.channels.get(&t.channel).and_then(|c| c.link.clone())
         };
@@ -2678,6 +2758,9 @@ impl World {
         let mut g = self.lock();
         let st = &mut *g;
         let Some(t) = st.out_txns.remove(&id) else {
+            // Unknown, already completed, cancelled or timed out: ignored, never seen by the
+            // guest (a hostile host may complete twice or make ids up).
+            st.stats.ignored_host_completions += 1;
             return;
         };
         st.stats.completed_by_host += 1;
@@ -2760,7 +2843,7 @@ impl World {
         let (max, phase, may_send, immediate) = (
             c.max_packet,
             c.phase,
-            c.may_send(),
+            c.may_send() && !self.sending_from_suspend(serial),
             c.phase.delivers_to_host(),
         );
         let ring_max = max_payload(Channel::ring_bytes(c.ring_pages.1));
@@ -2787,7 +2870,7 @@ impl World {
             );
             return fail(NtStatus::STATUS_INVALID_PARAMETER);
         }
-        if phase == Phase::Closing {
+        if phase == Phase::Closing || (st.rescind_pending && st.open_channel == Some(serial)) {
             return fail(NtStatus::STATUS_DEVICE_REMOVED);
         }
         if !may_send {

@@ -360,7 +360,7 @@ fn main() {
         md,
         "\n### End to end: the `vmbctl --sim bench` equivalent\n\n\
          vmbctl's `bench` is not on this branch, so this runs its equivalent through \
-         `vmbmsg::sim::Simulation` (driver core, kmcl-model with one delivery thread, simulated \
+         `vmbmsg_core::sim::Simulation` (driver core, kmcl-model with one delivery thread, simulated \
          host): SEND IOCTLs guest→host and ECHO packets host→guest, 8 in flight, each answer \
          checked; median of 3 runs of {secs} s.\n\n\
          | Payload | guest→host pkt/s | guest→host MB/s | host→guest pkt/s | host→guest MB/s |\n\

@@ -1,13 +1,13 @@
 //! The equivalent of `vmbctl --sim bench` (vmbctl's bench is not on this branch yet): the
-//! simulation ([`vmbmsg::sim::Simulation`]: the driver core, kmcl-model with its delivery
+//! simulation ([`vmbmsg_core::sim::Simulation`]: the driver core, kmcl-model with its delivery
 //! thread, the simulated host) driven exactly as vmbctl drives it: guest→host SEND IOCTLs and
 //! host→guest ECHO packets, `depth` requests in flight, each answer checked, for a fixed time.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use vmbmsg::NtStatus;
-use vmbmsg::sim::{SimConfig, Simulation};
+use vmbmsg_core::NtStatus;
+use vmbmsg_core::sim::{SimConfig, Simulation};
 use vmbmsg_proto::ioctl::IOCTL_VMBMSG_SEND;
 use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1, parse_reply};
 

@@ -6,7 +6,7 @@
 //!   the real driver core ([`Guest::Rust`]), the same receive path in C ([`Guest::C`],
 //!   `c/rx_path.c`) or a null guest that completes every packet with its own bytes
 //!   ([`Guest::Null`]: the model's share, to subtract).
-//! * [`e2e`]: the equivalent of `vmbctl --sim bench` through [`vmbmsg::sim::Simulation`].
+//! * [`e2e`]: the equivalent of `vmbctl --sim bench` through [`vmbmsg_core::sim::Simulation`].
 //! * [`ring`]: the ring against memcpy, interleaved (a ratio that survives a busy machine).
 //! * [`allocs`]: a counting global allocator (the zero-allocation proof).
 //! * [`report`]: machine description and formatting for the results table

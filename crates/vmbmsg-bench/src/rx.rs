@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use kmcl_model::kmcl_sys::{GUID, PDEVICE_OBJECT};
 use kmcl_model::{Host, ModelConfig, NtStatus, connected_with};
-use vmbmsg::sim::SimPlatform;
-use vmbmsg::{Core, CoreConfig, ParentDevice};
+use vmbmsg_core::sim::SimPlatform;
+use vmbmsg_core::{Core, CoreConfig, ParentDevice};
 use vmbmsg_proto::wire::{GuestBody, HostMessage, PROTOCOL_V1, Reply, parse_guest_message};
 
 /// The payload sizes every receive-path and ring measurement uses.
@@ -27,7 +27,7 @@ unsafe extern "C" {
 /// Which receive path a world's guest runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Guest {
-    /// The driver core (`vmbmsg::Core`, through `kmcl`'s callback trampoline).
+    /// The driver core (`vmbmsg_core::Core`, through `kmcl`'s callback trampoline).
     Rust,
     /// The same path in C (`rxc_process_packet` in `c/rx_path.c`).
     C,

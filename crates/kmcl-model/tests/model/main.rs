@@ -6,6 +6,7 @@
 
 mod common;
 mod gpadl;
+mod hostile;
 mod incoming;
 mod lifecycle;
 mod link;

@@ -269,3 +269,31 @@ fn send_inline_runs_process_packet_on_the_calling_thread() {
     );
     g.teardown();
 }
+
+#[test]
+fn packets_a_responder_declines_do_not_hold_ring_space() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    host.set_responder(|_| None); // looks at every packet, answers none now
+    let g = GuestBuilder::new(&host).ring(1, 1).opened();
+    let c = Completions::new(true);
+    for i in 0..10u8 {
+        assert_eq!(
+            send(tracked_packet(g.ch, c), &[i; 1000], WAIT),
+            NtStatus::STATUS_SUCCESS
+        );
+    }
+    let s = host.ring_stats().expect("open");
+    assert_eq!(s.guest_sends_queued, 0, "the host copied each one out");
+    assert_eq!(s.guest_to_host_writer.packets, 10);
+    // A host packet's completion is not stuck behind them.
+    let txn = host.send(b"ping", true).expect("send");
+    assert_eq!(host.wait_completion(txn, T).expect("done").payload, b"ping");
+    for i in 0..10u8 {
+        let gp = host.recv(T).expect("recv");
+        assert_eq!(gp.payload, [i; 1000]);
+        gp.complete(NtStatus::STATUS_SUCCESS, b"");
+    }
+    assert_eq!(c.len(), 10);
+    g.teardown();
+}

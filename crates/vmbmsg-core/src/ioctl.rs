@@ -86,10 +86,12 @@ fn info<P: Platform>(shared: &Shared<P>) -> InfoOut {
 /// PING: sends a nonce and completes when the host echoes it, with the round trip.
 fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
     let shared = &core.shared;
-    let (Some(version), Some(channel)) = (shared.ready_version(), core.channel()) else {
+    // Held until the send returned: the channel cannot be suspended in between.
+    let (Some(permit), Some(channel)) = (shared.begin_send(), core.channel()) else {
         request.complete(NOT_READY_STATUS, 0);
         return;
     };
+    let version = permit.version;
     let id = shared.next_id();
     let nonce = id;
     let mut message = [0u8; PING_SIZE];
@@ -143,11 +145,13 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
             complete_with(request, &out);
         }
     };
-    match packet.send(
+    let sent = packet.send(
         message.get(..len).unwrap_or_default(),
         SendFlags::WAIT_FOR_COMPLETION,
         done,
-    ) {
+    );
+    drop(permit);
+    match sent {
         Ok(()) => shared.stats.sent(len),
         Err(e) => (e.on_complete)(Completion {
             status: e.status,
@@ -166,10 +170,12 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
             return;
         }
     };
-    let (Some(version), Some(channel)) = (shared.ready_version(), core.channel()) else {
+    // Held until the send returned: the channel cannot be suspended in between.
+    let (Some(permit), Some(channel)) = (shared.begin_send(), core.channel()) else {
         request.complete(NOT_READY_STATUS, 0);
         return;
     };
+    let version = permit.version;
     let id = shared.next_id();
     let mut message = Vec::new();
     if message
@@ -227,7 +233,9 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
             complete_with(request, &out);
         }
     };
-    match packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done) {
+    let sent = packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done);
+    drop(permit);
+    match sent {
         Ok(()) => shared.stats.sent(len),
         Err(e) => (e.on_complete)(Completion {
             status: e.status,

@@ -2,6 +2,7 @@
 //! callbacks: the [`kmcl::ChannelHandler`] of the driver.
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
@@ -48,14 +49,14 @@ impl<P: Platform> ChannelHandler for Handler<P> {
     }
 
     fn suspend(&self, _channel: ChannelRef<'_>) {
-        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED).
-        self.shared.version.store(0, Ordering::Release);
-        self.shared.set_state(ChannelState::CLOSED);
+        // No data message is accepted from here on; sends stop (IOCTLs see CLOSED), and the
+        // ones that already passed their READY check return before Suspend does.
+        self.shared.stop_sends();
     }
 
     fn closed(&self, _channel: ChannelRef<'_>) {
-        self.shared.version.store(0, Ordering::Release);
-        self.shared.set_state(ChannelState::CLOSED);
+        // Suspend did this already when the channel was running; not when it was paused.
+        self.shared.stop_sends();
         // No notification can arrive any more: a parked RECV would wait forever. When the
         // host closed the channel, user mode may retry later; when we are tearing the device
         // down, it is gone.
@@ -164,8 +165,7 @@ fn echo<P: Platform>(
     id: u64,
     payload: &[u8],
 ) {
-    let buffer = shared.replies.lock().pop();
-    let Some(mut buffer) = buffer else {
+    let Some(mut buffer) = take_reply_buffer(shared) else {
         bump(&shared.stats.alloc_failures);
         complete_status(
             shared,
@@ -184,13 +184,29 @@ fn echo<P: Platform>(
         }
         Err(e) => complete_status(shared, packet, MessageKind::ECHO, version, id, e.status()),
     }
-    // Capacity for every buffer was reserved up front: this push never allocates.
+    return_reply_buffer(shared, buffer);
+}
+
+/// A free ECHO reply buffer (`MAX_MESSAGE` bytes), if one is left.
+///
+/// # IRQL
+/// ≤ DISPATCH_LEVEL.
+pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Vec<u8>> {
+    shared.replies.lock().pop()
+}
+
+/// Gives a buffer from [`take_reply_buffer`] back. Capacity for every buffer was reserved up
+/// front, so this push never allocates.
+///
+/// # IRQL
+/// ≤ DISPATCH_LEVEL.
+pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: Vec<u8>) {
     shared.replies.lock().push(buffer);
 }
 
 /// Hands a notification to the oldest parked RECV request, or queues it. Returns the status
 /// the NOTIFY packet is completed with.
-fn deliver_notification<P: Platform>(shared: &Shared<P>, payload: &[u8]) -> NtStatus {
+pub(crate) fn deliver_notification<P: Platform>(shared: &Shared<P>, payload: &[u8]) -> NtStatus {
     let mut state = shared.notify.lock();
     let seq = state.next_seq;
     if let Some(mut request) = shared.platform.next_parked_recv() {
@@ -250,18 +266,19 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
             SUPPORTED_MIN,
             SUPPORTED_MAX,
         ),
-        Err(_) => {
+        Err(status) => {
             // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
-            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version.
+            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version. The last one is the host's
+            // malformed reply and is counted as such.
+            if status == NtStatus::STATUS_BUFFER_OVERFLOW {
+                shared.stats.malformed(MalformedReason::LengthMismatch);
+            }
             shared.set_state(ChannelState::NEGOTIATION_FAILED);
             return;
         }
     };
     match outcome {
-        Ok(NegotiateOutcome::Accepted(version)) => {
-            shared.version.store(version, Ordering::Release);
-            shared.set_state(ChannelState::READY);
-        }
+        Ok(NegotiateOutcome::Accepted(version)) => shared.open_sends(version),
         Ok(NegotiateOutcome::Rejected(_)) => shared.set_state(ChannelState::NEGOTIATION_FAILED),
         Err(e) => {
             shared.stats.malformed(e.reason());

@@ -1,7 +1,8 @@
 //! The driver's statistics: lock-free counters shared by the packet callback (any processor,
 //! DISPATCH_LEVEL) and the IOCTL paths, snapshotted into the IOCTL ABI's `StatsOut`.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::sync::atomic::AtomicU64;
+use crate::sync::atomic::Ordering::Relaxed;
 
 use ntstatus::NtStatus;
 use vmbmsg_proto::ioctl::{MALFORMED_REASON_SLOTS, StatsOut};

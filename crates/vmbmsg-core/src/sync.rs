@@ -7,6 +7,9 @@
 //! * Elsewhere (tests, the simulation, benchmarks) the lock is a spin lock on an `AtomicBool`
 //!   that yields the processor when it has spun for a while, and the clock
 //!   `std::time::Instant`.
+//! * In the loom build (`RUSTFLAGS="--cfg loom"`, Linux only) the lock is `loom::sync::Mutex`,
+//!   and the atomics ([`atomic`]), the `Arc` of [`Rundown`] and [`relax`] are loom's, so that
+//!   `src/loom_tests.rs` explores every interleaving of the real code.
 //!
 //! Rules for users: hold a guard only for a few instructions of bookkeeping, never across a
 //! KMCL call or a request completion (style §6), and never allocate under it.
@@ -97,7 +100,7 @@ mod imp {
     }
 }
 
-#[cfg(not(windows))]
+#[cfg(all(not(windows), not(loom)))]
 mod imp {
     // UNSAFETY: a spin lock over an `UnsafeCell`, like the Windows build's KSPIN_LOCK. A std
     // `Mutex` here cost the receive path a poison check per lock and per unlock (measured in
@@ -180,6 +183,58 @@ mod imp {
     }
 }
 
+#[cfg(all(not(windows), loom))]
+mod imp {
+    extern crate std;
+    use loom::sync::{Mutex, MutexGuard};
+    use std::sync::{OnceLock, PoisonError};
+    use std::time::Instant;
+
+    pub struct Lock<T>(Mutex<T>);
+    pub struct Guard<'a, T>(MutexGuard<'a, T>);
+
+    impl<T> Lock<T> {
+        pub fn new(value: T) -> Self {
+            Self(Mutex::new(value))
+        }
+
+        pub fn lock(&self) -> Guard<'_, T> {
+            Guard(self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        }
+    }
+
+    impl<T> Guard<'_, T> {
+        pub fn get(&self) -> &T {
+            &self.0
+        }
+
+        pub fn get_mut(&mut self) -> &mut T {
+            &mut self.0
+        }
+    }
+
+    pub fn now_ns() -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let start = START.get_or_init(Instant::now);
+        u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The atomics of the structures shared between the packet callback and the IOCTL paths:
+/// `core`'s, or loom's in the loom build.
+pub(crate) mod atomic {
+    pub(crate) use core::sync::atomic::Ordering;
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+}
+
+#[cfg(not(loom))]
+pub(crate) use alloc::sync::Arc;
+#[cfg(loom)]
+pub(crate) use loom::sync::Arc;
+
 /// A lock usable from PASSIVE_LEVEL up to DISPATCH_LEVEL.
 pub struct SpinLock<T>(imp::Lock<T>);
 
@@ -188,7 +243,14 @@ pub struct SpinGuard<'a, T>(imp::Guard<'a, T>);
 
 impl<T> SpinLock<T> {
     /// A new, unlocked lock.
+    #[cfg(not(loom))]
     pub const fn new(value: T) -> Self {
+        Self(imp::Lock::new(value))
+    }
+
+    /// A new, unlocked lock (loom's locks are created at run time, inside the model).
+    #[cfg(loom)]
+    pub fn new(value: T) -> Self {
         Self(imp::Lock::new(value))
     }
 
@@ -240,11 +302,75 @@ impl<T> core::fmt::Debug for SpinGuard<'_, T> {
 /// # IRQL
 /// PASSIVE_LEVEL (it may yield the processor).
 pub fn relax() {
-    #[cfg(not(windows))]
+    #[cfg(all(not(windows), not(loom)))]
     {
         extern crate std;
         std::thread::yield_now();
     }
+    // A spin loop under loom must yield, or the model never schedules the thread it waits for.
+    #[cfg(loom)]
+    loom::thread::yield_now();
     #[cfg(windows)]
     core::hint::spin_loop();
+}
+
+/// A slot for at most one value that callers borrow by reference count for short uses, and
+/// that its owner takes back after waiting for every borrow to end: the driver's channel,
+/// borrowed by the IOCTL paths around an allocate-and-send and taken by `channel_down` before
+/// `VmbChannelDisable` (like `EX_RUNDOWN_REF` around a pointer).
+pub(crate) struct Rundown<T> {
+    slot: SpinLock<Option<Arc<T>>>,
+}
+
+impl<T> Rundown<T> {
+    /// An empty slot.
+    pub(crate) fn new() -> Self {
+        Self {
+            slot: SpinLock::new(None),
+        }
+    }
+
+    /// Whether the slot holds a value.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub(crate) fn is_set(&self) -> bool {
+        self.slot.lock().is_some()
+    }
+
+    /// Puts `value` in the slot (replacing nothing: the caller checked [`is_set`](Self::is_set)
+    /// under its own serialisation).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub(crate) fn set(&self, value: T) {
+        *self.slot.lock() = Some(Arc::new(value));
+    }
+
+    /// A reference to the value for a short, non-blocking use; [`take_and_wait`](Self::take_and_wait)
+    /// waits for it to be dropped.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub(crate) fn get(&self) -> Option<Arc<T>> {
+        self.slot.lock().clone()
+    }
+
+    /// Empties the slot, so that [`get`](Self::get) returns `None` from now on, then waits
+    /// until every reference taken before is dropped and returns the value.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL (it spins with [`relax`]).
+    pub(crate) fn take_and_wait(&self) -> Option<T> {
+        let mut shared = self.slot.lock().take()?;
+        loop {
+            match Arc::try_unwrap(shared) {
+                Ok(value) => return Some(value),
+                Err(still_shared) => {
+                    shared = still_shared;
+                    relax();
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,459 @@
+//! The portable core of vmbmsg, a Hyper-V guest driver that exchanges messages with the host
+//! over a VMBus channel.
+//!
+//! Everything of the driver except the KMDF shell (the `vmbmsg` package's `#[cfg(windows)]`
+//! `wdf` module, which re-exports this crate) is here: portable `no_std` + `alloc` code that is
+//! built and tested on Linux against `kmcl-model`:
+//!
+//! * [`Core`] is one device: it brings the channel up and down ([`Core::channel_up`],
+//!   [`Core::channel_down`]), processes every host packet (`on_packet`, through
+//!   [`kmcl::ChannelHandler`]) and serves the IOCTL interface ([`Core::handle_ioctl`]).
+//! * [`Platform`] and [`IoRequest`] are what the core needs from its host environment: the WDF
+//!   shell implements them with a manual `WDFQUEUE` and `WDFREQUEST`s; tests and `vmbctl --sim`
+//!   implement them in memory.
+//!
+//! The shell only translates WDF types and calls these four entry points.
+//!
+//! # The packet path
+//!
+//! Every host packet is parsed ([`vmbmsg_proto::wire::parse_host_message`]), validated against
+//! the session (negotiated, right version) and completed exactly once with a protocol reply:
+//! ECHO with its payload, NOTIFY with a status after the payload went to a parked RECV request
+//! or into the bounded notification queue, anything malformed or premature with an error status
+//! (counted by reason). The ECHO path allocates nothing: replies are built in buffers reserved
+//! when the core is created.
+#![no_std]
+// Off Windows only `sim` (one call) and `sync`'s spin lock use unsafe, each opted in and
+// commented; the rest of the portable core has none.
+#![cfg_attr(not(windows), deny(unsafe_code))]
+
+extern crate alloc;
+
+// Off Windows the simulation (`sim`) uses threads; the core itself only uses `core` and `alloc`.
+#[cfg(not(windows))]
+extern crate std;
+
+mod ioctl;
+#[cfg(all(test, loom))]
+mod loom_tests;
+mod notify;
+mod packet;
+#[cfg(not(windows))]
+pub mod sim;
+mod stats;
+pub mod sync;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use kmcl::{Channel, ChannelBuilder};
+use vmbmsg_proto::ioctl::ChannelState;
+use vmbmsg_proto::wire::{MAX_MESSAGE, MAX_PAYLOAD};
+
+pub use kmcl::{NtStatus, ParentDevice};
+
+use crate::notify::NotifyQueue;
+use crate::packet::Handler;
+use crate::stats::Stats;
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{Rundown, SpinLock};
+
+/// The driver's version, reported by GET_INFO.
+pub const DRIVER_VERSION: (u16, u16, u16) = (0, 1, 0);
+
+/// One IOCTL request as the core sees it (`METHOD_BUFFERED`).
+///
+/// With `METHOD_BUFFERED` the input and output are the same system buffer: read all of the
+/// input before writing any output (the borrows of [`input`](Self::input) and
+/// [`output`](Self::output) cannot overlap, which enforces it).
+pub trait IoRequest: Send + 'static {
+    /// The caller's input bytes.
+    fn input(&self) -> &[u8];
+    /// The caller's output buffer, to fill before completing.
+    fn output(&mut self) -> &mut [u8];
+    /// Completes the request with `status`, reporting `information` output bytes.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    fn complete(self, status: NtStatus, information: usize);
+}
+
+/// What the core needs from its environment besides requests.
+pub trait Platform: Send + Sync + 'static {
+    /// The platform's request type.
+    type Request: IoRequest;
+
+    /// Parks a RECV request until a notification arrives. The platform makes it cancellable
+    /// while parked: a cancelled request is completed with `STATUS_CANCELLED` by the platform
+    /// and never returned by [`next_parked_recv`](Self::next_parked_recv).
+    ///
+    /// # Errors
+    /// The request back with a status when it cannot be parked.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL (called with the core's spin lock held).
+    fn park_recv(&self, request: Self::Request) -> Result<(), (Self::Request, NtStatus)>;
+
+    /// The oldest parked RECV request that has not been cancelled, now owned by the caller.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL (called with the core's spin lock held).
+    fn next_parked_recv(&self) -> Option<Self::Request>;
+
+    /// How many RECV requests are parked now (cancelled ones excluded once the platform has
+    /// completed them).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL (called with the core's spin lock held).
+    fn parked_recv_count(&self) -> usize;
+}
+
+/// Tunables of a [`Core`]. The defaults are what the driver uses.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// How long `post_started` waits for the host's NEGOTIATE reply.
+    pub negotiate_timeout: Duration,
+    /// Notifications kept for user mode while no RECV request is parked.
+    pub notify_depth: usize,
+    /// RECV requests that may be parked at once.
+    pub max_parked_recv: usize,
+    /// ECHO reply buffers (at most this many ECHO packets are answered concurrently; beyond
+    /// that one is completed with `STATUS_INSUFFICIENT_RESOURCES`, never allocated for).
+    pub reply_buffers: usize,
+    /// Ring size of each direction, in 4 KiB pages.
+    pub ring_pages: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            negotiate_timeout: Duration::from_secs(5),
+            notify_depth: 32,
+            max_parked_recv: 16,
+            reply_buffers: 16,
+            ring_pages: 32,
+        }
+    }
+}
+
+/// State shared by the channel callbacks and the IOCTL paths.
+struct Shared<P: Platform> {
+    platform: P,
+    config: CoreConfig,
+    stats: Stats,
+    /// A [`ChannelState`] value.
+    state: AtomicU32,
+    /// The negotiated protocol version; 0 until negotiation succeeds.
+    version: AtomicU32,
+    notify: SpinLock<NotifyState>,
+    /// Free ECHO reply buffers, each `MAX_MESSAGE` bytes; capacity reserved for all of them.
+    replies: SpinLock<Vec<Vec<u8>>>,
+    /// Request ids and PING nonces; never 0.
+    next_id: AtomicU64,
+    /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
+    /// host's rescind).
+    going_down: AtomicBool,
+    /// Who may send to the host: [`GATE_CLOSED`] plus the number of [`SendPermit`]s out
+    /// (IOCTL paths between their READY check and the return of their `VmbPacketSend`).
+    /// Opened when negotiation succeeds; `EvtChannelSuspend` closes it and waits for the
+    /// permits to come back.
+    send_gate: AtomicU32,
+}
+
+/// [`Shared::send_gate`]'s bit saying no new permit is granted; the other bits count them.
+const GATE_CLOSED: u32 = 1 << 31;
+
+/// Permission to send one packet to the host, from [`Shared::begin_send`]: while one exists,
+/// `EvtChannelSuspend` does not return, so no `VmbPacketSend*` call can reach KMCL after
+/// Suspend (reference/vmbus-kmcl-api.md §5 step 7: the driver must stop sending). A rundown
+/// reference, like `EX_RUNDOWN_REF`: one word holds the closed bit and the count, so every
+/// grant and the close are ordered by that word alone.
+pub(crate) struct SendPermit<'a> {
+    gate: &'a AtomicU32,
+    /// The negotiated version the permit was granted under.
+    pub(crate) version: u32,
+}
+
+impl Drop for SendPermit<'_> {
+    fn drop(&mut self) {
+        self.gate.fetch_sub(1, Ordering::Release);
+    }
+}
+
+struct NotifyState {
+    queue: NotifyQueue,
+    next_seq: u64,
+    dropped_since_last: u64,
+}
+
+impl<P: Platform> Shared<P> {
+    fn state(&self) -> ChannelState {
+        ChannelState::new(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: ChannelState) {
+        self.state.store(state.get(), Ordering::Release);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The negotiated version when the channel is ready for data.
+    fn ready_version(&self) -> Option<u32> {
+        let v = self.version.load(Ordering::Acquire);
+        (self.state() == ChannelState::READY && v != 0).then_some(v)
+    }
+
+    /// A [`SendPermit`] when the gate is open and the channel READY, `None` otherwise.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    fn begin_send(&self) -> Option<SendPermit<'_>> {
+        let mut current = self.send_gate.load(Ordering::Relaxed);
+        loop {
+            if current & GATE_CLOSED != 0 {
+                return None;
+            }
+            match self.send_gate.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        let mut permit = SendPermit {
+            gate: &self.send_gate,
+            version: 0,
+        };
+        permit.version = self.ready_version()?;
+        Some(permit)
+    }
+
+    /// Negotiation succeeded: the channel is READY with `version`, and sends may start.
+    fn open_sends(&self, version: u32) {
+        self.version.store(version, Ordering::Release);
+        self.set_state(ChannelState::READY);
+        self.send_gate.fetch_and(!GATE_CLOSED, Ordering::Release);
+    }
+
+    /// Closes the gate (and makes the state CLOSED), then waits until every granted
+    /// [`SendPermit`] is dropped, that is until every send that passed its READY check has
+    /// returned.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL (from `EvtChannelSuspend` / `EvtChannelClosed`); the wait is as long as
+    /// one `VmbPacketSend` call.
+    fn stop_sends(&self) {
+        self.version.store(0, Ordering::Release);
+        self.set_state(ChannelState::CLOSED);
+        self.send_gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
+        while self.send_gate.load(Ordering::Acquire) != GATE_CLOSED {
+            sync::relax();
+        }
+    }
+
+    /// Completes every parked RECV request with `status`.
+    fn finish_parked(&self, status: NtStatus) {
+        loop {
+            let next = {
+                let _guard = self.notify.lock();
+                self.platform.next_parked_recv()
+            };
+            match next {
+                Some(request) => request.complete(status, 0),
+                None => break,
+            }
+        }
+    }
+}
+
+/// One vmbmsg device.
+pub struct Core<P: Platform> {
+    shared: Arc<Shared<P>>,
+    channel: Rundown<Channel<Handler<P>>>,
+}
+
+impl<P: Platform> core::fmt::Debug for Core<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Core")
+            .field("state", &self.shared.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Core<P> {
+    /// A device with no channel yet, with the default [`CoreConfig`].
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` when the notification queue or the reply buffers cannot
+    /// be allocated.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn new(platform: P) -> Result<Self, NtStatus> {
+        Self::with_config(platform, CoreConfig::default())
+    }
+
+    /// A device with no channel yet.
+    ///
+    /// All the memory the packet path needs is allocated here (fallibly); only the small
+    /// shared-state header goes through the infallible `Arc::new`.
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` when the notification queue or the reply buffers cannot
+    /// be allocated.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn with_config(platform: P, config: CoreConfig) -> Result<Self, NtStatus> {
+        const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
+        let queue = NotifyQueue::try_new(config.notify_depth, MAX_PAYLOAD).ok_or(NO_MEMORY)?;
+        let mut replies = Vec::new();
+        replies
+            .try_reserve_exact(config.reply_buffers)
+            .map_err(|_| NO_MEMORY)?;
+        for _ in 0..config.reply_buffers {
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(MAX_MESSAGE).map_err(|_| NO_MEMORY)?;
+            buf.resize(MAX_MESSAGE, 0);
+            replies.push(buf);
+        }
+        let shared = Arc::new(Shared {
+            platform,
+            config,
+            stats: Stats::new(),
+            state: AtomicU32::new(ChannelState::DOWN.get()),
+            version: AtomicU32::new(0),
+            notify: SpinLock::new(NotifyState {
+                queue,
+                next_seq: 1,
+                dropped_since_last: 0,
+            }),
+            replies: SpinLock::new(replies),
+            next_id: AtomicU64::new(1),
+            going_down: AtomicBool::new(false),
+            send_gate: AtomicU32::new(GATE_CLOSED),
+        });
+        Ok(Self {
+            shared,
+            channel: Rundown::new(),
+        })
+    }
+
+    /// The platform this core was created with.
+    pub fn platform(&self) -> &P {
+        &self.shared.platform
+    }
+
+    /// The channel state, as GET_INFO reports it.
+    #[must_use]
+    pub fn state(&self) -> ChannelState {
+        self.shared.state()
+    }
+
+    /// The negotiated protocol version, 0 if none.
+    #[must_use]
+    pub fn protocol_version(&self) -> u32 {
+        self.shared.version.load(Ordering::Acquire)
+    }
+
+    /// A copy of the statistics, as GET_STATS reports them.
+    #[must_use]
+    pub fn stats(&self) -> vmbmsg_proto::ioctl::StatsOut {
+        self.shared.stats.snapshot()
+    }
+
+    /// Allocates, configures and enables the VMBus channel under `parent`. Returns once the
+    /// channel is enabled; it opens (and negotiates) when the host opens it.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_DEVICE_STATE` if the channel is already up; KMCL's status if the
+    /// channel cannot be allocated, configured or enabled.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn channel_up(&self, parent: ParentDevice) -> Result<(), NtStatus> {
+        if self.channel.is_set() {
+            return Err(NtStatus::STATUS_INVALID_DEVICE_STATE);
+        }
+        let handler = Handler::new(self.shared.clone());
+        let mut builder = ChannelBuilder::new(parent, handler)?;
+        // MAX_MESSAGE is a small constant (16 408).
+        let max = u32::try_from(MAX_MESSAGE).map_err(|_| NtStatus::STATUS_INTERNAL_ERROR)?;
+        builder.max_packet_size(max)?;
+        let pages = self.shared.config.ring_pages;
+        builder.ring_pages(pages, pages)?;
+        builder.friendly_name("vmbmsg")?;
+        let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
+        builder.target(
+            kmcl::Guid {
+                data1: ty.data1,
+                data2: ty.data2,
+                data3: ty.data3,
+                data4: ty.data4,
+            },
+            None,
+        )?;
+        self.shared.set_state(ChannelState::WAITING_FOR_HOST);
+        match builder.enable() {
+            Ok(channel) => {
+                self.channel.set(channel);
+                Ok(())
+            }
+            Err((_builder, status)) => {
+                self.shared.set_state(ChannelState::DOWN);
+                Err(status)
+            }
+        }
+    }
+
+    /// The channel, if it is up, for one IOCTL's use.
+    fn channel(&self) -> Option<sync::Arc<Channel<Handler<P>>>> {
+        self.channel.get()
+    }
+
+    /// Disables and cleans up the channel: blocks until every delivered packet is retired and
+    /// every in-flight send has completed or been cancelled (their requests complete with
+    /// `STATUS_CANCELLED`), then completes every parked RECV request with
+    /// `STATUS_DEVICE_REMOVED` and drops every queued notification (counted as dropped).
+    /// Calling it again, or without a channel, only does the last two steps.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn channel_down(&self) {
+        self.shared.going_down.store(true, Ordering::Release);
+        // IOCTL paths hold a reference only around an allocate-and-send, which never blocks.
+        if let Some(channel) = self.channel.take_and_wait() {
+            drop(channel); // VmbChannelDisable + VmbChannelCleanup
+        }
+        self.shared.version.store(0, Ordering::Release);
+        self.shared.set_state(ChannelState::DOWN);
+        self.shared.finish_parked(NtStatus::STATUS_DEVICE_REMOVED);
+        let dropped = self.shared.notify.lock().queue.clear();
+        self.shared
+            .stats
+            .notify_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        self.shared.going_down.store(false, Ordering::Release);
+    }
+
+    /// Serves one IOCTL: validates `code` and the buffers and either completes `request` or
+    /// keeps it (PING, SEND, RECV) until the host answers or a notification arrives.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn handle_ioctl(&self, code: u32, request: P::Request) {
+        ioctl::handle(self, code, request);
+    }
+}
+
+impl<P: Platform> Drop for Core<P> {
+    fn drop(&mut self) {
+        self.channel_down();
+    }
+}

@@ -1,0 +1,392 @@
+//! Exhaustive concurrency checks (loom) of the structures the packet callback shares with the
+//! IOCTL paths, on the real code: the RECV parking hand-off and the notification queue, the
+//! ECHO reply-buffer pool, the statistics, the send permit against `EvtChannelSuspend`, and the
+//! channel rundown of `channel_down`.
+//!
+//! Run (Linux): `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --lib
+//! loom_tests`. The lock, atomics, `Arc` and spin-wait of `src/sync.rs` are loom's in that
+//! build; each test explores every interleaving of its threads up to the preemption bound.
+
+extern crate std;
+
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+use std::sync::Arc as StdArc;
+
+use loom::sync::atomic::AtomicBool;
+use loom::sync::{Arc, Mutex};
+use loom::thread;
+use vmbmsg_proto::ioctl::{ChannelState, IOCTL_VMBMSG_RECV, RECV_OUT_MAX, parse_recv_output};
+use vmbmsg_proto::wire::{MAX_MESSAGE, PROTOCOL_V1};
+
+use crate::packet::{deliver_notification, return_reply_buffer, take_reply_buffer};
+use crate::sync::Rundown;
+use crate::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use crate::{Core, CoreConfig, IoRequest, NtStatus, Platform};
+
+/// A completed request as user mode sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Done {
+    id: u32,
+    status: NtStatus,
+    output: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    parked: Mutex<VecDeque<LoomRequest>>,
+    done: Mutex<Vec<Done>>,
+}
+
+/// A manual queue of parked RECVs (like the simulation's), on loom's locks.
+#[derive(Debug, Clone, Default)]
+struct LoomPlatform(Arc<Requests>);
+
+#[derive(Debug)]
+struct LoomRequest {
+    id: u32,
+    output: Vec<u8>,
+    sink: Arc<Requests>,
+}
+
+impl IoRequest for LoomRequest {
+    fn input(&self) -> &[u8] {
+        &[]
+    }
+    fn output(&mut self) -> &mut [u8] {
+        &mut self.output
+    }
+    fn complete(self, status: NtStatus, information: usize) {
+        let mut output = self.output;
+        output.truncate(information);
+        self.sink.done.lock().unwrap().push(Done {
+            id: self.id,
+            status,
+            output,
+        });
+    }
+}
+
+impl Platform for LoomPlatform {
+    type Request = LoomRequest;
+    fn park_recv(&self, request: LoomRequest) -> Result<(), (LoomRequest, NtStatus)> {
+        self.0.parked.lock().unwrap().push_back(request);
+        Ok(())
+    }
+    fn next_parked_recv(&self) -> Option<LoomRequest> {
+        self.0.parked.lock().unwrap().pop_front()
+    }
+    fn parked_recv_count(&self) -> usize {
+        self.0.parked.lock().unwrap().len()
+    }
+}
+
+impl LoomPlatform {
+    fn recv_request(&self, id: u32) -> LoomRequest {
+        LoomRequest {
+            id,
+            output: vec![0; RECV_OUT_MAX],
+            sink: self.0.clone(),
+        }
+    }
+    /// What the I/O manager does on CancelIo for a parked request.
+    fn cancel(&self, id: u32) {
+        let request = {
+            let mut parked = self.0.parked.lock().unwrap();
+            let i = parked.iter().position(|r| r.id == id);
+            i.and_then(|i| parked.remove(i))
+        };
+        if let Some(r) = request {
+            r.complete(NtStatus::STATUS_CANCELLED, 0);
+        }
+    }
+    fn done(&self) -> Vec<Done> {
+        self.0.done.lock().unwrap().clone()
+    }
+}
+
+/// A core with small buffers whose channel is READY (no KMCL channel: these tests drive the
+/// shared structures directly).
+fn ready_core(notify_depth: usize, reply_buffers: usize) -> StdArc<Core<LoomPlatform>> {
+    let core = Core::with_config(
+        LoomPlatform::default(),
+        CoreConfig {
+            notify_depth,
+            reply_buffers,
+            max_parked_recv: 4,
+            ..CoreConfig::default()
+        },
+    )
+    .expect("core");
+    core.shared.open_sends(PROTOCOL_V1);
+    assert_eq!(core.state(), ChannelState::READY);
+    StdArc::new(core)
+}
+
+fn recv(core: &Core<LoomPlatform>, id: u32) {
+    core.handle_ioctl(IOCTL_VMBMSG_RECV, core.platform().recv_request(id));
+}
+
+/// (sequence, payload) of a successful RECV.
+fn notification(d: &Done) -> (u64, Vec<u8>) {
+    assert_eq!(d.status, NtStatus::STATUS_SUCCESS, "{d:?}");
+    let (h, payload) = parse_recv_output(&d.output).expect("a RecvOut");
+    (h.sequence.get(), payload.to_vec())
+}
+
+fn queued(core: &Core<LoomPlatform>) -> Vec<Vec<u8>> {
+    let mut state = core.shared.notify.lock();
+    let mut out = Vec::new();
+    while let Some((_, m)) = state.queue.front() {
+        out.push(m.to_vec());
+        state.queue.pop_front();
+    }
+    out
+}
+
+#[test]
+fn a_notification_racing_a_recv_is_never_stranded() {
+    loom::model(|| {
+        let core = ready_core(2, 0);
+        let host = StdArc::clone(&core);
+        let t = thread::spawn(move || {
+            assert_eq!(
+                deliver_notification(&host.shared, b"n1"),
+                NtStatus::STATUS_SUCCESS
+            );
+        });
+        recv(&core, 1);
+        t.join().unwrap();
+        // Whichever came first, the RECV got the notification: it was not left in the queue
+        // while the RECV stayed parked.
+        let done = core.platform().done();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(notification(&done[0]), (1, b"n1".to_vec()));
+        assert_eq!(core.platform().parked_recv_count(), 0);
+        assert!(queued(&core).is_empty());
+        assert_eq!(core.stats().notify_delivered.get(), 1);
+    });
+}
+
+#[test]
+fn a_cancelled_recv_loses_no_notification() {
+    loom::model(|| {
+        let core = ready_core(2, 0);
+        let host = StdArc::clone(&core);
+        let t = thread::spawn(move || {
+            assert_eq!(
+                deliver_notification(&host.shared, b"n1"),
+                NtStatus::STATUS_SUCCESS
+            );
+        });
+        recv(&core, 1);
+        core.platform().cancel(1);
+        t.join().unwrap();
+        let done = core.platform().done();
+        assert_eq!(done.len(), 1, "completed exactly once: {done:?}");
+        let queue = queued(&core);
+        if done[0].status == NtStatus::STATUS_CANCELLED {
+            assert_eq!(queue, [b"n1".to_vec()], "kept for the next RECV");
+        } else {
+            assert_eq!(notification(&done[0]).1, b"n1");
+            assert!(queue.is_empty(), "delivered once, not also queued");
+        }
+    });
+}
+
+#[test]
+fn two_notifications_two_recvs_each_delivered_once_in_sequence() {
+    loom::model(|| {
+        let core = ready_core(2, 0);
+        let host = StdArc::clone(&core);
+        let t = thread::spawn(move || {
+            let _ = deliver_notification(&host.shared, b"a");
+            let _ = deliver_notification(&host.shared, b"b");
+        });
+        let other = StdArc::clone(&core);
+        let u = thread::spawn(move || recv(&other, 2));
+        recv(&core, 1);
+        t.join().unwrap();
+        u.join().unwrap();
+        let mut got: Vec<_> = core.platform().done().iter().map(notification).collect();
+        got.sort();
+        assert_eq!(got, [(1, b"a".to_vec()), (2, b"b".to_vec())]);
+        assert_eq!(core.platform().parked_recv_count(), 0);
+        assert!(queued(&core).is_empty());
+    });
+}
+
+#[test]
+fn a_recv_racing_the_channel_closing_is_completed() {
+    loom::model(|| {
+        let core = ready_core(2, 0);
+        let closer = StdArc::clone(&core);
+        let t = thread::spawn(move || {
+            // What EvtChannelClosed does after a host rescind.
+            closer.shared.stop_sends();
+            closer
+                .shared
+                .finish_parked(vmbmsg_proto::ioctl::NOT_READY_STATUS);
+        });
+        recv(&core, 1);
+        t.join().unwrap();
+        let done = core.platform().done();
+        assert_eq!(
+            done.len(),
+            1,
+            "not left parked on a closed channel: {done:?}"
+        );
+        assert_eq!(done[0].status, vmbmsg_proto::ioctl::NOT_READY_STATUS);
+    });
+}
+
+#[test]
+fn no_send_passes_its_permit_after_suspend_returned() {
+    loom::model(|| {
+        let core = ready_core(0, 0);
+        let suspended = Arc::new(AtomicBool::new(false));
+        let (sender, flag) = (StdArc::clone(&core), Arc::clone(&suspended));
+        let t = thread::spawn(move || {
+            if let Some(permit) = sender.shared.begin_send() {
+                // Here the IOCTL path calls VmbPacketSend.
+                assert!(!flag.load(SeqCst), "sent after EvtChannelSuspend returned");
+                drop(permit);
+            }
+        });
+        core.shared.stop_sends(); // EvtChannelSuspend
+        suspended.store(true, SeqCst);
+        t.join().unwrap();
+        assert!(core.shared.begin_send().is_none());
+    });
+}
+
+/// The check-then-send the driver did before `SendPermit`: loom finds the interleaving in
+/// which the send happens after Suspend returned (kept to show the check has teeth).
+#[test]
+#[should_panic(expected = "sent after EvtChannelSuspend returned")]
+fn check_then_send_without_a_permit_races_suspend() {
+    loom::model(|| {
+        let core = ready_core(0, 0);
+        let suspended = Arc::new(AtomicBool::new(false));
+        let (sender, flag) = (StdArc::clone(&core), Arc::clone(&suspended));
+        let t = thread::spawn(move || {
+            if sender.shared.ready_version().is_some() {
+                assert!(!flag.load(SeqCst), "sent after EvtChannelSuspend returned");
+            }
+        });
+        core.shared.stop_sends();
+        suspended.store(true, SeqCst);
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn reply_buffers_are_taken_and_returned_without_loss_or_allocation() {
+    loom::model(|| {
+        let core = ready_core(0, 1);
+        let before: Vec<usize> = core
+            .shared
+            .replies
+            .lock()
+            .iter()
+            .map(|b| b.as_ptr().addr())
+            .collect();
+        let echo = |core: &Core<LoomPlatform>| match take_reply_buffer(&core.shared) {
+            Some(mut b) => {
+                b[0] = 0xEC;
+                return_reply_buffer(&core.shared, b);
+                true
+            }
+            None => false,
+        };
+        let other = StdArc::clone(&core);
+        let t = thread::spawn(move || echo(&other));
+        let mine = echo(&core);
+        let theirs = t.join().unwrap();
+        assert!(mine || theirs, "the one buffer served at least one ECHO");
+        let replies = core.shared.replies.lock();
+        let after: Vec<usize> = replies.iter().map(|b| b.as_ptr().addr()).collect();
+        assert_eq!(
+            after, before,
+            "the same buffer came back, nothing allocated"
+        );
+        assert!(replies.iter().all(|b| b.len() == MAX_MESSAGE));
+        assert!(replies.capacity() >= 1);
+    });
+}
+
+#[test]
+fn statistics_add_up_and_a_completion_is_counted_before_it_is_seen() {
+    loom::model(|| {
+        let core = ready_core(0, 0);
+        let completed = Arc::new(AtomicBool::new(false));
+        let (a, seen) = (StdArc::clone(&core), Arc::clone(&completed));
+        // Delivery thread 1: a good packet; the Release store stands for the completion the
+        // host observes (VmbChannelPacketComplete synchronises through KMCL).
+        let t = thread::spawn(move || {
+            a.shared.stats.received(10);
+            a.shared.stats.completed(NtStatus::STATUS_SUCCESS);
+            seen.store(true, Release);
+        });
+        // Delivery thread 2: a malformed one.
+        let b = StdArc::clone(&core);
+        let u = thread::spawn(move || {
+            b.shared.stats.received(3);
+            b.shared
+                .stats
+                .malformed(vmbmsg_proto::wire::MalformedReason::Truncated);
+            b.shared.stats.completed(NtStatus::STATUS_INVALID_PARAMETER);
+        });
+        // User mode: GET_STATS after seeing the completion sees it counted.
+        if completed.load(Acquire) {
+            assert!(core.stats().completions_ok.get() >= 1);
+        }
+        t.join().unwrap();
+        u.join().unwrap();
+        let s = core.stats();
+        assert_eq!(s.rx_packets.get(), 2);
+        assert_eq!(s.rx_bytes.get(), 13);
+        assert_eq!(s.malformed_total.get(), 1);
+        assert_eq!(
+            s.completions_ok.get() + s.completions_malformed.get() + s.completions_other.get(),
+            2
+        );
+    });
+}
+
+/// Stands for the KMCL channel: `disabled` is set by VmbChannelDisable.
+#[derive(Debug)]
+struct Probe {
+    disabled: AtomicBool,
+}
+
+#[test]
+fn channel_down_waits_for_every_ioctl_using_the_channel() {
+    loom::model(|| {
+        let slot = StdArc::new(Rundown::new());
+        slot.set(Probe {
+            disabled: AtomicBool::new(false),
+        });
+        let user = StdArc::clone(&slot);
+        let t = thread::spawn(move || {
+            // An IOCTL: allocate and send on the channel if it is there.
+            if let Some(channel) = user.get() {
+                assert!(!channel.disabled.load(SeqCst), "used after disable");
+                thread::yield_now();
+                assert!(!channel.disabled.load(SeqCst), "used after disable");
+            }
+        });
+        // channel_down
+        let channel = slot.take_and_wait().expect("the channel was up");
+        channel.disabled.store(true, SeqCst);
+        assert!(slot.get().is_none() && !slot.is_set());
+        t.join().unwrap();
+        // channel_up again
+        slot.set(Probe {
+            disabled: AtomicBool::new(false),
+        });
+        assert!(slot.is_set());
+        assert!(slot.take_and_wait().is_some());
+    });
+}
