@@ -1,5 +1,5 @@
-//! The equivalent of `vmbctl --sim bench` (vmbctl's bench is not on this branch yet): the
-//! simulation ([`vmbmsg_core::sim::Simulation`]: the driver core, kmcl-model with its delivery
+//! The in-process equivalent of `vmbctl --sim bench` (the report runs vmbctl itself and falls
+//! back to this when it cannot): the simulation ([`vmbmsg_core::sim::Simulation`]: the driver core, kmcl-model with its delivery
 //! thread, the simulated host) driven exactly as vmbctl drives it: guest→host SEND IOCTLs and
 //! host→guest ECHO packets, `depth` requests in flight, each answer checked, for a fixed time.
 

@@ -6,7 +6,8 @@
 //!   the real driver core ([`Guest::Rust`]), the same receive path in C ([`Guest::C`],
 //!   `c/rx_path.c`) or a null guest that completes every packet with its own bytes
 //!   ([`Guest::Null`]: the model's share, to subtract).
-//! * [`e2e`]: the equivalent of `vmbctl --sim bench` through [`vmbmsg_core::sim::Simulation`].
+//! * [`e2e`]: the in-process equivalent of `vmbctl --sim bench` through
+//!   [`vmbmsg_core::sim::Simulation`] (the report runs vmbctl itself when it can).
 //! * [`ring`]: the ring against memcpy, interleaved (a ratio that survives a busy machine).
 //! * [`allocs`]: a counting global allocator (the zero-allocation proof).
 //! * [`report`]: machine description and formatting for the results table
