@@ -1,4 +1,4 @@
-#![cfg(not(windows))] // the simulation (vmbmsg::sim) runs on the model, which the Windows build does not link
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Soak: 10 000 000 packets both ways (set `VMBMSG_SOAK_PACKETS` for another number) with
 //! faults injected at fixed rates on both sides, on four delivery threads, with user mode
 //! receiving, cancelling, pinging and sending alongside. At the end: every packet and request
@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use common::{RECV_LEN, T};
 use kmcl_model::GuestPacket;
-use vmbmsg::CoreConfig;
-use vmbmsg::NtStatus;
-use vmbmsg::sim::{SimConfig, Simulation};
+use vmbmsg_core::CoreConfig;
+use vmbmsg_core::NtStatus;
+use vmbmsg_core::sim::{SimConfig, Simulation};
 use vmbmsg_proto::ioctl::{
     BAD_REPLY_STATUS, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND, PingOut, SendIn,
     SendOut, parse_recv_output, write_send_input,
