@@ -2,7 +2,6 @@
 //! callbacks: the [`kmcl::ChannelHandler`] of the driver.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
@@ -15,7 +14,7 @@ use vmbmsg_proto::wire::{
 
 use crate::notify::PushError;
 use crate::stats::bump;
-use crate::{IoRequest, Platform, Shared};
+use crate::{IoRequest, Platform, ReplyBuffer, Shared};
 
 /// The driver's channel handler: a view of the device's shared state.
 pub(crate) struct Handler<P: Platform> {
@@ -177,7 +176,7 @@ fn echo<P: Platform>(
         );
         return;
     };
-    match Reply::echo(version, id, payload).write(&mut buffer) {
+    match Reply::echo(version, id, payload).write(&mut buffer[..]) {
         Ok(len) => {
             shared.stats.completed(NtStatus::STATUS_SUCCESS);
             packet.complete(buffer.get(..len).unwrap_or_default());
@@ -191,7 +190,7 @@ fn echo<P: Platform>(
 ///
 /// # IRQL
 /// ≤ DISPATCH_LEVEL.
-pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Vec<u8>> {
+pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<ReplyBuffer> {
     shared.replies.lock().pop()
 }
 
@@ -200,7 +199,7 @@ pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Vec<u
 ///
 /// # IRQL
 /// ≤ DISPATCH_LEVEL.
-pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: Vec<u8>) {
+pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: ReplyBuffer) {
     shared.replies.lock().push(buffer);
 }
 
