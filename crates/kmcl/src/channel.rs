@@ -177,9 +177,12 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
         return;
     };
     let data: &[u8] = match (NonNull::new(buffer.cast::<u8>()), usize::try_from(length)) {
-        (Some(ptr), Ok(len)) if len > 0 => {
+        // A zero length with a non-null buffer gives the same empty slice; no separate test.
+        (Some(ptr), Ok(len)) => {
             // SAFETY: KMCL guarantees `buffer` is readable for `length` bytes for the duration
             // of this callback (`_In_reads_bytes_(BufferLength)`); the slice does not escape it.
+            // For `length == 0` the pointer is non-null and `u8` needs no alignment, which is
+            // all an empty slice requires.
             unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }
         }
         _ => &[],

@@ -137,6 +137,9 @@ impl Default for CoreConfig {
     }
 }
 
+/// One ECHO reply buffer of the pool.
+pub(crate) type ReplyBuffer = alloc::boxed::Box<[u8; MAX_MESSAGE]>;
+
 /// State shared by the channel callbacks and the IOCTL paths.
 struct Shared<P: Platform> {
     platform: P,
@@ -148,7 +151,9 @@ struct Shared<P: Platform> {
     version: AtomicU32,
     notify: SpinLock<NotifyState>,
     /// Free ECHO reply buffers, each `MAX_MESSAGE` bytes; capacity reserved for all of them.
-    replies: SpinLock<Vec<Vec<u8>>>,
+    /// Fixed-size boxes: one word to move in and out of the pool, and the reply writer's
+    /// bounds check folds against the array length.
+    replies: SpinLock<Vec<ReplyBuffer>>,
     /// Request ids and PING nonces; never 0.
     next_id: AtomicU64,
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
@@ -321,6 +326,7 @@ impl<P: Platform> Core<P> {
             let mut buf = Vec::new();
             buf.try_reserve_exact(MAX_MESSAGE).map_err(|_| NO_MEMORY)?;
             buf.resize(MAX_MESSAGE, 0);
+            let buf = ReplyBuffer::try_from(buf.into_boxed_slice()).map_err(|_| NO_MEMORY)?;
             replies.push(buf);
         }
         let shared = Arc::new(Shared {

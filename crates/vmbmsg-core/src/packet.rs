@@ -2,20 +2,20 @@
 //! callbacks: the [`kmcl::ChannelHandler`] of the driver.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
 use vmbmsg_proto::ioctl::{ChannelState, write_recv_output};
 use vmbmsg_proto::wire::{
-    GuestMessage, HostBody, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE,
+    GuestMessage, HostBody, HostMessage, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE,
     NEGOTIATE_REQUEST_SIZE, NegotiateOutcome, PREMATURE_STATUS, QUEUE_FULL_STATUS, Reply,
-    STATUS_REPLY_SIZE, SUPPORTED_MAX, SUPPORTED_MIN, parse_host_message, parse_negotiate_reply,
+    STATUS_REPLY_SIZE, SUPPORTED_MAX, SUPPORTED_MIN, parse_host_message, parse_host_message_fast,
+    parse_negotiate_reply,
 };
 
 use crate::notify::PushError;
 use crate::stats::bump;
-use crate::{IoRequest, Platform, Shared};
+use crate::{IoRequest, Platform, ReplyBuffer, Shared};
 
 /// The driver's channel handler: a view of the device's shared state.
 pub(crate) struct Handler<P: Platform> {
@@ -95,6 +95,18 @@ fn complete_status<P: Platform>(
 /// ≤ DISPATCH_LEVEL.
 pub(crate) fn on_packet<P: Platform>(shared: &Shared<P>, packet: IncomingPacket, data: &[u8]) {
     shared.stats.received(data.len());
+    // The hot case (a well-formed ECHO or NOTIFY) straight on; anything else through the full
+    // parse, out of line, which finds and reports the rule it breaks.
+    match parse_host_message_fast(data) {
+        Some(message) => on_message(shared, packet, message),
+        None => on_other_packet(shared, packet, data),
+    }
+}
+
+/// [`on_packet`] for a packet the fast parse did not accept: normally malformed.
+#[cold]
+#[inline(never)]
+fn on_other_packet<P: Platform>(shared: &Shared<P>, packet: IncomingPacket, data: &[u8]) {
     let message = match parse_host_message(data) {
         Ok(m) => m,
         Err(e) => {
@@ -109,6 +121,13 @@ pub(crate) fn on_packet<P: Platform>(shared: &Shared<P>, packet: IncomingPacket,
             return;
         }
     };
+    // Not reached (the two parses accept the same messages); handled the same way if it were.
+    on_message(shared, packet, message);
+}
+
+/// [`on_packet`] for a parsed message: session checks, dispatch, completion.
+#[inline]
+fn on_message<P: Platform>(shared: &Shared<P>, packet: IncomingPacket, message: HostMessage<'_>) {
     let kind = match message.body {
         HostBody::Echo { .. } => MessageKind::ECHO,
         HostBody::Notify { .. } => MessageKind::NOTIFY,
@@ -177,7 +196,7 @@ fn echo<P: Platform>(
         );
         return;
     };
-    match Reply::echo(version, id, payload).write(&mut buffer) {
+    match Reply::echo(version, id, payload).write(&mut buffer[..]) {
         Ok(len) => {
             shared.stats.completed(NtStatus::STATUS_SUCCESS);
             packet.complete(buffer.get(..len).unwrap_or_default());
@@ -191,7 +210,7 @@ fn echo<P: Platform>(
 ///
 /// # IRQL
 /// ≤ DISPATCH_LEVEL.
-pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Vec<u8>> {
+pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<ReplyBuffer> {
     shared.replies.lock().pop()
 }
 
@@ -200,7 +219,7 @@ pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Vec<u
 ///
 /// # IRQL
 /// ≤ DISPATCH_LEVEL.
-pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: Vec<u8>) {
+pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: ReplyBuffer) {
     shared.replies.lock().push(buffer);
 }
 
