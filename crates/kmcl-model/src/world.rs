@@ -281,6 +281,9 @@ enum OutWhat {
 struct OutTxn {
     channel: u64,
     what: OutWhat,
+    /// A host completion of this transaction is crossing the ring: a second one (a duplicate
+    /// from a hostile host, racing the first) is ignored at once instead of also being written.
+    completing: bool,
 }
 
 #[derive(Debug)]
@@ -2469,6 +2472,7 @@ impl World {
                 OutTxn {
                     channel: serial,
                     what: OutWhat::Packet(key),
+                    completing: false,
                 },
             );
         }
@@ -2710,14 +2714,23 @@ impl World {
     pub(crate) fn host_complete(&self, id: u64, status: NtStatus, response: &[u8]) {
         let link = {
             let mut g = self.lock();
-            let Some(t) = g.out_txns.get(&id) else {
-                // Unknown, already completed, cancelled or timed out: ignored, never seen by
-                // the guest, and never written to the ring (a hostile host may complete twice
-                // or make ids up, 0 included).
-                g.stats.ignored_host_completions += 1;
-                return;
+            let channel = match g.out_txns.get_mut(&id) {
+                // Unknown, already completed, cancelled or timed out, or a completion of it
+                // already crossing the ring: ignored, never seen by the guest, and never
+                // written to the ring (a hostile host may complete twice, concurrently, or make
+                // ids up, 0 included).
+                None | Some(OutTxn {
+                    completing: true, ..
+                }) => {
+                    g.stats.ignored_host_completions += 1;
+                    return;
+                }
+                Some(t) => {
+                    t.completing = true;
+                    t.channel
+                }
             };
-            g.channels.get(&t.channel).and_then(|c| c.link.clone())
+            g.channels.get(&channel).and_then(|c| c.link.clone())
         };
         let Some(link) = link else {
             self.finish_host_completion(id, status, response);
@@ -2917,6 +2930,7 @@ impl World {
                 OutTxn {
                     channel: serial,
                     what: OutWhat::Sync(txn),
+                    completing: false,
                 },
             );
         }
