@@ -2719,7 +2719,8 @@ impl World {
                 // already crossing the ring: ignored, never seen by the guest, and never
                 // written to the ring (a hostile host may complete twice, concurrently, or make
                 // ids up, 0 included).
-                None | Some(OutTxn {
+                None
+                | Some(OutTxn {
                     completing: true, ..
                 }) => {
                     g.stats.ignored_host_completions += 1;
