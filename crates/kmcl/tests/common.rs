@@ -136,6 +136,14 @@ pub(crate) fn builder(host: &Host, recorder: &Arc<Recorder>) -> ChannelBuilder<H
     b
 }
 
+/// A channel under `host`, configured by [`builder`] and enabled (not yet opened).
+pub(crate) fn enabled(host: &Host, recorder: &Arc<Recorder>) -> kmcl::Channel<Handler> {
+    builder(host, recorder)
+        .enable()
+        .map_err(|(_, s)| s)
+        .expect("enable")
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

@@ -5,16 +5,13 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{FALLBACK, Mode, Recorder, T, builder, wait_until};
+use common::{FALLBACK, Mode, Recorder, T, enabled, wait_until};
 
 #[test]
 fn inline_completion_returns_the_response_to_the_host() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let txn = host.send(b"hello", true).expect("send");
     let done = host.wait_completion(txn, T).expect("completion");
@@ -33,10 +30,7 @@ fn inline_completion_returns_the_response_to_the_host() {
 fn a_packet_can_be_completed_later_from_another_thread() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Park);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let txns: Vec<_> = (0u8..8)
         .map(|i| host.send(&[i; 16], true).expect("send"))
@@ -65,10 +59,7 @@ fn a_packet_can_be_completed_later_from_another_thread() {
 fn a_dropped_packet_is_completed_with_the_fallback_and_counted() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Drop);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let before = kmcl::unconsumed_packets();
     let txn = host.send(b"lost?", true).expect("send");
@@ -85,10 +76,7 @@ fn a_dropped_packet_is_completed_with_the_fallback_and_counted() {
 fn disable_waits_for_parked_packets_completed_meanwhile() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Park);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let txn = host.send(b"parked", true).expect("send");
     assert!(wait_until(T, || rec.parked.lock().unwrap().len() == 1));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Event, Mode, Recorder, T, builder};
+use common::{Event, Mode, Recorder, T, builder, enabled};
 use kmcl::NtStatus;
 use kmcl_model::{ChannelState, Irql};
 
@@ -11,10 +11,7 @@ use kmcl_model::{ChannelState, Irql};
 fn open_runs_opened_started_post_started_at_passive_in_order() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     assert!(
         rec.events().is_empty(),
         "nothing may run before the host opens the channel"
@@ -40,10 +37,7 @@ fn open_runs_opened_started_post_started_at_passive_in_order() {
 fn rescind_closes_the_channel_and_it_can_be_enabled_again() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     host.rescind();
     assert_eq!(
@@ -69,10 +63,7 @@ fn a_failed_open_carries_no_traffic_and_tears_down_cleanly() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
     *rec.opened_status.lock().unwrap() = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     assert!(host.open().is_err(), "Opened failed, so the open must fail");
     assert_eq!(rec.events(), [Event::Opened(Irql::Passive)]);
     assert!(

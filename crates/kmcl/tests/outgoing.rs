@@ -7,17 +7,14 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Mode, Recorder, T, builder};
+use common::{Mode, Recorder, T, enabled};
 use kmcl::{NtStatus, SendFlags, Timeout};
 
 #[test]
 fn host_completions_out_of_order_from_other_threads_reach_each_closure_once() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let (tx, rx) = mpsc::channel();
     for i in 0u32..16 {
@@ -76,10 +73,7 @@ fn host_completions_out_of_order_from_other_threads_reach_each_closure_once() {
 fn a_null_allocation_is_an_error_value() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     host.faults().fail_allocations(1);
     let err = channel
@@ -99,10 +93,7 @@ fn a_null_allocation_is_an_error_value() {
 fn a_failed_send_returns_the_packet_and_dropping_it_frees_it() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     host.faults()
         .fail_sends(1, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
@@ -142,10 +133,7 @@ fn a_failed_send_returns_the_packet_and_dropping_it_frees_it() {
 fn a_send_without_completion_request_completes_at_once() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let (tx, rx) = mpsc::channel();
     let packet = channel.handle().allocate_packet().expect("allocate");
@@ -168,10 +156,7 @@ fn a_send_without_completion_request_completes_at_once() {
 fn packets_in_flight_at_teardown_complete_cancelled_and_are_freed() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let (tx, rx) = mpsc::channel();
     for _ in 0..4 {
@@ -200,10 +185,7 @@ fn packets_in_flight_at_teardown_complete_cancelled_and_are_freed() {
 fn a_synchronous_request_gets_the_hosts_answer_or_times_out() {
     let host = kmcl_model::connected();
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     host.set_responder(|p| {
         (p.synchronous && p.payload.starts_with(b"Q")).then(|| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Mode, Recorder, T, builder, wait_until};
+use common::{Mode, Recorder, T, enabled, wait_until};
 use kmcl::{NtStatus, SendFlags};
 use kmcl_model::ModelConfig;
 
@@ -20,10 +20,7 @@ fn hundred_thousand_packets_each_way_with_four_delivery_threads() {
         ..ModelConfig::default()
     });
     let rec = Recorder::new(Mode::Echo);
-    let channel = builder(&host, &rec)
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled(&host, &rec);
     host.open().expect("open");
     let start = Instant::now();
     let unconsumed_before = kmcl::unconsumed_packets();
