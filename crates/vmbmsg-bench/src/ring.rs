@@ -1,12 +1,17 @@
 //! The ring against memcpy, measured interleaved: each round times a burst of ring round
-//! trips, a burst of batched ring transfers and a burst of memcpys back to back, so a load
-//! change on a shared machine hits all three alike; the ratios are medians over rounds.
+//! trips, a burst of batched ring transfers, a burst of memcpys and a burst of the two copies a
+//! ring transfer is made of (without the ring) back to back, so a load change on a shared
+//! machine hits them alike; the ratios are medians over rounds. [`two_threads`] measures the
+//! ring with its writer and reader on two CPUs.
 
 use std::hint::black_box;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use vmbus_ring::{FlatRingMem, IncomingRing, OutgoingKind, OutgoingPacket, OutgoingRing};
+use vmbus_ring::{
+    FlatRingMem, IncomingRing, OutgoingKind, OutgoingPacket, OutgoingRing, ReadError, WriteError,
+};
 
 /// The ring size of the measurement: the driver's (32 pages).
 pub const RING_BYTES: usize = 128 * 1024;
@@ -22,10 +27,17 @@ pub struct RingVsMemcpy {
     pub batch_ns: f64,
     /// `copy_from_slice` of `size` bytes: ns per copy.
     pub memcpy_ns: f64,
+    /// The two copies of a ring transfer without the ring: `size` bytes from the source into a
+    /// buffer of the ring's size at the offsets the ring's payloads take, then from there into
+    /// the destination. ns per pair: the ring's ceiling on one thread.
+    pub two_copies_ns: f64,
     /// Median over rounds of memcpy time / ring time (ring throughput as a share of memcpy's).
     pub ring_share: f64,
     /// The same for the batched ring.
     pub batch_share: f64,
+    /// Median over rounds of two-copies time / ring time: how close the ring comes to the
+    /// copies it cannot avoid (1.0 = no cost beyond them).
+    pub ceiling_share: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -63,9 +75,13 @@ pub fn ring_vs_memcpy_in(ring_bytes: usize, size: usize, rounds: usize) -> RingV
     let mut tx = OutgoingRing::new(&mem).expect("tx");
     let mut rx = IncomingRing::new(&mem).expect("rx");
     let per_batch = (ring_bytes - 8) / packet.footprint();
+    // The ring's data area without the ring, for the two-copy baseline.
+    let mut shared = vec![0u8; ring_bytes];
     // About 20 µs of memcpy per burst, at least 64 operations.
     let burst = (20_000 / (size / 64 + 1)).max(64);
-    let (mut ring, mut batch, mut copy, mut rs, mut bs) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut ring, mut batch, mut copy, mut two) = (vec![], vec![], vec![], vec![]);
+    let (mut rs, mut bs, mut cs) = (vec![], vec![], vec![]);
+    let mut at = 0;
     for _ in 0..rounds {
         let t = Instant::now();
         for _ in 0..burst {
@@ -97,18 +113,103 @@ pub fn ring_vs_memcpy_in(ring_bytes: usize, size: usize, rounds: usize) -> RingV
             black_box(&dst);
         }
         let m = t.elapsed().as_nanos() as f64 / burst as f64;
+        let t = Instant::now();
+        for _ in 0..burst {
+            // Where the ring puts the payload: after the 16-byte descriptor, packets one
+            // footprint apart, starting over at 0 instead of wrapping (no split copies).
+            if at + packet.footprint() > ring_bytes {
+                at = 0;
+            }
+            let slot = &mut shared[at + 16..at + 16 + size];
+            slot.copy_from_slice(black_box(&src));
+            black_box(&slot);
+            dst[..size].copy_from_slice(black_box(&shared[at + 16..at + 16 + size]));
+            black_box(&dst);
+            at += packet.footprint();
+        }
+        let c = t.elapsed().as_nanos() as f64 / burst as f64;
         ring.push(r);
         batch.push(b);
         copy.push(m);
+        two.push(c);
         rs.push(m / r);
         bs.push(m / b);
+        cs.push(c / r);
     }
     RingVsMemcpy {
         size,
         ring_ns: median(ring),
         batch_ns: median(batch),
         memcpy_ns: median(copy),
+        two_copies_ns: median(two),
         ring_share: median(rs),
         batch_share: median(bs),
+        ceiling_share: median(cs),
     }
+}
+
+/// The ring with its writer and its reader on two threads (two CPUs on an idle machine), as
+/// the host and the guest use it: `packets` packets of `size` bytes, each written and
+/// committed by the writer, read (copied out) and committed by the reader. Both poll (no
+/// signals): a full or empty ring spins, yielding after a while. Returns ns per packet,
+/// measured by the reader from the writer's start to its last packet.
+///
+/// # Panics
+/// If the ring misbehaves (a bug, not a measurement).
+#[must_use]
+pub fn two_threads(size: usize, packets: usize) -> f64 {
+    fn backoff(spins: &mut u32) {
+        *spins += 1;
+        if *spins > 10_000 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let mem = FlatRingMem::new(RING_BYTES).expect("ring");
+    let go = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let pieces: [&[u8]; 1] = [&src];
+            let packet = OutgoingPacket {
+                kind: OutgoingKind::InBand {
+                    transaction_id: NonZeroU64::MIN,
+                    completion_requested: true,
+                },
+                payload: &pieces,
+            };
+            let mut tx = OutgoingRing::new(&mem).expect("tx");
+            while !go.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            let (mut sent, mut spins) = (0, 0);
+            while sent < packets {
+                match tx.write_and_commit(&packet) {
+                    Ok(_) => (sent, spins) = (sent + 1, 0),
+                    Err(WriteError::Full { .. }) => backoff(&mut spins),
+                    Err(e) => panic!("ring write: {e}"),
+                }
+            }
+        });
+        let mut rx = IncomingRing::new(&mem).expect("rx");
+        let mut dst = vec![0u8; size + 8];
+        go.store(true, Ordering::Release);
+        let t = Instant::now();
+        let (mut received, mut spins) = (0, 0);
+        while received < packets {
+            match rx.read(&mut dst) {
+                Ok(info) => {
+                    black_box(&dst[..info.payload_len]);
+                    let _ = rx.commit_read();
+                    (received, spins) = (received + 1, 0);
+                }
+                Err(ReadError::Empty) => backoff(&mut spins),
+                Err(e) => panic!("ring read: {e}"),
+            }
+        }
+        let ns = t.elapsed().as_nanos() as f64 / packets as f64;
+        writer.join().expect("writer");
+        ns
+    })
 }
