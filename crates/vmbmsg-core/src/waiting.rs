@@ -195,3 +195,190 @@ impl<R: IoRequest> WaitingRequests<R> {
         self.table.lock().len()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! The table on its own: a test request type, and a global allocator that fails on
+    //! request, so that the growth path's `STATUS_INSUFFICIENT_RESOURCES` is exercised.
+
+    // UNSAFETY: a global allocator is an `unsafe` trait implementation; it only forwards to
+    // `System` or fails.
+    #![expect(
+        unsafe_code,
+        reason = "the failing test allocator of this test binary (vmbmsg-core's unit tests)"
+    )]
+
+    extern crate std;
+
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::cell::Cell;
+    use std::alloc::System;
+    use std::sync::Mutex;
+
+    use kmcl::NtStatus;
+
+    use super::{CancelToken, CancelWaiting, FIRST_CAPACITY, WaitingRequests};
+    use crate::IoRequest;
+
+    std::thread_local! {
+        /// Allocations on this thread fail while set.
+        static FAIL: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The system allocator, except that it returns null on a thread that set [`FAIL`].
+    struct FailingAlloc;
+
+    // SAFETY: every call is forwarded to `System` with the same arguments, or returns null,
+    // which `GlobalAlloc::alloc` allows to report a failure.
+    unsafe impl GlobalAlloc for FailingAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if FAIL.with(Cell::get) {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: forwarded from our caller.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: every pointer this allocator returned came from `System`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: FailingAlloc = FailingAlloc;
+
+    /// Runs `f` with this thread's allocations failing.
+    fn without_memory<T>(f: impl FnOnce() -> T) -> T {
+        FAIL.with(|fail| fail.set(true));
+        let result = f();
+        FAIL.with(|fail| fail.set(false));
+        result
+    }
+
+    /// What happened to the test requests, by id (with room reserved, so that logging does not
+    /// allocate while allocations fail).
+    #[derive(Debug)]
+    struct Log {
+        marked: Mutex<Vec<u64>>,
+        completed: Mutex<Vec<(u64, NtStatus)>>,
+    }
+
+    impl Log {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                marked: Mutex::new(Vec::with_capacity(64)),
+                completed: Mutex::new(Vec::with_capacity(64)),
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    struct TestRequest {
+        id: u64,
+        log: Arc<Log>,
+        /// What `unmark_cancelable` answers.
+        unmark: bool,
+    }
+
+    impl IoRequest for TestRequest {
+        fn input(&self) -> &[u8] {
+            &[]
+        }
+        fn output(&mut self) -> &mut [u8] {
+            &mut []
+        }
+        fn complete(self, status: NtStatus, _information: usize) {
+            self.log.completed.lock().unwrap().push((self.id, status));
+        }
+        fn mark_cancelable(&mut self, _token: CancelToken<Self>) -> Result<(), NtStatus> {
+            self.log.marked.lock().unwrap().push(self.id);
+            Ok(())
+        }
+        fn unmark_cancelable(&mut self) -> bool {
+            self.unmark
+        }
+    }
+
+    /// A token owner that cancels nothing (these tests call the table directly).
+    struct Nobody;
+
+    impl CancelWaiting<TestRequest> for Nobody {
+        fn cancel_waiting(&self, _key: u64) {}
+    }
+
+    fn token(key: u64) -> CancelToken<TestRequest> {
+        CancelToken::new(Arc::new(Nobody), key)
+    }
+
+    fn request(log: &Arc<Log>, id: u64) -> TestRequest {
+        TestRequest {
+            id,
+            log: Arc::clone(log),
+            unmark: true,
+        }
+    }
+
+    #[test]
+    fn a_table_that_cannot_grow_gives_the_request_back_unmarked() {
+        let log = Log::new();
+        let table = WaitingRequests::new();
+        // Empty, no capacity: the first insert must allocate.
+        let (tok, req) = (token(1), request(&log, 1));
+        let refused = without_memory(|| table.insert(1, req, tok));
+        let Err((back, status)) = refused else {
+            panic!("inserted without memory");
+        };
+        assert_eq!(status, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
+        assert_eq!(back.id, 1);
+        assert!(
+            log.marked.lock().unwrap().is_empty(),
+            "not made cancellable"
+        );
+        assert_eq!(table.len(), 0);
+        // With memory it goes in, and fills the first capacity without allocating again.
+        assert!(table.insert(1, back, token(1)).is_ok());
+        for id in 2..=FIRST_CAPACITY as u64 {
+            let (tok, req) = (token(id), request(&log, id));
+            assert!(
+                without_memory(|| table.insert(id, req, tok)).is_ok(),
+                "{id}"
+            );
+        }
+        // Full: the next one needs the table to grow, which fails; nothing is lost.
+        let next = FIRST_CAPACITY as u64 + 1;
+        let (tok, req) = (token(next), request(&log, next));
+        assert!(without_memory(|| table.insert(next, req, tok)).is_err());
+        assert_eq!(table.len(), FIRST_CAPACITY);
+        // Growing keeps every entry.
+        assert!(table.insert(next, request(&log, next), token(next)).is_ok());
+        assert_eq!(table.len(), FIRST_CAPACITY + 1);
+        for id in 1..=next {
+            assert_eq!(table.take_answered(id).map(|r| r.id), Some(id));
+        }
+        assert_eq!(table.len(), 0);
+        assert_eq!(log.marked.lock().unwrap().len(), FIRST_CAPACITY + 1);
+        assert!(
+            log.completed.lock().unwrap().is_empty(),
+            "the table gives requests back, it never completes one"
+        );
+    }
+
+    #[test]
+    fn an_answer_leaves_a_request_whose_cancellation_is_under_way() {
+        let log = Log::new();
+        let table = WaitingRequests::new();
+        let mut req = request(&log, 7);
+        req.unmark = false; // the platform's cancel routine has it
+        assert!(table.insert(7, req, token(7)).is_ok());
+        assert!(table.take_answered(7).is_none(), "left to the cancel path");
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.take_cancelled(7).map(|r| r.id), Some(7));
+        assert!(table.take_cancelled(7).is_none(), "taken once");
+        assert!(table.take_answered(7).is_none());
+        assert!(table.take_answered(8).is_none(), "unknown key");
+        assert!(log.completed.lock().unwrap().is_empty());
+    }
+}
