@@ -13,7 +13,9 @@
 //! request with `STATUS_CANCELLED`. The rules it keeps, from the DDI pages:
 //!
 //! * `WdfRequestMarkCancelableEx`, not `WdfRequestMarkCancelable`: the driver uses no automatic
-//!   synchronization (the queues inherit `WdfSynchronizationScopeNone`), and only the `Ex` form
+//!   synchronization (the device and queues inherit the driver object's scope, created without
+//!   attributes: `WdfSynchronizationScopeNone`, `FxDriver::FxDriver` in
+//!   Windows-Driver-Frameworks `src/framework/shared/core/fxdriver.cpp`), and only the `Ex` form
 //!   never calls `EvtRequestCancel` itself, so it may be called with the spin lock that the cancel
 //!   path also takes ("Choosing between WdfRequestMarkCancelable and
 //!   WdfRequestMarkCancelableEx"). If it fails, the driver cancels as `EvtRequestCancel` would:
