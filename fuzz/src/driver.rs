@@ -92,7 +92,9 @@ pub enum Action {
         /// Size selector.
         out_len: u8,
     },
-    /// User mode cancels one of its requests (a no-op unless it is a parked RECV).
+    /// User mode cancels one of its requests (`CancelIoEx`): a parked RECV, or a PING or SEND
+    /// waiting for the host's answer (whose later answer is then only counted); a no-op for
+    /// anything else.
     Cancel(u8),
     /// User mode: GET_INFO, GET_STATS or RESET_STATS.
     Query(u8),

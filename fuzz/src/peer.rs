@@ -245,7 +245,8 @@ pub struct Peer {
     core: Core<SimPlatform>,
     host: Host,
     side: Arc<Mutex<HostSide>>,
-    requests: Vec<(u32, usize, Pending)>,
+    /// Every IOCTL: its code, output size, completion, and whether a cancel of it took effect.
+    requests: Vec<(u32, usize, Pending, bool)>,
     sent: Vec<(HostTxn, bool, Expect)>,
     stats_reset: bool,
 }
@@ -415,14 +416,19 @@ impl Peer {
     pub fn ioctl(&mut self, code: u32, input: &[u8], output_len: usize) {
         let (request, pending) = self.core.platform().request(input, output_len);
         self.core.handle_ioctl(code, request);
-        self.requests.push((code, output_len, pending));
+        self.requests.push((code, output_len, pending, false));
     }
 
-    /// Cancels the `which`-th request (modulo their number) if it is parked.
-    pub fn cancel(&self, which: u8) {
+    /// Cancels the `which`-th request (modulo their number), as `CancelIoEx` would: a parked
+    /// RECV or a PING or SEND waiting for the host completes with `STATUS_CANCELLED`; anything
+    /// else (completed, or not cancellable) is not affected.
+    pub fn cancel(&mut self, which: u8) {
         if !self.requests.is_empty() {
             let i = usize::from(which) % self.requests.len();
-            self.requests[i].2.cancel();
+            let request = &mut self.requests[i];
+            if request.2.cancel() {
+                request.3 = true;
+            }
         }
     }
 
@@ -468,11 +474,23 @@ impl Peer {
     pub fn finish(mut self) {
         self.drain_host_packets();
         self.core.channel_down();
-        for (code, out_len, pending) in &self.requests {
+        assert_eq!(
+            self.core.waiting_requests(),
+            0,
+            "a PING or SEND left waiting"
+        );
+        for (code, out_len, pending, cancelled) in &self.requests {
             let c = pending
                 .try_get()
                 .unwrap_or_else(|| panic!("IOCTL {code:#x} never completed"));
             assert_ne!(c.status, NtStatus::STATUS_PENDING, "completed as pending");
+            if *cancelled {
+                assert_eq!(
+                    c.status,
+                    NtStatus::STATUS_CANCELLED,
+                    "IOCTL {code:#x}: cancelled, then completed otherwise"
+                );
+            }
             assert!(c.output.len() <= *out_len);
             if c.status != NtStatus::STATUS_SUCCESS {
                 assert!(

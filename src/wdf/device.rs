@@ -16,7 +16,8 @@ use wdk_sys::{
 };
 
 use super::queue::{self, WdfPlatform};
-use super::wdf_size;
+use super::request::REQUEST_CONTEXT_TYPE_INFO;
+use super::{ContextTypeInfo, wdf_size};
 use crate::{Core, NtStatus, ParentDevice};
 
 // ---- the device context ------------------------------------------------------------------------
@@ -51,15 +52,6 @@ const _: () = {
     const fn assert_sync<T: Sync>() {}
     assert_sync::<Core<WdfPlatform>>();
 };
-
-/// `WDF_OBJECT_CONTEXT_TYPE_INFO`, which is `!Sync` only because it holds raw pointers.
-#[repr(transparent)]
-struct ContextTypeInfo(WDF_OBJECT_CONTEXT_TYPE_INFO);
-
-// SAFETY: the only instance is an immutable `static` whose pointers point to `'static` data (a
-// C string literal and the static itself); WDF only reads it (through
-// `PCWDF_OBJECT_CONTEXT_TYPE_INFO`), so sharing it between threads is sharing constant data.
-unsafe impl Sync for ContextTypeInfo {}
 
 /// The type information of [`DeviceContext`], as `WDF_DECLARE_CONTEXT_TYPE_WITH_NAME` declares it
 /// in C (wdfobject.h): its size, its name, and `UniqueType` pointing at itself, the identity
@@ -202,6 +194,34 @@ pub(super) unsafe fn create(mut device_init: PWDFDEVICE_INIT) -> NtStatus {
             WdfDeviceInitSetPnpPowerEventCallbacks,
             device_init,
             &raw mut pnp_power_callbacks,
+        );
+    }
+
+    // Every request of this device gets a `RequestContext` (request.rs), where a PING or SEND
+    // keeps its cancel token while it is cancellable, for `EvtRequestCancel` to find.
+    // `WDF_OBJECT_ATTRIBUTES_INIT_CONTEXT_TYPE`: zero, `Size`, both levels inherited (zero is
+    // *Invalid*), the type's `UniqueType`. No parent: requests are parented by the framework
+    // (`WdfDeviceInitSetRequestAttributes` validates with FX_VALIDATE_OPTION_PARENT_NOT_ALLOWED,
+    // Windows-Driver-Frameworks `src/framework/shared/core/fxdeviceinitapi.cpp`), and no
+    // callbacks: the token never outlives the request's cancellable span.
+    let mut request_attributes = WDF_OBJECT_ATTRIBUTES {
+        Size: const { wdf_size::<WDF_OBJECT_ATTRIBUTES>() },
+        ExecutionLevel: _WDF_EXECUTION_LEVEL::WdfExecutionLevelInheritFromParent,
+        SynchronizationScope: _WDF_SYNCHRONIZATION_SCOPE::WdfSynchronizationScopeInheritFromParent,
+        ContextTypeInfo: REQUEST_CONTEXT_TYPE_INFO.0.UniqueType,
+        ..WDF_OBJECT_ATTRIBUTES::default()
+    };
+    // SAFETY: `device_init` is the framework's and not yet consumed (caller);
+    // `request_attributes` is valid with its `Size` set and is copied during the call
+    // (`RtlCopyMemory` into `WDFDEVICE_INIT::RequestAttributes`, fxdeviceinitapi.cpp); its
+    // `ContextTypeInfo` points at a static. <= DISPATCH_LEVEL (wdfdevice.h). It must come before
+    // `WdfDeviceCreate`, which reads it (`FxDevice::Initialize` copies it into
+    // `m_RequestAttributes`, fxdevice.cpp).
+    unsafe {
+        call_unsafe_wdf_function_binding!(
+            WdfDeviceInitSetRequestAttributes,
+            device_init,
+            &raw mut request_attributes,
         );
     }
 

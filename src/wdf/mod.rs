@@ -10,7 +10,9 @@
 //!   the PnP/power callbacks that bring the VMBus channel up and down.
 //! * `queue`: the default IOCTL queue, the manual queue of parked RECV requests, and
 //!   `WdfPlatform`, the [`Platform`](crate::Platform) built on that manual queue.
-//! * `request`: `WdfRequest`, the [`IoRequest`](crate::IoRequest) built on a `WDFREQUEST`.
+//! * `request`: `WdfRequest`, the [`IoRequest`](crate::IoRequest) built on a `WDFREQUEST`; the
+//!   request context and `EvtRequestCancel` that make a PING or SEND waiting for the host
+//!   cancellable (`WdfRequestMarkCancelableEx` / `WdfRequestUnmarkCancelable`).
 //!
 //! # Lifecycle
 //!
@@ -20,6 +22,7 @@
 //!                        ──> device interface
 //! EvtDeviceSelfManagedIoInit / ...Restart   ──> Core::channel_up     (PASSIVE, queues running)
 //! EvtIoDeviceControl                        ──> Core::handle_ioctl   (<= DISPATCH)
+//! EvtRequestCancel (PING/SEND waiting)      ──> CancelToken::cancel  (<= DISPATCH)
 //! EvtDeviceSelfManagedIoSuspend             ──> Core::channel_down   (PASSIVE, queues still running)
 //! EvtDestroyCallback (device)               ──> drop(Core)           (PASSIVE)
 //! ```
@@ -56,24 +59,28 @@
 //! | `WdfRequestRequeue` | request | `wdfrequest.h` (<= DISPATCH); `fxrequestapi.cpp`, `fxioqueue.cpp` `Requeue` (manual queues only, back at the head) |
 //! | `WdfRequestRetrieveInputBuffer` / `…OutputBuffer` | request | `wdfrequest.h`; `fxrequestapi.cpp`, `fxrequest.cpp` `GetMemoryObject` (zero length is `STATUS_BUFFER_TOO_SMALL`); macrotest `wdf_request_retrieve_output_buffer` |
 //! | `WdfRequestCompleteWithInformation` | request | `wdfrequest.h` (`ULONG_PTR Information`, <= DISPATCH) |
+//! | `WdfDeviceInitSetRequestAttributes` | device | `wdfdevice.h` (`PWDF_OBJECT_ATTRIBUTES`, <= DISPATCH, before `WdfDeviceCreate`); `fxdeviceinitapi.cpp` (validated with no parent allowed, copied), `fxdevice.cpp` `FxDevice::Initialize` / `AllocateRequestMemory` (every request of the device gets the context); Windows-rust-driver-samples echo `device.rs` (same call) |
+//! | `WdfObjectGetTypedContextWorker` (request) | request | as for the device; `handleapi.cpp` `FxContextHeaderInit` (the context is zeroed for each request) |
+//! | `WdfRequestMarkCancelableEx` | request | `wdfrequest.h` `PFN_WDFREQUESTMARKCANCELABLEEX` (`NTSTATUS (WDFREQUEST, PFN_WDF_REQUEST_CANCEL)`, <= DISPATCH); DDI page (`STATUS_CANCELLED` when already cancelled, the cancel routine not called; on failure the driver completes the request); `fxrequestapi.cpp`, `fxioqueue.cpp` `RequestCancelable` (also `STATUS_CANCELLED` while the queue purges); echo `queue.rs` (`Some(cancel_fn)`) |
+//! | `WdfRequestUnmarkCancelable` | request | `wdfrequest.h` (`NTSTATUS (WDFREQUEST)`, <= DISPATCH); DDI page Remarks (only `STATUS_CANCELLED` means `EvtRequestCancel` will run; then do not complete the request before it); `fxioqueue.cpp` `RequestCancelable` |
+//! | `EVT_WDF_REQUEST_CANCEL` | request | `wdfrequest.h` (`VOID NTAPI (WDFREQUEST)`, <= DISPATCH; an `extern "C"` fn, like every WDF callback in wdk-sys); DDI page (complete with `STATUS_CANCELLED`); `fxioqueue.cpp` `ProcessCancelledRequests` (called without a framework lock here: no synchronization scope) |
 //!
 //! Not used, on purpose: `EvtIoCanceledOnQueue` (KMDF completes a cancelled parked request with
 //! `STATUS_CANCELLED` itself, `queue::create_parked_queue`), `EvtIoStop` (the channel comes down,
 //! and the core finishes its requests, before KMDF stops the queues,
-//! `device::evt_self_managed_io_suspend`), `WdfRequestMarkCancelableEx` (outside the parked queue
-//! the core holds a request only while a host answer is pending; making those cancelable would
-//! need a core entry point that the `Core` API does not have, and the channel teardown finishes
-//! them).
+//! `device::evt_self_managed_io_suspend`), `WdfRequestMarkCancelable` (it may call
+//! `EvtRequestCancel` before returning, which would deadlock on the core's spin lock held around
+//! the marking; the `Ex` form never does).
 //!
 //! From vmbmsg-proto: `GUID_DEVINTERFACE_VMBMSG` (the device interface; its `Guid` fields
 //! `data1`..`data4`) and `ioctl::METHOD_BUFFERED`. The INF's hardware id is its
 //! `VMBMSG_HARDWARE_ID`, `VMBUS\` + `VMBMSG_INTERFACE_TYPE`.
 //!
 //! Structs filled by hand (bindgen emits no `*_INIT` helpers, reference §1.9/§1.10, §7.9):
-//! `WDF_DRIVER_CONFIG`, `WDF_PNPPOWER_EVENT_CALLBACKS`, `WDF_OBJECT_ATTRIBUTES`,
-//! `WDF_OBJECT_CONTEXT_TYPE_INFO`, `WDF_IO_QUEUE_CONFIG`, `UNICODE_STRING`; field names from the
-//! 1.33 headers, `Size` from `wdf_size`, and the fields the C `*_INIT` helpers set are set
-//! explicitly.
+//! `WDF_DRIVER_CONFIG`, `WDF_PNPPOWER_EVENT_CALLBACKS`, `WDF_OBJECT_ATTRIBUTES` (device and
+//! request), `WDF_OBJECT_CONTEXT_TYPE_INFO` (device and request contexts),
+//! `WDF_IO_QUEUE_CONFIG`, `UNICODE_STRING`; field names from the 1.33 headers, `Size` from
+//! `wdf_size`, and the fields the C `*_INIT` helpers set are set explicitly.
 
 // UNSAFETY: this module is the FFI boundary with KMDF. Every WDF call is an `unsafe` call through
 // the framework's function table, callbacks receive raw handles, and request buffers are raw
@@ -88,7 +95,7 @@ mod driver;
 mod queue;
 mod request;
 
-use wdk_sys::ULONG;
+use wdk_sys::{ULONG, WDF_OBJECT_CONTEXT_TYPE_INFO};
 
 // The kernel panic handler: a panic is a bugcheck (wdk-panic 0.5.0, reference §1.7). Nothing is
 // `use`d from the crate, so without this line the handler would not be linked. Tests on a
@@ -113,3 +120,14 @@ const fn wdf_size<T>() -> ULONG {
     // Lossless: checked just above (`TryFrom` is not usable in a const fn).
     size as ULONG
 }
+
+/// `WDF_OBJECT_CONTEXT_TYPE_INFO`, which is `!Sync` only because it holds raw pointers: the type
+/// of the statics that `WDF_DECLARE_CONTEXT_TYPE_WITH_NAME` declares in C (wdfobject.h), one per
+/// context type (`device::DEVICE_CONTEXT_TYPE_INFO`, `request::REQUEST_CONTEXT_TYPE_INFO`).
+#[repr(transparent)]
+struct ContextTypeInfo(WDF_OBJECT_CONTEXT_TYPE_INFO);
+
+// SAFETY: every instance is an immutable `static` whose pointers point to `'static` data (a C
+// string literal and the static itself); WDF only reads it (through
+// `PCWDF_OBJECT_CONTEXT_TYPE_INFO`), so sharing it between threads is sharing constant data.
+unsafe impl Sync for ContextTypeInfo {}

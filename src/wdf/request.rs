@@ -1,12 +1,180 @@
-//! `WdfRequest`: the core's [`IoRequest`], built on a `WDFREQUEST`.
+//! `WdfRequest`: the core's [`IoRequest`], built on a `WDFREQUEST`; the request context and
+//! `EvtRequestCancel` that make a PING or SEND cancellable while it waits for the host.
+//!
+//! # Cancellation
+//!
+//! The core calls [`IoRequest::mark_cancelable`] with the request in its table of waiting
+//! requests and that table's spin lock held, and [`IoRequest::unmark_cancelable`] under the same
+//! lock before it completes the request with the host's answer; [`evt_request_cancel`] hands the
+//! request back to the core through the [`CancelToken`] kept in the request's context, and the
+//! core completes it. That is the lock-based scheme of learn.microsoft.com "Synchronizing Cancel
+//! and Completion Code" (KMDF): the completion path calls `WdfRequestUnmarkCancelable` and
+//! completes only if it did not return `STATUS_CANCELLED`; `EvtRequestCancel` completes the
+//! request with `STATUS_CANCELLED`. The rules it keeps, from the DDI pages:
+//!
+//! * `WdfRequestMarkCancelableEx`, not `WdfRequestMarkCancelable`: the driver uses no automatic
+//!   synchronization (the device and queues inherit the driver object's scope, created without
+//!   attributes: `WdfSynchronizationScopeNone`, `FxDriver::FxDriver` in
+//!   Windows-Driver-Frameworks `src/framework/shared/core/fxdriver.cpp`), and only the `Ex` form
+//!   never calls `EvtRequestCancel` itself, so it may be called with the spin lock that the cancel
+//!   path also takes ("Choosing between WdfRequestMarkCancelable and
+//!   WdfRequestMarkCancelableEx"). If it fails, the driver cancels as `EvtRequestCancel` would:
+//!   the core completes the request with the status.
+//! * The request is completed outside `EvtRequestCancel` only after `WdfRequestUnmarkCancelable`
+//!   returned something other than `STATUS_CANCELLED` (then `EvtRequestCancel` is not called);
+//!   after `STATUS_CANCELLED` it is left to `EvtRequestCancel` (completing it first could make
+//!   the framework call `EvtRequestCancel` with an invalid request), and
+//!   `WdfRequestUnmarkCancelable` is never called after `EvtRequestCancel` completed it (the
+//!   cancel path takes the request out of the core's table under the lock the completion path
+//!   checks) (WdfRequestUnmarkCancelable, Remarks).
+//! * `EvtRequestCancel` completes the request with `STATUS_CANCELLED` (EVT_WDF_REQUEST_CANCEL,
+//!   Remarks); it runs at <= DISPATCH_LEVEL, and the framework holds a reference on the request
+//!   while it runs (`FxIoQueue::ProcessCancelledRequests` releases it after `InvokeCancel`,
+//!   Windows-Driver-Frameworks `src/framework/shared/irphandlers/io/fxioqueue.cpp`).
+//! * All three calls are `_IRQL_requires_max_(DISPATCH_LEVEL)` (KMDF 1.33 `wdfrequest.h`), so
+//!   calling the two DDIs with a spin lock held is allowed.
 
-use core::mem::{self, ManuallyDrop};
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::mem::{self, ManuallyDrop, MaybeUninit};
 use core::ptr;
 use core::slice;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use wdk_sys::{PVOID, ULONG_PTR, WDFQUEUE, WDFREQUEST, call_unsafe_wdf_function_binding};
+use wdk_sys::{
+    PVOID, ULONG_PTR, WDF_OBJECT_CONTEXT_TYPE_INFO, WDFQUEUE, WDFREQUEST,
+    call_unsafe_wdf_function_binding,
+};
 
-use crate::{IoRequest, NtStatus};
+use super::{ContextTypeInfo, wdf_size};
+use crate::{CancelToken, IoRequest, NtStatus};
+
+// ---- the request context -----------------------------------------------------------------------
+
+/// The per-request storage WDF allocates with every request of the device (registered with
+/// `WdfDeviceInitSetRequestAttributes` in `device::create`): a PING or SEND keeps its
+/// [`CancelToken`] here while it is cancellable, where [`evt_request_cancel`] finds it.
+///
+/// WDF zero-fills an object's context when it allocates the object, for every request
+/// (`FxDevice::AllocateRequestMemory` → `FxObjectAndHandleHeaderInit` → `FxContextHeaderInit`,
+/// which zeroes the whole context: Windows-Driver-Frameworks
+/// `src/framework/shared/core/fxdevice.cpp`, `src/framework/shared/object/handleapi.cpp`), and
+/// zero is valid: `armed` false, no token. It is only accessed through shared references.
+///
+/// Protocol: `token` is written only while `armed` is false and the request is not
+/// cancellable (in [`IoRequest::mark_cancelable`], before `WdfRequestMarkCancelableEx`), and read
+/// only by whoever swaps `armed` from true to false ([`RequestContext::take_token`]): exactly one
+/// of a failed `WdfRequestMarkCancelableEx`, a `WdfRequestUnmarkCancelable` that did not return
+/// `STATUS_CANCELLED`, and `EvtRequestCancel`, since the framework calls `EvtRequestCancel`
+/// only in neither of the other two cases.
+pub(super) struct RequestContext {
+    /// True while `token` holds a value.
+    armed: AtomicBool,
+    /// The token of the marking in progress.
+    token: UnsafeCell<MaybeUninit<CancelToken<WdfRequest>>>,
+}
+
+// WDF places an object's context at MEMORY_ALLOCATION_ALIGNMENT, 16 bytes on 64-bit Windows (see
+// the same assertion for the device context).
+const _: () = assert!(align_of::<RequestContext>() <= 16);
+
+impl RequestContext {
+    /// Stores the token of a marking about to be made.
+    ///
+    /// # Safety
+    /// The request is not cancellable and nobody else accesses this context: `armed` is false
+    /// (no token stored), so no other path reads `token`.
+    unsafe fn put_token(&self, token: CancelToken<WdfRequest>) {
+        // SAFETY: no other reference into `token` exists: it is only read after `armed` is set,
+        // which happens below (caller: `armed` is false, and nothing else writes it).
+        unsafe { self.token.get().write(MaybeUninit::new(token)) };
+        self.armed.store(true, Ordering::Release);
+    }
+
+    /// Takes the stored token, if this caller is the one that gets it.
+    fn take_token(&self) -> Option<CancelToken<WdfRequest>> {
+        if !self.armed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: `armed` was true and this swap set it false, so this caller is the only
+        // reader, and nothing writes the cell before the next `put_token` (which needs `armed`
+        // false and the request not cancellable again). Reading moves the value out; the cell
+        // is left logically uninitialised.
+        let token = unsafe { self.token.get().read() };
+        // SAFETY: `armed` was true, so `put_token` initialised the cell before its Release
+        // store, which this Acquire swap observed.
+        Some(unsafe { token.assume_init() })
+    }
+}
+
+/// The type information of [`RequestContext`], as `WDF_DECLARE_CONTEXT_TYPE_WITH_NAME` declares
+/// it in C (wdfobject.h): its size, its name, and `UniqueType` pointing at itself.
+// SAFETY: wdfobject.h places these structures in `.data` (`WDF_TYPE_DEFAULT_SECTION_NAME`), as
+// for the device context's; an ordinary writable data section.
+#[unsafe(link_section = ".data")]
+pub(super) static REQUEST_CONTEXT_TYPE_INFO: ContextTypeInfo =
+    ContextTypeInfo(WDF_OBJECT_CONTEXT_TYPE_INFO {
+        Size: wdf_size::<WDF_OBJECT_CONTEXT_TYPE_INFO>(),
+        ContextName: c"RequestContext".as_ptr(),
+        ContextSize: size_of::<RequestContext>(),
+        UniqueType: (&raw const REQUEST_CONTEXT_TYPE_INFO).cast::<WDF_OBJECT_CONTEXT_TYPE_INFO>(),
+        EvtDriverGetUniqueContextType: None,
+    });
+
+/// The request's context.
+///
+/// # Safety
+/// `raw` is a live request of a device created by `device::create` (so it has a
+/// [`RequestContext`]: `WdfDeviceInitSetRequestAttributes`), and the reference is not used
+/// after the request is completed (the context goes with the request object).
+unsafe fn request_context<'a>(raw: WDFREQUEST) -> Option<&'a RequestContext> {
+    // SAFETY: `raw` is a live framework object (caller), passed as the `WDFOBJECT` the call
+    // takes, with our context type's `UniqueType`, as the accessor that
+    // `WDF_DECLARE_CONTEXT_TYPE_WITH_NAME` generates does. Callable up to DISPATCH_LEVEL + 1
+    // (wdfobject.h).
+    let context = unsafe {
+        call_unsafe_wdf_function_binding!(
+            WdfObjectGetTypedContextWorker,
+            raw.cast::<c_void>(),
+            REQUEST_CONTEXT_TYPE_INFO.0.UniqueType,
+        )
+    };
+    // SAFETY: WDF returns the request's context (or null, handled by `as_ref`): memory for a
+    // `RequestContext`, aligned (assertion above) and zero-filled, a valid value; it is never
+    // accessed through `&mut`, and it lives as long as the request object (caller).
+    unsafe { context.cast::<RequestContext>().as_ref() }
+}
+
+/// `EvtRequestCancel` of PING and SEND requests (registered by [`IoRequest::mark_cancelable`]):
+/// the caller cancelled a request that waits for the host. Hands it back to the core, which
+/// completes it with `STATUS_CANCELLED` (the host's later answer is only counted).
+///
+/// # IRQL
+/// <= DISPATCH_LEVEL (EVT_WDF_REQUEST_CANCEL). Not pageable.
+///
+/// # Safety
+/// Only the framework calls it, for a request that [`IoRequest::mark_cancelable`] marked with
+/// `WdfRequestMarkCancelableEx` and for which `WdfRequestUnmarkCancelable` did not succeed.
+unsafe extern "C" fn evt_request_cancel(request: WDFREQUEST) {
+    let token = {
+        // SAFETY: the framework passes the live request being cancelled, of our device; the
+        // reference ends with this block, before the core completes the request.
+        let Some(context) = (unsafe { request_context(request) }) else {
+            return;
+        };
+        context.take_token()
+    };
+    // Marked with a token stored first (`mark_cancelable`), and neither a failed marking nor a
+    // successful unmarking took it, or the framework would not call us: the token is there.
+    // Were it not, the core would still own the request and complete it with the host's
+    // answer; completing it here too would complete it twice, so nothing is done.
+    if let Some(token) = token {
+        // The core takes the request out of its table (waiting for its lock if the completion
+        // path holds it) and completes it with STATUS_CANCELLED, from this callback, as
+        // EVT_WDF_REQUEST_CANCEL asks.
+        token.cancel();
+    }
+}
 
 /// One IOCTL request the driver owns, with its buffers fetched once.
 ///
@@ -14,7 +182,10 @@ use crate::{IoRequest, NtStatus};
 /// * `raw` is a request the driver owns and has not completed; this value is its only owner,
 ///   and it is completed exactly once: by [`IoRequest::complete`], or by `Drop` (with
 ///   `STATUS_CANCELLED`) if the core lets it go without completing it. [`park`] hands it back
-///   to the framework instead, and then neither runs.
+///   to the framework instead, and then neither runs. While it is cancellable (from a
+///   successful [`IoRequest::mark_cancelable`] until [`IoRequest::unmark_cancelable`] returns
+///   true), the core completes it only from [`evt_request_cancel`] (through the token); it is
+///   never parked then (only RECV requests are parked, and they are never marked).
 /// * `source` is the queue that delivered `raw` to the driver.
 /// * The request's IOCTL code is `METHOD_BUFFERED` (`queue::evt_io_device_control` refuses the
 ///   others), so `input` and `output` both point at the request's system buffer
@@ -155,8 +326,8 @@ impl WdfRequest {
         let status = match self.source {
             Source::DefaultQueue => {
                 // SAFETY: `self.raw` is owned by the driver and not completed (type invariant),
-                // and it is not cancelable (this driver never marks requests cancelable), as the
-                // call requires; `parked_queue` is a queue of the same device other than the one
+                // and it is not cancelable (only PING and SEND requests are marked cancelable,
+                // and only RECV requests are parked), as the call requires; `parked_queue` is a queue of the same device other than the one
                 // that presented the request (caller). <= DISPATCH_LEVEL (wdfrequest.h).
                 NtStatus(unsafe {
                     call_unsafe_wdf_function_binding!(
@@ -227,6 +398,66 @@ impl IoRequest for WdfRequest {
         // here, so this is its one completion and nothing touches it afterwards (the buffer
         // slices borrowed `self`, so none is alive). <= DISPATCH_LEVEL (trait contract).
         unsafe { complete_raw(raw, status, information) };
+    }
+
+    fn mark_cancelable(&mut self, token: CancelToken<Self>) -> Result<(), NtStatus> {
+        // SAFETY: `self.raw` is live and of our device (type invariant); the reference is used
+        // only in this call, while the core holds the request uncompleted.
+        let Some(context) = (unsafe { request_context(self.raw) }) else {
+            // No context: `EvtRequestCancel` could not find the token. Not possible with the
+            // request attributes `device::create` registers; refused rather than made
+            // non-cancellable in silence.
+            return Err(NtStatus::STATUS_INTERNAL_ERROR);
+        };
+        // Stored before the marking: once marked, `EvtRequestCancel` may run on another
+        // processor at once (it then waits for the core's lock, held by our caller).
+        // SAFETY: the request is not cancellable (it is marked only here, once per request:
+        // the core marks a PING or SEND once) and `armed` is false (zeroed context, and no
+        // earlier marking of this request), so nothing else accesses the token.
+        unsafe { context.put_token(token) };
+        // SAFETY: `self.raw` is a request the driver owns (presented by the default queue and
+        // not completed, type invariant), not cancelable yet, and `evt_request_cancel` has the
+        // `EVT_WDF_REQUEST_CANCEL` signature. <= DISPATCH_LEVEL (trait contract), as the call
+        // requires (wdfrequest.h); with a spin lock held, which the Ex form allows since it never
+        // calls the cancel routine itself (WdfRequestMarkCancelable, Remarks).
+        let status = NtStatus(unsafe {
+            call_unsafe_wdf_function_binding!(
+                WdfRequestMarkCancelableEx,
+                self.raw,
+                Some(evt_request_cancel),
+            )
+        });
+        if status.is_success() {
+            return Ok(());
+        }
+        // Not marked (`STATUS_CANCELLED`: the caller cancelled it already; the framework does
+        // not call `EvtRequestCancel`): the token is dropped and the core completes the
+        // request with this status, as WdfRequestMarkCancelableEx's Remarks ask.
+        drop(context.take_token());
+        Err(status)
+    }
+
+    fn unmark_cancelable(&mut self) -> bool {
+        // SAFETY: `self.raw` is a request the driver owns, marked cancelable by
+        // `mark_cancelable` (the core unmarks only what it marked) and not completed; it is not
+        // completed by `EvtRequestCancel` either, since the cancel path takes the request out of
+        // the core's table under the lock our caller holds, and the core calls this only for a
+        // request still in the table. <= DISPATCH_LEVEL (trait contract; wdfrequest.h).
+        let status = NtStatus(unsafe {
+            call_unsafe_wdf_function_binding!(WdfRequestUnmarkCancelable, self.raw)
+        });
+        if status == NtStatus::STATUS_CANCELLED {
+            // `EvtRequestCancel` has been or will be called: it takes the token and has the core
+            // complete the request; the core must not complete it before that.
+            return false;
+        }
+        // Any other status: `EvtRequestCancel` will not be called (WdfRequestUnmarkCancelable,
+        // Remarks), so the token is ours to drop and the request the core's to complete.
+        // SAFETY: as for `mark_cancelable`; the request is not completed yet.
+        if let Some(context) = unsafe { request_context(self.raw) } {
+            drop(context.take_token());
+        }
+        true
     }
 }
 

@@ -21,7 +21,8 @@ use zerocopy::little_endian::{I32, U16, U32, U64};
 
 use crate::stats::bump;
 use crate::sync::now_ns;
-use crate::{Core, DRIVER_VERSION, IoRequest, Platform, Shared};
+use crate::waiting::CancelWaiting;
+use crate::{CancelToken, Core, DRIVER_VERSION, IoRequest, Platform, Shared};
 
 pub(crate) fn handle<P: Platform>(core: &Core<P>, code: u32, request: P::Request) {
     let Some(code) = IoctlCode::from_raw(code) else {
@@ -83,7 +84,8 @@ fn info<P: Platform>(shared: &Shared<P>) -> InfoOut {
     }
 }
 
-/// PING: sends a nonce and completes when the host echoes it, with the round trip.
+/// PING: sends a nonce and completes when the host echoes it, with the round trip; or with
+/// `STATUS_CANCELLED` when its caller cancels it first.
 fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
     let shared = &core.shared;
     // Held until the send returned: the channel cannot be suspended in between.
@@ -108,42 +110,15 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
             return;
         }
     };
+    if let Err((request, status)) = wait_for_answer(core, id, request) {
+        bump(&shared.stats.ping_failed);
+        request.complete(status, 0);
+        return; // the packet, unsent, is freed
+    }
     let done = {
         let shared = Arc::clone(shared);
         let started = now_ns();
-        move |c: Completion<'_>| {
-            let rtt = now_ns().saturating_sub(started);
-            let host_status = match (
-                c.status.is_success(),
-                parse_ping_reply(c.response, id, nonce),
-            ) {
-                (true, Ok(host_status)) => host_status,
-                (true, Err(e)) => {
-                    shared.stats.malformed(e.reason());
-                    bump(&shared.stats.ping_failed);
-                    request.complete(BAD_REPLY_STATUS, 0);
-                    return;
-                }
-                (false, _) => {
-                    bump(&shared.stats.ping_failed);
-                    request.complete(c.status, 0);
-                    return;
-                }
-            };
-            if host_status.is_success() {
-                bump(&shared.stats.ping_ok);
-                shared.stats.rtt(rtt);
-            } else {
-                bump(&shared.stats.ping_failed);
-            }
-            let out = PingOut {
-                nonce: U64::new(nonce),
-                round_trip_ns: U64::new(rtt),
-                host_status: I32::new(host_status.0),
-                reserved: U32::ZERO,
-            };
-            complete_with(request, &out);
-        }
+        move |c: Completion<'_>| ping_answered(&shared, id, nonce, started, c)
     };
     let sent = packet.send(
         message.get(..len).unwrap_or_default(),
@@ -160,7 +135,81 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
     }
 }
 
-/// SEND: sends the caller's payload and completes with the host's status.
+/// Puts a PING or SEND request in the table of requests waiting for the host, under the
+/// message id `id`, cancellable from now on.
+///
+/// # Errors
+/// The request back with the status to fail it with (`STATUS_INSUFFICIENT_RESOURCES`, counted
+/// as an allocation failure; `STATUS_CANCELLED` when its caller already cancelled it).
+pub(crate) fn wait_for_answer<P: Platform>(
+    core: &Core<P>,
+    id: u64,
+    request: P::Request,
+) -> Result<(), (P::Request, NtStatus)> {
+    let owner: Arc<dyn CancelWaiting<P::Request>> = core.shared.clone();
+    let token = CancelToken::new(owner, id);
+    let inserted = core.shared.waiting.insert(id, request, token);
+    if let Err((_, NtStatus::STATUS_INSUFFICIENT_RESOURCES)) = &inserted {
+        bump(&core.shared.stats.alloc_failures);
+    }
+    inserted
+}
+
+/// The end of a PING's transaction (the send's completion closure): the host's answer, a
+/// failed send, or the channel closing. Completes the request, unless its caller cancelled it
+/// (then it was completed with `STATUS_CANCELLED`, and the transaction counts as failed
+/// whatever the host answered).
+pub(crate) fn ping_answered<P: Platform>(
+    shared: &Shared<P>,
+    id: u64,
+    nonce: u64,
+    started: u64,
+    c: Completion<'_>,
+) {
+    let rtt = now_ns().saturating_sub(started);
+    let request = shared.waiting.take_answered(id);
+    let host_status = match (
+        c.status.is_success(),
+        parse_ping_reply(c.response, id, nonce),
+    ) {
+        (true, Ok(host_status)) => Ok(host_status),
+        (true, Err(e)) => {
+            shared.stats.malformed(e.reason());
+            Err(BAD_REPLY_STATUS)
+        }
+        (false, _) => Err(c.status),
+    };
+    let (request, host_status) = match (request, host_status) {
+        (Some(request), Ok(host_status)) => (request, host_status),
+        (Some(request), Err(status)) => {
+            bump(&shared.stats.ping_failed);
+            request.complete(status, 0);
+            return;
+        }
+        // Cancelled: the cancel path completed the request with STATUS_CANCELLED. The
+        // transaction ends here, failed whatever the host answered.
+        (None, _) => {
+            bump(&shared.stats.ping_failed);
+            return;
+        }
+    };
+    if host_status.is_success() {
+        bump(&shared.stats.ping_ok);
+        shared.stats.rtt(rtt);
+    } else {
+        bump(&shared.stats.ping_failed);
+    }
+    let out = PingOut {
+        nonce: U64::new(nonce),
+        round_trip_ns: U64::new(rtt),
+        host_status: I32::new(host_status.0),
+        reserved: U32::ZERO,
+    };
+    complete_with(request, &out);
+}
+
+/// SEND: sends the caller's payload and completes with the host's status; or with
+/// `STATUS_CANCELLED` when its caller cancels it first.
 fn send<P: Platform>(core: &Core<P>, request: P::Request) {
     let shared = &core.shared;
     let payload = match parse_send_input(request.input()) {
@@ -204,34 +253,14 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
             return;
         }
     };
+    if let Err((request, status)) = wait_for_answer(core, id, request) {
+        bump(&shared.stats.send_failed);
+        request.complete(status, 0);
+        return; // the packet, unsent, is freed
+    }
     let done = {
         let shared = Arc::clone(shared);
-        move |c: Completion<'_>| {
-            if !c.status.is_success() {
-                bump(&shared.stats.send_failed);
-                request.complete(c.status, 0);
-                return;
-            }
-            let host_status = match parse_reply(c.response, MessageKind::SEND, id) {
-                Ok(reply) => reply.status,
-                Err(e) => {
-                    shared.stats.malformed(e.reason());
-                    bump(&shared.stats.send_failed);
-                    request.complete(BAD_REPLY_STATUS, 0);
-                    return;
-                }
-            };
-            bump(if host_status.is_success() {
-                &shared.stats.send_ok
-            } else {
-                &shared.stats.send_failed
-            });
-            let out = SendOut {
-                host_status: I32::new(host_status.0),
-                reserved: U32::ZERO,
-            };
-            complete_with(request, &out);
-        }
+        move |c: Completion<'_>| send_answered(&shared, id, c)
     };
     let sent = packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done);
     drop(permit);
@@ -242,6 +271,46 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
             response: &[],
         }),
     }
+}
+
+/// The end of a SEND's transaction, as [`ping_answered`] for a PING.
+fn send_answered<P: Platform>(shared: &Shared<P>, id: u64, c: Completion<'_>) {
+    let request = shared.waiting.take_answered(id);
+    let host_status = if c.status.is_success() {
+        match parse_reply(c.response, MessageKind::SEND, id) {
+            Ok(reply) => Ok(reply.status),
+            Err(e) => {
+                shared.stats.malformed(e.reason());
+                Err(BAD_REPLY_STATUS)
+            }
+        }
+    } else {
+        Err(c.status)
+    };
+    let (request, host_status) = match (request, host_status) {
+        (Some(request), Ok(host_status)) => (request, host_status),
+        (Some(request), Err(status)) => {
+            bump(&shared.stats.send_failed);
+            request.complete(status, 0);
+            return;
+        }
+        // Cancelled: the cancel path completed the request with STATUS_CANCELLED. The
+        // transaction ends here, failed whatever the host answered.
+        (None, _) => {
+            bump(&shared.stats.send_failed);
+            return;
+        }
+    };
+    bump(if host_status.is_success() {
+        &shared.stats.send_ok
+    } else {
+        &shared.stats.send_failed
+    });
+    let out = SendOut {
+        host_status: I32::new(host_status.0),
+        reserved: U32::ZERO,
+    };
+    complete_with(request, &out);
 }
 
 /// RECV: the oldest queued notification now, or park until one arrives.

@@ -42,6 +42,7 @@ mod packet;
 pub mod sim;
 mod stats;
 pub mod sync;
+mod waiting;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -58,6 +59,9 @@ use crate::packet::Handler;
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Rundown, SpinLock};
+use crate::waiting::{CancelWaiting, WaitingRequests};
+
+pub use crate::waiting::CancelToken;
 
 /// The driver's version, reported by GET_INFO.
 pub const DRIVER_VERSION: (u16, u16, u16) = (0, 1, 0);
@@ -67,7 +71,13 @@ pub const DRIVER_VERSION: (u16, u16, u16) = (0, 1, 0);
 /// With `METHOD_BUFFERED` the input and output are the same system buffer: read all of the
 /// input before writing any output (the borrows of [`input`](Self::input) and
 /// [`output`](Self::output) cannot overlap, which enforces it).
-pub trait IoRequest: Send + 'static {
+///
+/// A PING or SEND request waits for the host's answer, possibly for ever, so the core makes it
+/// cancellable while it waits ([`mark_cancelable`](Self::mark_cancelable)) and takes that back
+/// before completing it with the answer ([`unmark_cancelable`](Self::unmark_cancelable)): the
+/// `WdfRequestMarkCancelableEx` / `WdfRequestUnmarkCancelable` pair of KMDF. The request itself
+/// stays with the core throughout; only the core completes it.
+pub trait IoRequest: Sized + Send + 'static {
     /// The caller's input bytes.
     fn input(&self) -> &[u8];
     /// The caller's output buffer, to fill before completing.
@@ -77,6 +87,39 @@ pub trait IoRequest: Send + 'static {
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.
     fn complete(self, status: NtStatus, information: usize);
+
+    /// Makes the request cancellable while it waits for the host.
+    ///
+    /// On success the platform keeps `token` until exactly one of these happens:
+    /// * the request's caller cancels it: the platform calls [`CancelToken::cancel`], once, which
+    ///   completes the request with `STATUS_CANCELLED` (never call it from this method or from
+    ///   [`unmark_cancelable`](Self::unmark_cancelable): both run with the lock it takes);
+    /// * [`unmark_cancelable`](Self::unmark_cancelable) returns `true`: the platform drops it.
+    ///
+    /// Called with the request already in the core's table of waiting requests and that
+    /// table's lock held, so a cancellation on another processor waits for the lock and then
+    /// finds the request. The platform never completes the request itself.
+    ///
+    /// # Errors
+    /// The status the core then completes the request with; the platform has dropped `token`
+    /// and will not call it. `STATUS_CANCELLED` when the caller cancelled the request before it
+    /// could be made cancellable.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL (called with the core's spin lock held).
+    fn mark_cancelable(&mut self, token: CancelToken<Self>) -> Result<(), NtStatus>;
+
+    /// Makes a request that [`mark_cancelable`](Self::mark_cancelable) made cancellable
+    /// non-cancellable again, before the core completes it with the host's answer.
+    ///
+    /// Returns `true` when no cancellation will happen: the platform has dropped the token, and
+    /// the core completes the request. Returns `false` when a cancellation is under way: the
+    /// platform has called or will call [`CancelToken::cancel`], which completes the request
+    /// with `STATUS_CANCELLED`; the core leaves it where that call finds it.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL (called with the core's spin lock held).
+    fn unmark_cancelable(&mut self) -> bool;
 }
 
 /// What the core needs from its environment besides requests.
@@ -154,6 +197,8 @@ struct Shared<P: Platform> {
     /// Fixed-size boxes: one word to move in and out of the pool, and the reply writer's
     /// bounds check folds against the array length.
     replies: SpinLock<Vec<ReplyBuffer>>,
+    /// PING and SEND requests waiting for the host's answer, cancellable meanwhile.
+    waiting: WaitingRequests<P::Request>,
     /// Request ids and PING nonces; never 0.
     next_id: AtomicU64,
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
@@ -277,6 +322,16 @@ impl<P: Platform> Shared<P> {
     }
 }
 
+impl<P: Platform> CancelWaiting<P::Request> for Shared<P> {
+    fn cancel_waiting(&self, key: u64) {
+        // Counted when the packet's transaction ends (`ioctl::ping_answered` /
+        // `send_answered`), which has not happened yet: the host may still answer.
+        if let Some(request) = self.waiting.take_cancelled(key) {
+            request.complete(NtStatus::STATUS_CANCELLED, 0);
+        }
+    }
+}
+
 /// One vmbmsg device.
 pub struct Core<P: Platform> {
     shared: Arc<Shared<P>>,
@@ -341,6 +396,7 @@ impl<P: Platform> Core<P> {
                 dropped_since_last: 0,
             }),
             replies: SpinLock::new(replies),
+            waiting: WaitingRequests::new(),
             next_id: AtomicU64::new(1),
             going_down: AtomicBool::new(false),
             send_gate: AtomicU32::new(GATE_CLOSED),
@@ -366,6 +422,16 @@ impl<P: Platform> Core<P> {
     #[must_use]
     pub fn protocol_version(&self) -> u32 {
         self.shared.version.load(Ordering::Acquire)
+    }
+
+    /// How many PING and SEND requests are waiting for the host's answer now (a request
+    /// cancelled meanwhile is no longer counted, though its packet may still be in flight).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    #[must_use]
+    pub fn waiting_requests(&self) -> usize {
+        self.shared.waiting.len()
     }
 
     /// A copy of the statistics, as GET_STATS reports them.
@@ -424,8 +490,8 @@ impl<P: Platform> Core<P> {
     }
 
     /// Disables and cleans up the channel: blocks until every delivered packet is retired and
-    /// every in-flight send has completed or been cancelled (their requests complete with
-    /// `STATUS_CANCELLED`), then completes every parked RECV request with
+    /// every in-flight send has completed or been cancelled (the requests still waiting for
+    /// them complete with `STATUS_CANCELLED`), then completes every parked RECV request with
     /// `STATUS_DEVICE_REMOVED` and drops every queued notification (counted as dropped).
     /// Calling it again, or without a channel, only does the last two steps.
     ///
@@ -449,7 +515,8 @@ impl<P: Platform> Core<P> {
     }
 
     /// Serves one IOCTL: validates `code` and the buffers and either completes `request` or
-    /// keeps it (PING, SEND, RECV) until the host answers or a notification arrives.
+    /// keeps it (PING, SEND, RECV) until the host answers or a notification arrives, or its
+    /// caller cancels it (`STATUS_CANCELLED`).
     ///
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.

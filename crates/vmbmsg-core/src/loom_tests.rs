@@ -1,10 +1,11 @@
 //! Exhaustive concurrency checks (loom) of the structures the packet callback shares with the
 //! IOCTL paths, on the real code: the RECV parking hand-off and the notification queue, the
-//! ECHO reply-buffer pool, the statistics, the send permit against `EvtChannelSuspend`, and the
-//! channel rundown of `channel_down`.
+//! ECHO reply-buffer pool, the statistics, the send permit against `EvtChannelSuspend`, the
+//! channel rundown of `channel_down`, and the hand-off of a waiting PING between the host's
+//! answer and its caller's cancellation.
 //!
-//! Run (Linux): `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --lib
-//! loom_tests`. The lock, atomics, `Arc` and spin-wait of `src/sync.rs` are loom's in that
+//! Run (Linux): `.ci/reliability loom`, or `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo
+//! test --release -p vmbmsg-core --lib loom_tests`. The lock, atomics, `Arc` and spin-wait of `src/sync.rs` are loom's in that
 //! build; each test explores every interleaving of its threads up to the preemption bound.
 
 extern crate std;
@@ -14,16 +15,20 @@ use alloc::vec;
 use alloc::vec::Vec;
 use std::sync::Arc as StdArc;
 
+use kmcl::Completion;
 use loom::sync::atomic::AtomicBool;
 use loom::sync::{Arc, Mutex};
 use loom::thread;
-use vmbmsg_proto::ioctl::{ChannelState, IOCTL_VMBMSG_RECV, RECV_OUT_MAX, parse_recv_output};
-use vmbmsg_proto::wire::{MAX_MESSAGE, PROTOCOL_V1};
+use vmbmsg_proto::ioctl::{
+    ChannelState, IOCTL_VMBMSG_RECV, PingOut, RECV_OUT_MAX, parse_recv_output, read_output,
+};
+use vmbmsg_proto::wire::{MAX_MESSAGE, PROTOCOL_V1, Reply};
 
+use crate::ioctl::{ping_answered, wait_for_answer};
 use crate::packet::{deliver_notification, return_reply_buffer, take_reply_buffer};
 use crate::sync::Rundown;
 use crate::sync::atomic::Ordering::{Acquire, Release, SeqCst};
-use crate::{Core, CoreConfig, IoRequest, NtStatus, Platform};
+use crate::{CancelToken, Core, CoreConfig, IoRequest, NtStatus, Platform};
 
 /// A completed request as user mode sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,23 @@ struct Done {
 struct Requests {
     parked: Mutex<VecDeque<LoomRequest>>,
     done: Mutex<Vec<Done>>,
+    /// The I/O manager's cancellation state of the requests that have one, by id.
+    cancel: Mutex<Vec<(u32, Cancel)>>,
+}
+
+/// What `WdfRequestMarkCancelableEx` and the IRP's `Cancel` flag amount to.
+#[derive(Debug)]
+enum Cancel {
+    /// Marked cancellable: the I/O manager's cancel calls the token.
+    Cancelable(CancelToken<LoomRequest>),
+    /// The cancel routine (the token) runs on this thread: until it returns, only it may
+    /// complete the request (KMDF: after `WdfRequestUnmarkCancelable` returned
+    /// `STATUS_CANCELLED`, the driver must not complete the request before `EvtRequestCancel`
+    /// runs).
+    InCancelRoutine(thread::ThreadId),
+    /// Cancelled: the cancel routine ran, or the request was not cancellable yet (a later
+    /// marking fails with `STATUS_CANCELLED`).
+    Cancelled,
 }
 
 /// A manual queue of parked RECVs (like the simulation's), on loom's locks.
@@ -58,6 +80,26 @@ impl IoRequest for LoomRequest {
         &mut self.output
     }
     fn complete(self, status: NtStatus, information: usize) {
+        // KMDF's rules for a request marked cancellable: unmark it before completing it, and
+        // leave it to the cancel routine once that is under way.
+        if let Some((_, state)) = self
+            .sink
+            .cancel
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(id, _)| *id == self.id)
+        {
+            match state {
+                Cancel::Cancelable(_) => panic!("completed while cancellable"),
+                Cancel::InCancelRoutine(t) => assert_eq!(
+                    *t,
+                    thread::current().id(),
+                    "completed outside the cancel routine while it runs"
+                ),
+                Cancel::Cancelled => {}
+            }
+        }
         let mut output = self.output;
         output.truncate(information);
         self.sink.done.lock().unwrap().push(Done {
@@ -65,6 +107,26 @@ impl IoRequest for LoomRequest {
             status,
             output,
         });
+    }
+    fn mark_cancelable(&mut self, token: CancelToken<Self>) -> Result<(), NtStatus> {
+        let mut cancel = self.sink.cancel.lock().unwrap();
+        if cancel.iter().any(|(id, _)| *id == self.id) {
+            return Err(NtStatus::STATUS_CANCELLED);
+        }
+        cancel.push((self.id, Cancel::Cancelable(token)));
+        Ok(())
+    }
+    fn unmark_cancelable(&mut self) -> bool {
+        let mut cancel = self.sink.cancel.lock().unwrap();
+        match cancel.iter().position(|(id, _)| *id == self.id) {
+            Some(i) if matches!(cancel[i].1, Cancel::Cancelable(_)) => {
+                cancel.remove(i);
+                true
+            }
+            // The cancel routine is running or has run.
+            Some(_) => false,
+            None => true,
+        }
     }
 }
 
@@ -103,6 +165,52 @@ impl LoomPlatform {
     }
     fn done(&self) -> Vec<Done> {
         self.0.done.lock().unwrap().clone()
+    }
+    /// A PING request.
+    fn ping_request(&self, id: u32) -> LoomRequest {
+        LoomRequest {
+            id,
+            output: vec![0; size_of::<PingOut>()],
+            sink: self.0.clone(),
+        }
+    }
+    /// What the I/O manager does on CancelIoEx for a request that is not parked: calls its
+    /// cancel routine if it is cancellable, or sets its `Cancel` flag.
+    fn cancel_irp(&self, id: u32) {
+        let me = thread::current().id();
+        let token = {
+            let mut cancel = self.0.cancel.lock().unwrap();
+            match cancel.iter().position(|(i, _)| *i == id) {
+                Some(i) => {
+                    match core::mem::replace(&mut cancel[i].1, Cancel::InCancelRoutine(me)) {
+                        Cancel::Cancelable(token) => Some(token),
+                        other => {
+                            cancel[i].1 = other;
+                            None
+                        }
+                    }
+                }
+                None => {
+                    cancel.push((id, Cancel::Cancelled));
+                    None
+                }
+            }
+        };
+        if let Some(token) = token {
+            token.cancel(); // EvtRequestCancel
+            let mut cancel = self.0.cancel.lock().unwrap();
+            if let Some((_, state)) = cancel.iter_mut().find(|(i, _)| *i == id) {
+                *state = Cancel::Cancelled;
+            }
+        }
+    }
+    /// Tokens the platform still holds (none once every request is finished).
+    fn tokens_held(&self) -> usize {
+        let cancel = self.0.cancel.lock().unwrap();
+        cancel
+            .iter()
+            .filter(|(_, c)| matches!(c, Cancel::Cancelable(_)))
+            .count()
     }
 }
 
@@ -388,5 +496,85 @@ fn channel_down_waits_for_every_ioctl_using_the_channel() {
         });
         assert!(slot.is_set());
         assert!(slot.take_and_wait().is_some());
+    });
+}
+
+/// The host's good answer to PING `id` (nonce = id), as KMCL hands it to the completion.
+fn ping_reply(id: u64) -> Vec<u8> {
+    let reply = Reply::ping(PROTOCOL_V1, id, id);
+    let mut buf = vec![0; reply.encoded_len()];
+    let n = reply.write(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_cancel_racing_the_hosts_answer_completes_the_ping_once() {
+    loom::model(|| {
+        let core = ready_core(0, 0);
+        let request = core.platform().ping_request(1);
+        assert!(wait_for_answer(&core, 7, request).is_ok());
+        let host = StdArc::clone(&core);
+        // KMCL running the packet's completion with the host's answer.
+        let t = thread::spawn(move || {
+            let reply = ping_reply(7);
+            let answer = Completion {
+                status: NtStatus::STATUS_SUCCESS,
+                response: &reply,
+            };
+            ping_answered(&host.shared, 7, 7, 0, answer);
+        });
+        // The caller cancelling it at the same time.
+        core.platform().cancel_irp(1);
+        t.join().unwrap();
+        let done = core.platform().done();
+        assert_eq!(done.len(), 1, "completed exactly once: {done:?}");
+        let s = core.stats();
+        assert_eq!(s.ping_ok.get() + s.ping_failed.get(), 1, "counted once");
+        if done[0].status == NtStatus::STATUS_CANCELLED {
+            assert!(done[0].output.is_empty());
+            assert_eq!(s.ping_failed.get(), 1, "the late answer is counted");
+        } else {
+            assert_eq!(done[0].status, NtStatus::STATUS_SUCCESS);
+            let out: PingOut = read_output(&done[0].output).unwrap();
+            assert_eq!(out.nonce.get(), 7);
+            assert_eq!(s.ping_ok.get(), 1);
+        }
+        assert_eq!(core.waiting_requests(), 0);
+        assert_eq!(core.platform().tokens_held(), 0, "no token left behind");
+    });
+}
+
+#[test]
+fn a_cancel_racing_the_marking_is_not_lost() {
+    loom::model(|| {
+        let core = ready_core(0, 0);
+        let user = core.platform().clone();
+        // The caller cancelling while the IOCTL path is still making the request cancellable.
+        let t = thread::spawn(move || user.cancel_irp(1));
+        let request = core.platform().ping_request(1);
+        let inserted = match wait_for_answer(&core, 7, request) {
+            Ok(()) => true,
+            Err((request, status)) => {
+                // What `ping` does when the request cannot be made cancellable.
+                assert_eq!(status, NtStatus::STATUS_CANCELLED);
+                request.complete(status, 0);
+                false
+            }
+        };
+        t.join().unwrap();
+        if inserted {
+            // The channel closing later: KMCL cancels the packet's transaction.
+            let closed = Completion {
+                status: NtStatus::STATUS_CANCELLED,
+                response: &[],
+            };
+            ping_answered(&core.shared, 7, 7, 0, closed);
+        }
+        let done = core.platform().done();
+        assert_eq!(done.len(), 1, "completed exactly once: {done:?}");
+        assert_eq!(done[0].status, NtStatus::STATUS_CANCELLED);
+        assert_eq!(core.waiting_requests(), 0);
+        assert_eq!(core.platform().tokens_held(), 0);
     });
 }

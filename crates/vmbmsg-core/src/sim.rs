@@ -21,7 +21,7 @@ use vmbmsg_proto::wire::{
     GuestBody, HostMessage, MessageKind, PROTOCOL_V1, Reply, choose_version, parse_guest_message,
 };
 
-use crate::{Core, CoreConfig, IoRequest, NtStatus, ParentDevice, Platform};
+use crate::{CancelToken, Core, CoreConfig, IoRequest, NtStatus, ParentDevice, Platform};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -40,6 +40,23 @@ pub struct Completed {
 struct Slot {
     result: Mutex<Option<Completed>>,
     done: Condvar,
+    cancel: Mutex<CancelState>,
+}
+
+/// What the I/O manager knows of a request's cancellation: the IRP's `Cancel` flag and the
+/// cancel routine that `WdfRequestMarkCancelableEx` registers.
+#[derive(Debug, Default)]
+enum CancelState {
+    /// Not cancellable: the driver is working on it, it is parked (the parked queue cancels
+    /// it), or it is done.
+    #[default]
+    NotCancelable,
+    /// Cancellable while it waits for the host: cancelling it calls the token.
+    Cancelable(CancelToken<SimRequest>),
+    /// Its caller cancelled it: either the token was taken to cancel it, or it was not
+    /// cancellable then and a later [`IoRequest::mark_cancelable`] fails with
+    /// `STATUS_CANCELLED` (as `WdfRequestMarkCancelableEx` does for a cancelled IRP).
+    Cancelled,
 }
 
 /// An IOCTL request as the simulation delivers it: input bytes, an output buffer of a chosen
@@ -66,6 +83,29 @@ impl IoRequest for SimRequest {
         output.truncate(information);
         *lock(&self.slot.result) = Some(Completed { status, output });
         self.slot.done.notify_all();
+    }
+
+    fn mark_cancelable(&mut self, token: CancelToken<Self>) -> Result<(), NtStatus> {
+        let mut state = lock(&self.slot.cancel);
+        if matches!(*state, CancelState::Cancelled) {
+            // Dropping the token is all: the core completes the request.
+            return Err(NtStatus::STATUS_CANCELLED);
+        }
+        *state = CancelState::Cancelable(token);
+        Ok(())
+    }
+
+    fn unmark_cancelable(&mut self) -> bool {
+        let mut state = lock(&self.slot.cancel);
+        match *state {
+            // `Pending::cancel` took the token and calls it (or has called it already).
+            CancelState::Cancelled => false,
+            // The token, if any, is dropped: no cancellation will happen.
+            _ => {
+                *state = CancelState::NotCancelable;
+                true
+            }
+        }
     }
 }
 
@@ -96,10 +136,32 @@ impl Pending {
         lock(&self.slot.result).clone()
     }
 
-    /// Cancels the request if it is parked (as the I/O manager would on `CancelIo`): it
-    /// completes with `STATUS_CANCELLED`. Returns whether it was parked.
+    /// Cancels the request as the I/O manager does on `CancelIoEx`: a parked RECV is taken out
+    /// of the parked queue, a PING or SEND waiting for the host has its cancel routine called
+    /// ([`CancelToken::cancel`]); either completes with `STATUS_CANCELLED`. Returns whether it
+    /// was cancelled that way. Otherwise (the driver is still working on it, or it has
+    /// completed) the cancellation is only remembered, like the IRP's `Cancel` flag: the
+    /// driver's later attempt to make it cancellable fails with `STATUS_CANCELLED`.
     pub fn cancel(&self) -> bool {
-        self.platform.cancel(self.id)
+        if self.platform.cancel(self.id) {
+            return true;
+        }
+        let token = {
+            let mut state = lock(&self.slot.cancel);
+            match core::mem::replace(&mut *state, CancelState::Cancelled) {
+                CancelState::Cancelable(token) => Some(token),
+                CancelState::NotCancelable | CancelState::Cancelled => None,
+            }
+        };
+        // Called without the state lock: the core's `unmark_cancelable` takes it under the
+        // core's own lock, which `cancel` takes.
+        match token {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -487,11 +487,13 @@ stats_out! {
     pub notify_delivered,
     /// SENDs the host completed with a success status.
     pub send_ok,
-    /// SENDs that failed (host status, malformed reply, or not sent).
+    /// SENDs that failed (host status, malformed reply, or not sent), and SENDs cancelled by
+    /// their caller, counted when their transaction ends (the host's answer, whatever it is,
+    /// or the channel closing).
     pub send_failed,
     /// PINGs the host answered correctly.
     pub ping_ok,
-    /// PINGs that failed.
+    /// PINGs that failed, and PINGs cancelled by their caller, counted as for `send_failed`.
     pub ping_failed,
     /// Shortest PING round trip, ns (0 while `ping_rtt_count` is 0).
     pub ping_rtt_min_ns,

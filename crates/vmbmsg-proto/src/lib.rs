@@ -80,7 +80,11 @@
 //! [`ioctl::TOO_MANY_PARKED_STATUS`], `STATUS_INSUFFICIENT_RESOURCES` (no packet or queue
 //! entry could be allocated) and `STATUS_CANCELLED` (the request was cancelled or the channel
 //! closed while it was pending). PING and SEND succeed whenever the host answered with a
-//! well-formed reply; the host's own status is in `PingOut` / `SendOut`. The ABI version is 1 ([`ioctl::ABI_VERSION`], reported by GET_INFO).
+//! well-formed reply; the host's own status is in `PingOut` / `SendOut`. A pending PING, SEND
+//! or RECV can be cancelled (`CancelIoEx`, or its process exiting): it completes at once with
+//! `STATUS_CANCELLED`. A cancelled PING or SEND has already gone to the host, which cannot be
+//! undone: its transaction ends when the host answers or the channel closes, and is then
+//! counted in `ping_failed` / `send_failed`, whatever the answer. The ABI version is 1 ([`ioctl::ABI_VERSION`], reported by GET_INFO).
 //!
 //! # GUIDs
 //!

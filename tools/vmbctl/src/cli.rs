@@ -237,7 +237,7 @@ pub struct PingArgs {
     /// Milliseconds between PINGs.
     #[arg(long, value_name = "MS", default_value = "200", value_parser = parse_ms)]
     pub interval: Duration,
-    /// Milliseconds to wait for each answer.
+    /// Milliseconds to wait for each answer; then the PING is cancelled.
     #[arg(long, value_name = "MS", default_value = "5000", value_parser = parse_timeout)]
     pub timeout: Duration,
 }
@@ -249,7 +249,7 @@ pub struct SendArgs {
     /// starts with `@`. At most 16384 bytes.
     #[arg(value_name = "TEXT|@FILE")]
     pub message: OsString,
-    /// Milliseconds to wait for the host's answer.
+    /// Milliseconds to wait for the host's answer; then the SEND is cancelled.
     #[arg(long, value_name = "MS", default_value = "5000", value_parser = parse_timeout)]
     pub timeout: Duration,
 }

@@ -238,6 +238,16 @@ impl fmt::Display for Error {
                     NtStatus::STATUS_IO_TIMEOUT
                 )?;
                 match cancel {
+                    CancelOutcome::Cancelled(status)
+                        if matches!(op, IoctlCode::Ping | IoctlCode::Send) =>
+                    {
+                        write!(
+                            f,
+                            "; the request was cancelled ({status}); its packet stays with the \
+                             host until it answers or the channel closes, and is then counted \
+                             as failed (`vmbctl stats`)"
+                        )
+                    }
                     CancelOutcome::Cancelled(status) => {
                         write!(f, "; the request was cancelled ({status})")
                     }
@@ -301,6 +311,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("STATUS_IO_TIMEOUT (0xC00000B5)"), "{text}");
+        let e = Error::Timeout {
+            op: IoctlCode::Send,
+            waited: Duration::from_millis(300),
+            cancel: CancelOutcome::Cancelled(NtStatus::STATUS_CANCELLED),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("the request was cancelled (STATUS_CANCELLED (0xC0000120)); its packet"),
+            "{text}"
+        );
+        assert!(text.contains("counted as failed"), "{text}");
+        assert_eq!(e.exit_code(), 1);
         assert_eq!(Error::Abi { driver: 9 }.exit_code(), 1);
         assert_eq!(Error::Usage(String::new()).exit_code(), 2);
     }

@@ -554,10 +554,34 @@ mod cases {
         err.contains("vmbctl: error: PING timed out: no answer from the host within 300 ms (STATUS_IO_TIMEOUT (0xC00000B5))"),
         "{err}"
     );
+        // vmbctl cancelled the request after the timeout and the driver completed it with
+        // STATUS_CANCELLED within vmbctl's grace period: it was not left in the driver until
+        // the channel closes ("the driver keeps the request ...").
+        assert!(
+            err.contains("; the request was cancelled (STATUS_CANCELLED (0xC0000120))"),
+            "{err}"
+        );
+        assert!(!err.contains("keeps the request"), "{err}");
         let (code, _, err) =
             run_sim(&["--host-behavior", "silent", "send", "x", "--timeout", "200"]);
         assert_eq!(code, 1);
         assert!(err.contains("SEND timed out"), "{err}");
+        assert!(err.contains("cancelled (STATUS_CANCELLED"), "{err}");
+        // JSON: the summary counts the failure; the error still goes to stderr.
+        let (code, out, err) = run_sim(&[
+            "--json",
+            "--host-behavior",
+            "silent",
+            "ping",
+            "--timeout",
+            "200",
+        ]);
+        assert_eq!(code, 1);
+        let lines = json_lines(&out);
+        let summary = of_type(&lines, "ping_summary");
+        assert_eq!(summary.len(), 1, "{out}");
+        assert_eq!(summary[0]["failed"], 1);
+        assert!(err.contains("cancelled (STATUS_CANCELLED"), "{err}");
     }
 
     fn a_malformed_reply_is_an_invalid_network_response() {

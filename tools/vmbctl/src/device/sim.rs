@@ -109,7 +109,9 @@ impl PendingIoctl for SimPending {
     }
 
     fn cancel(&mut self) -> bool {
-        self.0.cancel()
+        // As `CancelIoEx` on Windows, where a request that already completed is not an error
+        // (ERROR_NOT_FOUND): the wait that follows sees the completion at once.
+        self.0.cancel() || self.0.try_get().is_some()
     }
 }
 

@@ -400,7 +400,8 @@ impl Drop for WinPending<'_> {
             // started), so the kernel holds no pointer into it; it is freed exactly once.
             drop(unsafe { Box::from_raw(self.request) });
         }
-        // Otherwise the driver still holds the request (it does not support cancelling it):
-        // its memory is leaked on purpose, since the kernel may still write to it.
+        // Otherwise the driver still holds the request (it did not complete it within
+        // DROP_GRACE of the cancel): its memory is leaked on purpose, since the kernel may
+        // still write to it.
     }
 }
