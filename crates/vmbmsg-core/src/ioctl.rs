@@ -8,7 +8,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use kmcl::{Completion, NtStatus, SendFlags};
+use kmcl::{ChannelRef, Completion, NtStatus, OutgoingPacket, SendError, SendFlags};
 use vmbmsg_proto::ioctl::{
     ABI_VERSION, BAD_REPLY_STATUS, ChannelState, InfoOut, IoctlCode, NOT_READY_STATUS, PingOut,
     SendOut, TOO_MANY_PARKED_STATUS, parse_send_input, write_output, write_recv_output,
@@ -20,6 +20,7 @@ use vmbmsg_proto::wire::{
 use zerocopy::little_endian::{I32, U16, U32, U64};
 
 use crate::stats::bump;
+use crate::sync::atomic::AtomicU64;
 use crate::sync::now_ns;
 use crate::waiting::CancelWaiting;
 use crate::{CancelToken, Core, DRIVER_VERSION, IoRequest, Platform, Shared};
@@ -101,20 +102,15 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
         request.complete(NtStatus::STATUS_INTERNAL_ERROR, 0);
         return;
     };
-    let packet = match channel.handle().allocate_packet() {
-        Ok(p) => p,
-        Err(status) => {
-            bump(&shared.stats.alloc_failures);
-            bump(&shared.stats.ping_failed);
-            request.complete(status, 0);
-            return;
-        }
+    let Some(packet) = packet_for(
+        core,
+        channel.handle(),
+        id,
+        request,
+        &shared.stats.ping_failed,
+    ) else {
+        return;
     };
-    if let Err((request, status)) = wait_for_answer(core, id, request) {
-        bump(&shared.stats.ping_failed);
-        request.complete(status, 0);
-        return; // the packet, unsent, is freed
-    }
     let done = {
         let shared = Arc::clone(shared);
         let started = now_ns();
@@ -126,6 +122,46 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
         done,
     );
     drop(permit);
+    after_send(shared, sent, len);
+}
+
+/// The packet of a PING or SEND, allocated, with its request put in the table of requests
+/// waiting for the host ([`wait_for_answer`]). On failure the request is completed with the
+/// status and counted in `failed` (and in `alloc_failures` when no packet could be allocated),
+/// and `None` is returned; a packet already allocated is freed unsent.
+fn packet_for<'ch, P: Platform>(
+    core: &Core<P>,
+    channel: ChannelRef<'ch>,
+    id: u64,
+    request: P::Request,
+    failed: &AtomicU64,
+) -> Option<OutgoingPacket<'ch>> {
+    let packet = match channel.allocate_packet() {
+        Ok(p) => p,
+        Err(status) => {
+            bump(&core.shared.stats.alloc_failures);
+            bump(failed);
+            request.complete(status, 0);
+            return None;
+        }
+    };
+    match wait_for_answer(core, id, request) {
+        Ok(()) => Some(packet),
+        Err((request, status)) => {
+            bump(failed);
+            request.complete(status, 0);
+            None
+        }
+    }
+}
+
+/// After a PING's or SEND's `send`: counts the bytes the bus took, or runs the closure a
+/// refused send gave back with the refusal's status (the closure completes the request).
+fn after_send<P: Platform, F: FnOnce(Completion<'_>)>(
+    shared: &Shared<P>,
+    sent: Result<(), SendError<'_, F>>,
+    len: usize,
+) {
     match sent {
         Ok(()) => shared.stats.sent(len),
         Err(e) => (e.on_complete)(Completion {
@@ -244,33 +280,22 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
         }
     };
     message.truncate(len);
-    let packet = match channel.handle().allocate_packet() {
-        Ok(p) => p,
-        Err(status) => {
-            bump(&shared.stats.alloc_failures);
-            bump(&shared.stats.send_failed);
-            request.complete(status, 0);
-            return;
-        }
+    let Some(packet) = packet_for(
+        core,
+        channel.handle(),
+        id,
+        request,
+        &shared.stats.send_failed,
+    ) else {
+        return;
     };
-    if let Err((request, status)) = wait_for_answer(core, id, request) {
-        bump(&shared.stats.send_failed);
-        request.complete(status, 0);
-        return; // the packet, unsent, is freed
-    }
     let done = {
         let shared = Arc::clone(shared);
         move |c: Completion<'_>| send_answered(&shared, id, c)
     };
     let sent = packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done);
     drop(permit);
-    match sent {
-        Ok(()) => shared.stats.sent(len),
-        Err(e) => (e.on_complete)(Completion {
-            status: e.status,
-            response: &[],
-        }),
-    }
+    after_send(shared, sent, len);
 }
 
 /// The end of a SEND's transaction, as [`ping_answered`] for a PING.
