@@ -45,6 +45,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The packet both measurements send: in-band data, completion requested.
+fn in_band<'a>(pieces: &'a [&'a [u8]]) -> OutgoingPacket<'a> {
+    OutgoingPacket {
+        kind: OutgoingKind::InBand {
+            transaction_id: NonZeroU64::MIN,
+            completion_requested: true,
+        },
+        payload: pieces,
+    }
+}
+
 /// Measures `size`-byte payloads over `rounds` rounds.
 ///
 /// # Panics
@@ -64,13 +75,7 @@ pub fn ring_vs_memcpy_in(ring_bytes: usize, size: usize, rounds: usize) -> RingV
     let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut dst = vec![0u8; size + 8];
     let pieces: [&[u8]; 1] = [&src];
-    let packet = OutgoingPacket {
-        kind: OutgoingKind::InBand {
-            transaction_id: NonZeroU64::MIN,
-            completion_requested: true,
-        },
-        payload: &pieces,
-    };
+    let packet = in_band(&pieces);
     let mem = FlatRingMem::new(ring_bytes).expect("ring");
     let mut tx = OutgoingRing::new(&mem).expect("tx");
     let mut rx = IncomingRing::new(&mem).expect("rx");
@@ -172,13 +177,7 @@ pub fn two_threads(size: usize, packets: usize) -> f64 {
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let pieces: [&[u8]; 1] = [&src];
-            let packet = OutgoingPacket {
-                kind: OutgoingKind::InBand {
-                    transaction_id: NonZeroU64::MIN,
-                    completion_requested: true,
-                },
-                payload: &pieces,
-            };
+            let packet = in_band(&pieces);
             let mut tx = OutgoingRing::new(&mem).expect("tx");
             while !go.load(Ordering::Acquire) {
                 std::hint::spin_loop();
