@@ -74,22 +74,11 @@ static DEVICE_CONTEXT_TYPE_INFO: ContextTypeInfo = ContextTypeInfo(WDF_OBJECT_CO
 /// `device` is a device created by [`create`] (so it has a [`DeviceContext`]) whose context
 /// still exists: from `WdfDeviceCreate` until [`evt_device_destroy`] returns.
 unsafe fn context<'a>(device: WDFDEVICE) -> Option<&'a DeviceContext> {
-    // SAFETY: `device` is a framework object with our context type (caller); the type is passed
-    // by its `UniqueType`, as the accessor that `WDF_DECLARE_CONTEXT_TYPE_WITH_NAME` generates
-    // does. Callable up to DISPATCH_LEVEL + 1 (wdfobject.h), and from a destroy callback, which
-    // may access the object's context.
-    let context = unsafe {
-        call_unsafe_wdf_function_binding!(
-            WdfObjectGetTypedContextWorker,
-            device.cast::<c_void>(),
-            DEVICE_CONTEXT_TYPE_INFO.0.UniqueType,
-        )
-    };
-    // SAFETY: WDF returns the device's context (or null, handled by `as_ref`): memory for a
-    // `DeviceContext`, aligned (see the assertion above) and zero-filled, a valid value; it is
-    // never accessed through `&mut`, so a shared reference cannot alias one. It lives until the
+    // SAFETY: `create` gives every device it creates a `DeviceContext` declared by
+    // `DEVICE_CONTEXT_TYPE_INFO` (caller: `device` is one of them); all-zero is a valid
+    // `DeviceContext` (see the type) and it is never accessed through `&mut`; it lives until the
     // device's destroy callback returns, which outlasts every use (caller).
-    unsafe { context.cast::<DeviceContext>().as_ref() }
+    unsafe { DEVICE_CONTEXT_TYPE_INFO.context_of(device) }
 }
 
 /// The core of `device`, once [`create`] has put it in place.

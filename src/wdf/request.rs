@@ -35,7 +35,6 @@
 //!   calling the two DDIs with a spin lock held is allowed.
 
 use core::cell::UnsafeCell;
-use core::ffi::c_void;
 use core::mem::{self, ManuallyDrop, MaybeUninit};
 use core::ptr;
 use core::slice;
@@ -128,21 +127,11 @@ pub(super) static REQUEST_CONTEXT_TYPE_INFO: ContextTypeInfo =
 /// [`RequestContext`]: `WdfDeviceInitSetRequestAttributes`), and the reference is not used
 /// after the request is completed (the context goes with the request object).
 unsafe fn request_context<'a>(raw: WDFREQUEST) -> Option<&'a RequestContext> {
-    // SAFETY: `raw` is a live framework object (caller), passed as the `WDFOBJECT` the call
-    // takes, with our context type's `UniqueType`, as the accessor that
-    // `WDF_DECLARE_CONTEXT_TYPE_WITH_NAME` generates does. Callable up to DISPATCH_LEVEL + 1
-    // (wdfobject.h).
-    let context = unsafe {
-        call_unsafe_wdf_function_binding!(
-            WdfObjectGetTypedContextWorker,
-            raw.cast::<c_void>(),
-            REQUEST_CONTEXT_TYPE_INFO.0.UniqueType,
-        )
-    };
-    // SAFETY: WDF returns the request's context (or null, handled by `as_ref`): memory for a
-    // `RequestContext`, aligned (assertion above) and zero-filled, a valid value; it is never
-    // accessed through `&mut`, and it lives as long as the request object (caller).
-    unsafe { context.cast::<RequestContext>().as_ref() }
+    // SAFETY: `raw` is a live request of our device (caller), whose requests all get a
+    // `RequestContext` declared by `REQUEST_CONTEXT_TYPE_INFO`; all-zero is a valid
+    // `RequestContext` (see the type) and it is never accessed through `&mut`; it lives as long
+    // as the request object (caller).
+    unsafe { REQUEST_CONTEXT_TYPE_INFO.context_of(raw) }
 }
 
 /// `EvtRequestCancel` of PING and SEND requests (registered by [`IoRequest::mark_cancelable`]):
