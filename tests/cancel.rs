@@ -11,22 +11,13 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{T, finish, ioctl, ready};
+use common::{T, finish, ioctl, ready, send_input};
 use vmbmsg_core::NtStatus;
 use vmbmsg_core::sim::{Pending, Simulation};
-use vmbmsg_proto::ioctl::{
-    IOCTL_VMBMSG_PING, IOCTL_VMBMSG_SEND, PingOut, SendIn, SendOut, read_output, write_send_input,
-};
+use vmbmsg_proto::ioctl::{IOCTL_VMBMSG_PING, IOCTL_VMBMSG_SEND, PingOut, SendOut, read_output};
 use vmbmsg_proto::wire::{GuestBody, MessageKind, Reply, parse_guest_message};
 
 // ---- helpers ----------------------------------------------------------------------------------
-
-fn send_input(payload: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0; size_of::<SendIn>() + payload.len()];
-    let n = write_send_input(&mut buf, payload).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 fn ping(sim: &Simulation) -> Pending {
     sim.ioctl(IOCTL_VMBMSG_PING, &[], size_of::<PingOut>())

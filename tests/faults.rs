@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{RECV_LEN, T, finish, ioctl, quick, ready, ready_with, stats};
+use common::{RECV_LEN, T, finish, ioctl, quick, ready, ready_with, send_input, stats};
 use kmcl_model::{GuestPacket, Host};
 use vmbmsg_core::sim::{Behavior, Completed, Pending, SimConfig, Simulation};
 use vmbmsg_core::{CoreConfig, NtStatus};
 use vmbmsg_proto::ioctl::{
     BAD_REPLY_STATUS, ChannelState, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND,
-    NOT_READY_STATUS, PingOut, SendIn, SendOut, write_send_input,
+    NOT_READY_STATUS, PingOut, SendOut,
 };
 use vmbmsg_proto::wire::{
     GuestBody, HostMessage, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE, PROTOCOL_V1, Reply,
@@ -27,13 +27,6 @@ use vmbmsg_proto::wire::{
 };
 
 // ---- helpers ----------------------------------------------------------------------------------
-
-fn send_input(payload: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0; size_of::<SendIn>() + payload.len()];
-    let n = write_send_input(&mut buf, payload).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 fn ping(sim: &Simulation) -> Completed {
     ioctl(sim, IOCTL_VMBMSG_PING, &[], size_of::<PingOut>())
@@ -116,11 +109,7 @@ fn assert_accounted(sim: &Simulation) {
     assert_eq!(h.failed_by_guest, 0, "never VmbChannelPacketFail");
     let s = sim.core().stats();
     assert_eq!(
-        s.completions_ok.get()
-            + s.completions_malformed.get()
-            + s.completions_queue_full.get()
-            + s.completions_not_ready.get()
-            + s.completions_other.get(),
+        common::completions(&s),
         s.rx_packets.get(),
         "every received packet completed once with a counted status"
     );

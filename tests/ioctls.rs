@@ -5,23 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RECV_LEN, T, finish, info, ioctl, ready, ready_with, stats};
+use common::{RECV_LEN, T, finish, info, ioctl, ready, ready_with, send_input, stats};
 use vmbmsg_core::NtStatus;
 use vmbmsg_core::sim::{Behavior, SimConfig};
 use vmbmsg_proto::ioctl::{
     ABI_VERSION, BAD_REPLY_STATUS, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS,
     IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_RESET_STATS, IOCTL_VMBMSG_SEND, InfoOut,
-    PingOut, SEND_IN_MAX, SendIn, SendOut, StatsOut, TOO_MANY_PARKED_STATUS, parse_recv_output,
-    read_output, write_send_input,
+    PingOut, SEND_IN_MAX, SendOut, StatsOut, TOO_MANY_PARKED_STATUS, parse_recv_output,
+    read_output,
 };
 use vmbmsg_proto::wire::{MAX_PAYLOAD, PROTOCOL_V1};
-
-fn send_input(payload: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0; size_of::<SendIn>() + payload.len()];
-    let n = write_send_input(&mut buf, payload).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 #[test]
 fn unknown_codes_are_invalid_device_requests() {

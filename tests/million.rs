@@ -163,11 +163,7 @@ fn a_million_mixed_packets_on_four_delivery_threads() {
     assert_eq!(s.completions_queue_full.get(), queue_full);
     assert_eq!(s.completions_malformed.get(), malformed);
     assert_eq!(
-        s.completions_ok.get()
-            + s.completions_malformed.get()
-            + s.completions_queue_full.get()
-            + s.completions_not_ready.get()
-            + s.completions_other.get(),
+        common::completions(&s),
         TOTAL,
         "every packet completed exactly once"
     );

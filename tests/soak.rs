@@ -26,14 +26,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RECV_LEN, T};
+use common::{RECV_LEN, T, send_input};
 use kmcl_model::GuestPacket;
 use vmbmsg_core::CoreConfig;
 use vmbmsg_core::NtStatus;
 use vmbmsg_core::sim::{SimConfig, Simulation};
 use vmbmsg_proto::ioctl::{
-    BAD_REPLY_STATUS, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND, PingOut, SendIn,
-    SendOut, parse_recv_output, write_send_input,
+    BAD_REPLY_STATUS, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND, PingOut, SendOut,
+    parse_recv_output,
 };
 use vmbmsg_proto::wire::{
     GuestBody, HostMessage, MessageKind, PROTOCOL_V1, QUEUE_FULL_STATUS, Reply, ReplyBody,
@@ -143,13 +143,6 @@ fn answer(n: u64, gp: &GuestPacket) -> (NtStatus, Vec<u8>, bool) {
         60..=79 => (ok, good(m.id), true),
         _ => (ok, good(m.id), false),
     }
-}
-
-fn send_input(payload: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0; size_of::<SendIn>() + payload.len()];
-    let n = write_send_input(&mut buf, payload).unwrap();
-    buf.truncate(n);
-    buf
 }
 
 #[derive(Default)]
@@ -370,11 +363,7 @@ fn soak_ten_million_packets_with_faults_both_ways() {
     // Malformed host packets, and malformed host replies to PING/SEND.
     assert_eq!(s.malformed_total.get(), malformed + t(&tally.bad_reply));
     assert_eq!(
-        s.completions_ok.get()
-            + s.completions_malformed.get()
-            + s.completions_queue_full.get()
-            + s.completions_not_ready.get()
-            + s.completions_other.get(),
+        common::completions(&s),
         host_total,
         "every host packet completed exactly once"
     );

@@ -6,8 +6,8 @@ use std::time::Duration;
 use vmbmsg_core::sim::{Completed, SimConfig, Simulation};
 use vmbmsg_core::{CoreConfig, NtStatus};
 use vmbmsg_proto::ioctl::{
-    ChannelState, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS, InfoOut, RECV_OUT_MAX, StatsOut,
-    read_output,
+    ChannelState, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS, InfoOut, RECV_OUT_MAX, SendIn,
+    StatsOut, read_output, write_send_input,
 };
 
 pub(crate) const T: Duration = Duration::from_secs(10);
@@ -51,6 +51,24 @@ pub(crate) fn stats(sim: &Simulation) -> StatsOut {
     let c = ioctl(sim, IOCTL_VMBMSG_GET_STATS, &[], size_of::<StatsOut>());
     assert_eq!(c.status, NtStatus::STATUS_SUCCESS);
     read_output(&c.output).expect("a valid StatsOut")
+}
+
+/// The input buffer of a SEND IOCTL carrying `payload`.
+pub(crate) fn send_input(payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0; size_of::<SendIn>() + payload.len()];
+    let n = write_send_input(&mut buf, payload).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Host packets the driver completed, over every completion status it counts: equal to
+/// `rx_packets` when each packet was completed exactly once with a counted status.
+pub(crate) fn completions(s: &StatsOut) -> u64 {
+    s.completions_ok.get()
+        + s.completions_malformed.get()
+        + s.completions_queue_full.get()
+        + s.completions_not_ready.get()
+        + s.completions_other.get()
 }
 
 /// RECV's minimum output size.
