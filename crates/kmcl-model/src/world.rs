@@ -491,6 +491,23 @@ impl Default for State {
 }
 
 impl State {
+    /// A guest packet to hand to the host now (`immediate`), or `None` once it waits on its
+    /// channel for the open: before the open there is no ring yet (§6.2).
+    fn now_or_at_open(
+        &mut self,
+        serial: u64,
+        gp: GuestPacket,
+        immediate: bool,
+    ) -> Option<GuestPacket> {
+        if immediate {
+            return Some(gp);
+        }
+        if let Some(c) = self.channels.get_mut(&serial) {
+            c.pre_open.push_back(gp);
+        }
+        None
+    }
+
     /// The channel `serial`, or a violation (`ChannelUseAfterCleanup` for a cleaned-up one,
     /// `InvalidHandle` for one never allocated).
     fn channel(&mut self, func: &'static str, serial: u64, h: usize) -> Option<&mut Channel> {
@@ -2476,15 +2493,7 @@ impl World {
                 },
             );
         }
-        let gp = if immediate {
-            Some(gp)
-        } else {
-            // Before the open there is no ring yet: the packet waits on the channel (§6.2).
-            if let Some(c) = st.channels.get_mut(&serial) {
-                c.pre_open.push_back(gp);
-            }
-            None
-        };
+        let gp = st.now_or_at_open(serial, gp, immediate);
         drop(g);
         if let Some(gp) = gp {
             self.deliver_to_host(gp, true);
@@ -2947,15 +2956,7 @@ impl World {
             world: self.me.clone(),
             held: None,
         };
-        let gp = if immediate {
-            Some(gp)
-        } else {
-            // Before the open there is no ring yet: the packet waits on the channel (§6.2).
-            if let Some(c) = st.channels.get_mut(&serial) {
-                c.pre_open.push_back(gp);
-            }
-            None
-        };
+        let gp = st.now_or_at_open(serial, gp, immediate);
         drop(g);
         if let Some(gp) = gp {
             // A request that must not wait is not queued on the channel either.
