@@ -1,9 +1,9 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Cancelling PING and SEND requests that wait for the host: the request completes at once with
 //! `STATUS_CANCELLED`; the packet, which KMCL cannot recall, stays in flight until the host
 //! answers or the channel closes, and that answer is still counted (as a failed PING or SEND)
 //! and never completes the request a second time. Nothing leaks and the model's verifier sees
 //! no violation.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

@@ -1,4 +1,3 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Fault injection: the library failing (NULL packet, failed send), the host failing (never
 //! answering, answering twice, answering transactions that do not exist, answering with
 //! replies of the wrong size) and the host rescinding the channel at every step of its life.
@@ -6,6 +5,7 @@
 //! For each fault the driver must complete the request with a clear status, count the fault,
 //! leak nothing (no packet, no request, no incoming packet left unretired), record no contract
 //! violation, and go on serving when the channel is still there.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

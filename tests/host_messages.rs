@@ -1,6 +1,6 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Each host-to-guest message, good and malformed: every packet completed exactly once with
 //! the right status, malformed ones counted by reason, and nothing lost.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

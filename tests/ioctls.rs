@@ -1,5 +1,5 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Each IOCTL with good and bad buffers, and the statuses user mode relies on.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

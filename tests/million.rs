@@ -1,6 +1,6 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! 1 000 000 mixed host packets on four delivery threads, with IOCTL traffic alongside: zero
 //! verifier violations, zero leaks, and statistics that add up exactly.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

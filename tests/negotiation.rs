@@ -1,5 +1,5 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Version negotiation when the channel opens: accepted, rejected, host never answers, garbage.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

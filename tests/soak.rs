@@ -1,4 +1,3 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! Soak: 10 000 000 packets both ways (set `VMBMSG_SOAK_PACKETS` for another number) with
 //! faults injected at fixed rates on both sides, on four delivery threads, with user mode
 //! receiving, cancelling, pinging and sending alongside. At the end: every packet and request
@@ -19,6 +18,7 @@
 //! * library: 10 `VmbPacketAllocate` failures and 10 `VmbPacketSend` failures per 1 000
 //!   requests;
 //! * user mode: 10 of 1 000 parked RECVs cancelled.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

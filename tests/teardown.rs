@@ -1,6 +1,6 @@
-#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 //! The channel going away with requests parked and packets in flight: everything finished
 //! with a clear status, nothing leaked, no contract violated.
+#![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
 

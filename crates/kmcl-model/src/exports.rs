@@ -1,9 +1,11 @@
 //! The 40 KMCL client functions, defined with the names and signatures `kmcl-sys` declares.
 //!
 //! Each symbol is `#[unsafe(no_mangle)]` and unique in the process: `kmcl-sys` only declares
-//! these names, vmbkmcl.lib is not linked when this crate is in the build (the
-//! `suppress-vmbkmcl-linking` feature), and no other crate defines them. The linker resolves
-//! every `kmcl_sys::Vmb*` call of the guest code to the definitions below.
+//! these names, vmbkmcl.lib is never linked off Windows (and on Windows only with kmcl-sys's
+//! `link` feature, which nothing in this crate turns on), and no other crate defines them. The
+//! linker resolves every `kmcl_sys::Vmb*` call of guest code built with kmcl's `linked` feature
+//! to the definitions below; guest code that queried the interface table calls the same
+//! definitions through the pointers `query_interface` filled in.
 //!
 //! Each is `#[inline(never)]`: they stand for a separate library, so link-time optimisation
 //! must not fold the model into the guest code it serves (benchmarks attribute instructions

@@ -239,7 +239,7 @@ pub struct GuestPacket {
     /// External data described by an MDL, copied at send time.
     pub external: Option<Vec<u8>>,
     /// External data described as page frame numbers (`VmbPacketSendWithExternalPfns`).
-    pub pfns: Option<Vec<usize>>,
+    pub pfns: Option<Vec<u64>>,
     pub(crate) id: u64,
     pub(crate) channel: u64,
     pub(crate) needs_completion: bool,

@@ -383,7 +383,7 @@ pub(crate) enum External {
         offset: u32,
         len: u32,
     },
-    Pfns(Vec<usize>),
+    Pfns(Vec<u64>),
 }
 
 /// How a guest retires an incoming packet.
@@ -3143,7 +3143,7 @@ impl World {
 }
 
 /// External data of a guest packet in the ring: (channel, MDL bytes, PFNs).
-type SideData = (u64, Option<Vec<u8>>, Option<Vec<usize>>);
+type SideData = (u64, Option<Vec<u8>>, Option<Vec<u64>>);
 
 /// One ProcessPacket call to make.
 struct Delivery {

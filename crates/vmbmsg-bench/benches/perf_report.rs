@@ -11,6 +11,8 @@
 //! and prints one markdown report (or replaces the results section of `--write`'s file).
 //! Needs valgrind for the instruction counts (the column says so when it is missing).
 //! A plain `cargo bench` runs this target without `--report`, which does nothing.
+#![cfg_attr(windows, no_main)] // Linux only: the harness runs against kmcl-model
+#![cfg(not(windows))]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

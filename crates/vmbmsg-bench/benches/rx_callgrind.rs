@@ -1,6 +1,8 @@
 //! `rx_callgrind <rust|c|null> <payload bytes> <packets>`: delivers that many ECHO packets on
 //! this thread, for `valgrind --tool=callgrind --toggle-collect=<the guest's callback>`
 //! (perf-report runs it twice with different packet counts and divides the difference).
+#![cfg_attr(windows, no_main)] // Linux only: the harness runs against kmcl-model
+#![cfg(not(windows))]
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

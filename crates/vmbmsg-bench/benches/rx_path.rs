@@ -7,6 +7,8 @@
 //! guest→host ring and the host reads it. No thread hand-off is timed. The guest's own cost is
 //! the difference to the null guest; callgrind attributes instructions exactly
 //! (`perf-report`, docs/performance.md).
+#![cfg_attr(windows, no_main)] // Linux only: the harness runs against kmcl-model
+#![cfg(not(windows))]
 
 use std::hint::black_box;
 

@@ -6,6 +6,7 @@
 //! bookkeeping) and so does any guest's delivery; the null guest (completes each packet with
 //! its own bytes, a reply of the same size) measures exactly that share. The driver must add
 //! nothing: the same number of allocations and bytes per packet, at every payload size.
+#![cfg(not(windows))] // Linux only: the harness runs against kmcl-model
 
 use vmbmsg_bench::allocs::{CountingAllocator, Counts, count};
 use vmbmsg_bench::{Guest, PAYLOAD_SIZES, RxWorld, echo_message};

@@ -88,8 +88,11 @@ mod imp {
         let mut freq = wdk_sys::LARGE_INTEGER::default();
         // SAFETY: `freq` is a valid out pointer; callable at any IRQL.
         let ticks = unsafe { wdk_sys::ntddk::KeQueryPerformanceCounter(&raw mut freq) };
-        // SAFETY: both values were just written by the kernel as 64-bit counts.
-        let (ticks, freq) = unsafe { (ticks.QuadPart, freq.QuadPart) };
+        // SAFETY: the kernel just wrote the counter as a 64-bit count; every bit pattern of the
+        // union is a valid `QuadPart`.
+        let ticks = unsafe { ticks.QuadPart };
+        // SAFETY: as above, for the frequency the kernel wrote through `freq`.
+        let freq = unsafe { freq.QuadPart };
         let (Ok(ticks), Ok(freq)) = (u128::try_from(ticks), u128::try_from(freq)) else {
             return 0;
         };

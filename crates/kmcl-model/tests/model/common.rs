@@ -256,7 +256,7 @@ pub fn send_mdl(p: Pkt, data: &[u8], mdl: sys::PMDL, off: u32, len: u32, flags: 
         )
     })
 }
-pub fn send_pfns(p: Pkt, data: &[u8], pfns: &[usize], flags: u32) -> NtStatus {
+pub fn send_pfns(p: Pkt, data: &[u8], pfns: &[u64], flags: u32) -> NtStatus {
     let n = u32::try_from(pfns.len()).expect("short list");
     // SAFETY: `data` and `pfns` are readable for their lengths during the call.
     NtStatus(unsafe {

@@ -345,7 +345,7 @@ fn external_mdl_and_pfns_reach_the_host() {
         NtStatus::STATUS_SUCCESS
     );
     let gp = host.recv(T).expect("recv");
-    assert_eq!(gp.pfns.as_deref(), Some(&[7usize, 8, 9][..]));
+    assert_eq!(gp.pfns.as_deref(), Some(&[7u64, 8, 9][..]));
     gp.complete(NtStatus::STATUS_SUCCESS, b"");
     assert!(mdl_free(mdl));
     assert!(!mdl_free(mdl));
