@@ -2,7 +2,7 @@
 //!
 //! * On Windows it runs bindgen over the WDK's `km/vmbuskernelmodeclientlibapi.h`, preceded by
 //!   the base and WDF headers that wdk-build lists for this driver's configuration, allowlisted
-//!   to exactly the client API (`bindgen_common.rs`, `bindgen_names.rs`) and reusing wdk-sys's
+//!   to exactly the client API (`bindgen_common.rs`) and reusing wdk-sys's
 //!   types (reference/windows-drivers-rs.md §2.4). With the `link` feature it also links
 //!   `vmbkmcl.lib`, the way wdk-build links every kernel import library (`static`, `-bundle`:
 //!   the import library is passed to the final link of the driver instead of being copied into
@@ -19,7 +19,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     const HEADER: &str = "vmbuskernelmodeclientlibapi.h";
     println!("cargo::rerun-if-changed=bindgen_common.rs");
-    println!("cargo::rerun-if-changed=bindgen_names.rs");
     println!("cargo::rerun-if-env-changed=CARGO_FEATURE_LINK");
 
     let config = wdk_build::Config::from_env_auto()?;
@@ -37,7 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!(
                 "{HEADER} was not found in the WDK include directories that wdk-build reports \
                  ({}); install the Windows Driver Kit whose version matches the SDK",
-                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
     println!("cargo::rerun-if-changed={}", path.display());
@@ -67,7 +69,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                  without the feature: the default reaches KMCL through the \
                  KMCL_CLIENT_INTERFACE_V1 table the VMBus bus driver hands out, which needs no \
                  import library (docs/build-windows.md)",
-                lib_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                lib_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
             .into());
         }

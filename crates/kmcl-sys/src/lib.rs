@@ -18,7 +18,7 @@
 //! # The same API on both sides
 //!
 //! The names, argument names and order, types and derives are the same on both sides; both
-//! runs share their options and name lists (`bindgen_common.rs`, `bindgen_names.rs`). What
+//! runs share their options and name lists (`bindgen_common.rs`, `bindgen_common.rs`). What
 //! `../shared/tools/winharness` (step 10) still shows between the Windows-generated
 //! declarations and `portable.rs`, and why each is harmless:
 //!
@@ -59,39 +59,13 @@ mod bindings {
     include!(concat!(env!("OUT_DIR"), "/vmbkmcl.rs"));
 }
 
-// The base types of `bindgen_names.rs` `KMCL_BASE_TYPES`, one per line (a test checks the list).
+// The base types of `bindgen_common.rs` `KMCL_BASE_TYPES`, one per line (a test checks the list).
 #[cfg(windows)]
 pub use wdk_sys::{
-    BOOLEAN,
-    DEVICE_OBJECT,
-    GUID,
-    HANDLE,
-    INTERFACE,
-    LARGE_INTEGER,
-    LPCGUID,
-    LPGUID,
-    MDL,
-    NTSTATUS,
-    PCUNICODE_STRING,
-    PDEVICE_OBJECT,
-    PFN_NUMBER,
-    PINTERFACE,
-    PINTERFACE_DEREFERENCE,
-    PINTERFACE_REFERENCE,
-    PLARGE_INTEGER,
-    PMDL,
-    PPFN_NUMBER,
-    PUINT16,
-    PUINT32,
-    PVOID,
-    UINT16,
-    UINT32,
-    UINT64,
-    ULONG,
-    ULONG64,
-    ULONG_PTR,
-    UNICODE_STRING,
-    USHORT,
+    BOOLEAN, DEVICE_OBJECT, GUID, HANDLE, INTERFACE, LARGE_INTEGER, LPCGUID, LPGUID, MDL, NTSTATUS,
+    PCUNICODE_STRING, PDEVICE_OBJECT, PFN_NUMBER, PINTERFACE, PINTERFACE_DEREFERENCE,
+    PINTERFACE_REFERENCE, PLARGE_INTEGER, PMDL, PPFN_NUMBER, PUINT16, PUINT32, PVOID, UINT16,
+    UINT32, UINT64, ULONG, ULONG_PTR, ULONG64, UNICODE_STRING, USHORT,
 };
 
 #[cfg(not(windows))]
@@ -334,11 +308,18 @@ mod layout_tests {
         ];
         assert_eq!(members.len(), 41);
         for (i, offset) in members.iter().enumerate() {
-            assert_eq!(*offset, 0x20 + 8 * i, "member {i} of KMCL_CLIENT_INTERFACE_V1");
+            assert_eq!(
+                *offset,
+                0x20 + 8 * i,
+                "member {i} of KMCL_CLIENT_INTERFACE_V1"
+            );
         }
         // Spot checks against dxgkrnl's indirect calls (kmcl-interface-facts §4).
         assert_eq!(offset_of!(T, VmbChannelInitSetMaximumPacketSize), 0x90);
-        assert_eq!(offset_of!(T, VmbClientChannelInitSetRingBufferPageCount), 0x108);
+        assert_eq!(
+            offset_of!(T, VmbClientChannelInitSetRingBufferPageCount),
+            0x108
+        );
         assert_eq!(offset_of!(T, VmbPacketSetPointer), 0x160);
     }
 
@@ -371,14 +352,21 @@ mod drift_tests {
     use std::format;
     use std::vec::Vec;
 
-    /// The name lists both generators use.
-    mod names {
-        include!("../bindgen_names.rs");
+    /// A name list of `bindgen_common.rs` (`pub const NAME: &[&str] = &[...]`), read as text:
+    /// the file needs the `bindgen` crate, which this crate does not depend on.
+    fn list(name: &str) -> Vec<&'static str> {
+        let src = include_str!("../bindgen_common.rs");
+        let start = src
+            .find(&format!("pub const {name}: &[&str] = &["))
+            .unwrap_or_else(|| panic!("bindgen_common.rs has no list {name}"));
+        let body = &src[start..];
+        let body = &body[body.find("&[").unwrap_or(0) + 2..body.find("];").unwrap_or(0)];
+        body.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim_matches('"'))
+            .collect()
     }
-    use names::{
-        KMCL_BASE_TYPES, KMCL_FUNCTION_TYPES, KMCL_FUNCTIONS, KMCL_GUIDS, KMCL_STRUCT_DERIVES,
-        KMCL_STRUCTS, KMCL_TYPES, KMCL_VARS,
-    };
 
     /// Compiles only if `A` and `B` are the same type.
     fn same<A, B>(a: A) -> B
@@ -416,7 +404,7 @@ mod drift_tests {
 
     fn copy_clone_debug_default<T: Copy + Clone + core::fmt::Debug + Default>() {}
 
-    /// The derives `bindgen_names.rs` asks for on both sides; before, the portable run derived
+    /// The derives `bindgen_common.rs` asks for on both sides; before, the portable run derived
     /// `Debug, Default, Copy, Clone` for the callbacks struct and the WDK run nothing.
     #[test]
     fn every_generated_struct_has_the_same_derives_on_both_sides() {
@@ -426,16 +414,13 @@ mod drift_tests {
         copy_clone_debug_default::<VMB_CHANNEL_STATE_CHANGE_CALLBACKS>();
         copy_clone_debug_default::<KMCL_CLIENT_INTERFACE_V1>();
         let src = include_str!("generated/portable.rs");
-        let derive = format!("#[derive({})]", KMCL_STRUCT_DERIVES.join(", "));
-        for name in KMCL_STRUCTS {
+        let derive = format!("#[derive({})]", list("KMCL_STRUCT_DERIVES").join(", "));
+        for name in list("KMCL_STRUCTS") {
             let at = src
                 .find(&format!("pub struct {name} {{"))
                 .unwrap_or_else(|| panic!("{name} is not generated"));
             let attrs = &src[src[..at].rfind("#[repr(C)]").unwrap_or(0)..at];
-            assert!(
-                attrs.contains(&derive),
-                "{name}: {attrs:?} lacks {derive}"
-            );
+            assert!(attrs.contains(&derive), "{name}: {attrs:?} lacks {derive}");
         }
     }
 
@@ -447,15 +432,19 @@ mod drift_tests {
         let start = lib
             .find("pub use wdk_sys::{")
             .expect("lib.rs re-exports wdk-sys types");
-        let list = &lib[start..start + lib[start..].find('}').expect("closed")];
-        let names: Vec<&str> = list["pub use wdk_sys::{".len()..]
+        let reexports = &lib[start..start + lib[start..].find('}').expect("closed")];
+        let names: Vec<&str> = reexports["pub use wdk_sys::{".len()..]
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .collect();
-        assert_eq!(names, KMCL_BASE_TYPES, "lib.rs's wdk-sys re-exports");
+        assert_eq!(
+            names,
+            list("KMCL_BASE_TYPES"),
+            "lib.rs's wdk-sys re-exports"
+        );
         let generated = include_str!("generated/portable.rs");
-        for name in KMCL_BASE_TYPES {
+        for name in list("KMCL_BASE_TYPES") {
             assert!(
                 generated.contains(&format!("pub type {name} ="))
                     || generated.contains(&format!("pub struct {name} ")),
@@ -465,7 +454,7 @@ mod drift_tests {
     }
 
     /// The 40 plain functions and the 41 `FN_`/`PFN_` types of the table are exactly those
-    /// `bindgen_names.rs` lists: nothing of the server half, nothing missing.
+    /// `bindgen_common.rs` lists: nothing of the server half, nothing missing.
     #[test]
     fn exactly_the_client_api_is_generated() {
         let generated = include_str!("generated/portable.rs");
@@ -476,23 +465,23 @@ mod drift_tests {
                 &rest[..rest.find('(').unwrap_or(0)]
             })
             .collect();
-        assert_eq!(fns, KMCL_FUNCTIONS);
-        assert_eq!(KMCL_FUNCTION_TYPES.len(), 41);
-        for t in KMCL_FUNCTION_TYPES {
+        assert_eq!(fns, list("KMCL_FUNCTIONS"));
+        assert_eq!(list("KMCL_FUNCTION_TYPES").len(), 41);
+        for t in list("KMCL_FUNCTION_TYPES") {
             assert!(generated.contains(&format!("pub type FN_{t} =")), "FN_{t}");
             let pfn = format!("pub type PFN_{t} =");
             let at = generated.find(&pfn).unwrap_or_else(|| panic!("PFN_{t}"));
             let rhs = &generated[at + pfn.len()..];
             assert_eq!(rhs[..rhs.find(';').unwrap_or(0)].trim(), format!("FN_{t}"));
         }
-        for t in KMCL_TYPES {
+        for t in list("KMCL_TYPES") {
             assert!(
                 generated.contains(&format!("pub type {t} ="))
                     || generated.contains(&format!("pub struct {t} ")),
                 "{t}"
             );
         }
-        for v in KMCL_VARS.iter().chain(KMCL_GUIDS) {
+        for v in list("KMCL_VARS").into_iter().chain(list("KMCL_GUIDS")) {
             assert!(generated.contains(&format!("pub const {v}: ")), "{v}");
         }
         assert!(!generated.contains("SERVER"));
