@@ -198,8 +198,8 @@ pub const KMCL_BASE_TYPES: &[&str] = &[
     "UINT32",
     "UINT64",
     "ULONG",
-    "ULONG64",
     "ULONG_PTR",
+    "ULONG64",
     "UNICODE_STRING",
     "USHORT",
 ];

@@ -360,7 +360,7 @@ mod drift_tests {
             .find(&format!("pub const {name}: &[&str] = &["))
             .unwrap_or_else(|| panic!("bindgen_common.rs has no list {name}"));
         let body = &src[start..];
-        let body = &body[body.find("&[").unwrap_or(0) + 2..body.find("];").unwrap_or(0)];
+        let body = &body[body.find("= &[").unwrap_or(0) + 4..body.find("];").unwrap_or(0)];
         body.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
