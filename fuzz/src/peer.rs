@@ -13,7 +13,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use kmcl_model::{GuestPacket, Host, HostTxn, ModelConfig};
 use vmbmsg::sim::{Pending, SimPlatform};
-use vmbmsg::{Core, CoreConfig, NtStatus, ParentDevice};
+use vmbmsg::{Core, CoreConfig, Library, NtStatus, ParentDevice};
 use vmbmsg_proto::ioctl::{
     IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV,
     IOCTL_VMBMSG_SEND, InfoOut, PingOut, SendOut, StatsOut, parse_recv_output, read_output,
@@ -241,8 +241,10 @@ enum Expect {
 
 /// The driver core, its model world and everything the fuzzer started.
 pub struct Peer {
-    // Field order is drop order: the core (whose Drop takes the channel down) before the host.
+    // Field order is drop order: the core (whose Drop takes the channel down) before the
+    // device's library reference, and both before the host.
     core: Core<SimPlatform>,
+    library: Library,
     host: Host,
     side: Arc<Mutex<HostSide>>,
     /// Every IOCTL: its code, output size, completion, and whether a cancel of it took effect.
@@ -259,11 +261,23 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-/// The model's parent-device token for `host`.
+/// The client interface table of `host`'s device, as the WDF shell queries it.
 #[expect(
     unsafe_code,
-    reason = "the harness's one unsafe call: wrapping the model's device token"
+    reason = "the query hands kmcl a raw interface buffer, as WdfFdoQueryForInterface does"
 )]
+fn library_of(host: &Host) -> Library {
+    let query = |iface, size, version, ty: &_| {
+        // SAFETY: `iface` is the table kmcl passes, writable for `size` bytes.
+        unsafe { host.query_interface(ty, iface, size, version) }
+    };
+    // SAFETY: see above: the model's query fills the whole table and takes one reference for
+    // the caller, as a PnP query-interface does.
+    unsafe { Library::query(query) }.expect("query the client interface")
+}
+
+/// The model's parent-device token for `host`.
+#[expect(unsafe_code, reason = "wrapping the model's device token")]
 fn parent_of(host: &Host) -> ParentDevice {
     // SAFETY: `ParentDevice::from_raw` needs a device object valid for as long as any channel
     // allocated under it exists. The model's token is valid for the life of `host`, and a
@@ -311,9 +325,12 @@ impl Peer {
             let side = Arc::clone(&side);
             host.set_responder(move |gp| respond(&mut lock(&side), gp));
         }
-        core.channel_up(parent_of(&host)).expect("channel up");
+        let library = library_of(&host);
+        core.channel_up(&library, parent_of(&host))
+            .expect("channel up");
         Self {
             core,
+            library,
             host,
             side,
             requests: Vec::new(),
@@ -343,7 +360,7 @@ impl Peer {
     pub fn restart(&self) {
         self.core.channel_down();
         self.core
-            .channel_up(parent_of(&self.host))
+            .channel_up(&self.library, parent_of(&self.host))
             .expect("channel up again");
         self.open();
     }

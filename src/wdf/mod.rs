@@ -90,6 +90,7 @@
     reason = "the KMDF shell is the FFI boundary; see the UNSAFETY comment"
 )]
 
+mod alloc;
 mod device;
 mod driver;
 mod queue;
@@ -105,11 +106,13 @@ use wdk_sys::{ULONG, WDF_OBJECT_CONTEXT_TYPE_INFO, call_unsafe_wdf_function_bind
 #[cfg(not(test))]
 extern crate wdk_panic;
 
-/// Every `alloc` allocation of the driver comes from non-paged pool (wdk-alloc 0.4.2,
-/// `ExAllocatePool2(POOL_FLAG_NON_PAGED, ..)`), so it is usable up to DISPATCH_LEVEL.
+/// Every `alloc` allocation of the driver comes from non-paged, no-execute pool
+/// (`ExAllocatePoolWithTag(NonPagedPoolNx, ..)`, tag `vmbm`), so it is usable up to
+/// DISPATCH_LEVEL on every supported Windows version, with the layout's alignment honoured
+/// (`alloc.rs` says why not wdk-alloc).
 #[cfg(not(test))]
 #[global_allocator]
-static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
+static GLOBAL_ALLOCATOR: alloc::PoolAllocator = alloc::PoolAllocator;
 
 /// `WDF_STRUCTURE_SIZE(T)` (`sizeof`) as the `ULONG` every WDF `Size` field wants. Use it in a
 /// `const { }` block so that the range check happens at compile time.

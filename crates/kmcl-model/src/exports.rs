@@ -67,7 +67,17 @@ fn channel(func: &'static str, ch: VMBCHANNEL) -> Option<(Arc<World>, u64, usize
         );
         return None;
     }
+    w.check_interface(func, h);
     Some((w, d.serial, h))
+}
+
+/// The MMIO range of the offer `ch` is bound to (`VmbChannelGetMmioSpace`, a table-only
+/// function: `interface.rs`); zeros for an unknown channel.
+pub(crate) fn mmio_space(ch: VMBCHANNEL) -> (u64, u64) {
+    match channel("VmbChannelGetMmioSpace", ch) {
+        Some((w, _, _)) => w.cfg.mmio_space,
+        None => (0, 0),
+    }
 }
 
 /// The world and key of a packet handle (library or caller memory), or a recorded violation.
@@ -93,10 +103,12 @@ fn packet(func: &'static str, p: VMBPACKET) -> Option<(Arc<World>, PacketKey, us
                 );
                 return None;
             }
+            w.check_interface(func, h);
             Some((w, PacketKey::Lib(d.serial), h))
         }
         None => {
             if let Some(w) = handle::caller_packet_world(h).and_then(handle::world) {
+                w.check_interface(func, h);
                 return Some((w, PacketKey::Caller(h), h));
             }
             let why = if h == 0 {
@@ -132,6 +144,7 @@ fn token(func: &'static str, t: VMBPACKETCOMPLETION) -> Option<(Arc<World>, u64,
         );
         return None;
     };
+    w.check_interface(func, h);
     Some((w, d.serial, h))
 }
 
@@ -169,6 +182,7 @@ pub unsafe extern "C" fn VmbChannelAllocate(
         );
         return NtStatus::STATUS_INVALID_PARAMETER_1.0;
     };
+    w.check_interface(F, dh);
     if !w.require_passive(F, dh) {
         return NtStatus::STATUS_INVALID_DEVICE_STATE.0;
     }

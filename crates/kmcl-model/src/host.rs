@@ -51,6 +51,9 @@ pub struct ModelConfig {
     /// The interface instance of the host's offer (what `VmbChannelGetInterfaceInstance`
     /// returns once the channel is open).
     pub interface_instance: GUID,
+    /// The offer's MMIO range, `(address, size)`, as `VmbChannelGetMmioSpace` (a member of
+    /// the client interface table only) reports it. None by default, as for most offers.
+    pub mmio_space: (u64, u64),
 }
 
 impl Default for ModelConfig {
@@ -60,6 +63,7 @@ impl Default for ModelConfig {
             teardown_timeout: Duration::from_secs(10),
             interface_type: DEFAULT_INTERFACE_TYPE,
             interface_instance: DEFAULT_INTERFACE_INSTANCE,
+            mmio_space: (0, 0),
         }
     }
 }
@@ -78,6 +82,8 @@ struct Faults {
     fail_sends: u32,
     send_status: Option<NtStatus>,
     rescind_after_opened: bool,
+    fail_interface_queries: u32,
+    interface_query_status: Option<NtStatus>,
 }
 
 impl FaultPlan {
@@ -106,6 +112,26 @@ impl FaultPlan {
     /// thread before `Host::open` returns.
     pub fn rescind_after_opened(&self) {
         self.faults().rescind_after_opened = true;
+    }
+
+    /// The next `n` queries of the client interface table fail with `status` (a bus driver
+    /// that does not export it, or one that cannot take a reference).
+    pub fn fail_interface_queries(&self, n: u32, status: NtStatus) {
+        let mut f = self.faults();
+        f.fail_interface_queries = n;
+        f.interface_query_status = Some(status);
+    }
+
+    pub(crate) fn take_interface_query_failure(&self) -> Option<NtStatus> {
+        let mut f = self.faults();
+        if f.fail_interface_queries == 0 {
+            return None;
+        }
+        f.fail_interface_queries -= 1;
+        Some(
+            f.interface_query_status
+                .unwrap_or(NtStatus::STATUS_NOT_SUPPORTED),
+        )
     }
 
     /// Disarms every fault.
@@ -405,6 +431,60 @@ impl Host {
     #[must_use]
     pub fn config(&self) -> &ModelConfig {
         &self.world.cfg
+    }
+
+    /// `IRP_MN_QUERY_INTERFACE` on this world's VMBus device, as the bus driver answers it
+    /// (see [`query_interface`](crate::query_interface)): what a guest's
+    /// `WdfFdoQueryForInterface` on [`parent_device`](Self::parent_device) reaches.
+    ///
+    /// # Safety
+    /// `interface` is NULL or writable for `size` bytes.
+    pub unsafe fn query_interface(
+        &self,
+        interface_type: &GUID,
+        interface: kmcl_sys::PINTERFACE,
+        size: u16,
+        version: u16,
+    ) -> NtStatus {
+        // SAFETY: forwarded contract.
+        unsafe {
+            crate::interface::query_interface(
+                self.parent_device(),
+                interface_type,
+                interface,
+                size,
+                version,
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    /// References the guest holds on this world's client interface table now.
+    #[must_use]
+    pub fn interface_references(&self) -> i64 {
+        self.world.interface().references()
+    }
+
+    /// Successful queries of this world's client interface table so far.
+    #[must_use]
+    pub fn interface_queries(&self) -> u64 {
+        self.world.interface().queries()
+    }
+
+    /// The guest's device is removed (`IRP_MN_REMOVE_DEVICE` reached the bus driver): records
+    /// [`InterfaceNotReleased`](crate::ViolationKind::InterfaceNotReleased) if the guest still
+    /// holds references on the client interface table; every KMCL call from now on is a use of
+    /// a released table.
+    pub fn remove_device(&self) {
+        let held = self.world.interface().remove();
+        if held > 0 {
+            self.world.record(
+                crate::ViolationKind::InterfaceNotReleased,
+                "IRP_MN_REMOVE_DEVICE",
+                self.parent_device().addr(),
+                format!("{held} reference(s) on the client interface table still held"),
+            );
+        }
     }
 
     /// Opens the channel the guest has enabled: runs `EvtChannelOpened`, `EvtChannelStarted`

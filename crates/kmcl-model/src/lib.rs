@@ -5,11 +5,13 @@
 //!
 //! * **The library.** The 40 client functions that `kmcl-sys` declares are defined here under
 //!   the same names and signatures (`#[unsafe(no_mangle)] extern "C"`), implementing the
-//!   documented contract of `shared/reference/vmbus-kmcl-api.md`: the channel state model
-//!   (§5), packet lifetimes (§6), every function (§7) and callback (§8). Where the reference
-//!   marks a rule `[inf]`, the model takes that conservative choice and says so in a comment.
-//!   Code that calls `kmcl_sys::Vmb*` links against these definitions when this crate is in
-//!   the build.
+//!   documented contract of the KMCL reference: the channel state model (§5), packet lifetimes
+//!   (§6), every function (§7) and callback (§8). Where the reference marks a rule `[inf]`, the
+//!   model takes that conservative choice and says so in a comment. Code that calls
+//!   `kmcl_sys::Vmb*` links against these definitions when this crate is in the build, and
+//!   [`query_interface`] (or [`Host::query_interface`]) hands out a
+//!   `KMCL_CLIENT_INTERFACE_V1` table of the same functions, as the VMBus bus driver does,
+//!   counting references.
 //! * **A scriptable host.** [`connected`] creates an isolated world and returns its [`Host`]:
 //!   the guest allocates its channel under [`Host::parent_device`], the test opens it
 //!   ([`Host::open`]), sends packets ([`Host::send`]), receives and completes the guest's
@@ -53,6 +55,7 @@
 mod exports;
 mod handle;
 mod host;
+mod interface;
 mod irql;
 mod mdl;
 mod raw;
@@ -65,6 +68,7 @@ pub use host::{
     GuestPacket, Host, HostSendError, HostStats, HostTxn, ModelConfig, OpenError, OpenTask,
     ViolationGuard, connected, connected_with,
 };
+pub use interface::query_interface;
 pub use irql::{Irql, current_irql, with_irql};
 pub use mdl::{mdl_bytes, mdl_create, mdl_free};
 pub use ntstatus::NtStatus;

@@ -78,6 +78,17 @@ pub enum ViolationKind {
     InvalidParameter,
     /// The test's host responder panicked (the model caught it at the FFI boundary).
     ResponderPanicked,
+    /// A KMCL function called after every reference on the client interface table of its
+    /// device was released (or after the device was removed): a call through a released table.
+    InterfaceUseAfterRelease,
+    /// `InterfaceDereference` on an interface with no reference left (released twice).
+    InterfaceReleasedTwice,
+    /// The device was removed with references on its client interface table still held (a
+    /// missing `InterfaceDereference`).
+    InterfaceNotReleased,
+    /// A query for `KMCL_CLIENT_INTERFACE_TYPE` whose size or version is not
+    /// `KMCL_CLIENT_INTERFACE_V1`'s (the model serves V1 only).
+    InterfaceQueryMismatch,
 }
 
 impl ViolationKind {
@@ -114,6 +125,10 @@ impl ViolationKind {
         Self::UnknownGpadl,
         Self::InvalidParameter,
         Self::ResponderPanicked,
+        Self::InterfaceUseAfterRelease,
+        Self::InterfaceReleasedTwice,
+        Self::InterfaceNotReleased,
+        Self::InterfaceQueryMismatch,
     ];
 }
 

@@ -23,6 +23,7 @@ use crate::host::{
     ChannelState, FaultPlan, GuestCompletion, GuestPacket, HostSendError, HostStats, ModelConfig,
     OpenError, guid_eq, relock,
 };
+use crate::interface::InterfaceState;
 use crate::irql::{Frame, FrameKind, Irql, StateCb, current_irql, in_callback};
 use crate::mdl;
 use crate::raw::{AlignedBuf, GuestBytes};
@@ -567,6 +568,8 @@ pub(crate) struct World {
     responder: Mutex<Option<Arc<Responder>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     me: Weak<World>,
+    /// The client interface table's references (`interface.rs`).
+    iface: InterfaceState,
 }
 
 type Guard<'a> = MutexGuard<'a, State>;
@@ -586,7 +589,22 @@ impl World {
             responder: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
             me: me.clone(),
+            iface: InterfaceState::default(),
         })
+    }
+
+    /// The client interface table's bookkeeping.
+    pub(crate) fn interface(&self) -> &InterfaceState {
+        &self.iface
+    }
+
+    /// Records [`V::InterfaceUseAfterRelease`] for a KMCL call made while the guest holds no
+    /// reference on this world's table (or after its device was removed); the call itself goes
+    /// on (the model cannot tell which table the pointer came from).
+    pub(crate) fn check_interface(&self, func: &'static str, h: usize) {
+        if let Err(why) = self.iface.check_call() {
+            self.record(V::InterfaceUseAfterRelease, func, h, why);
+        }
     }
 
     fn lock(&self) -> Guard<'_> {

@@ -2,7 +2,6 @@
 //! [`Channel`] (enabled) → [`DisabledChannel`] (closed, re-enableable) → cleanup on drop; and
 //! the bridge from KMCL's C callbacks to [`ChannelHandler`].
 
-use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::time::Duration;
 
@@ -11,8 +10,11 @@ use kmcl_sys as sys;
 use ntstatus::NtStatus;
 
 use crate::Guid;
+use crate::bounce::{Bounce, BounceStats, Claim, DEFAULT_BOUNCE_BUFFERS, DEFAULT_SLOT_SIZE};
 use crate::incoming::{IncomingPacket, PacketFlags};
+use crate::library::{Api, ChannelGetPointerFn, Library, entry, kmcl_call};
 use crate::outgoing::{OutgoingPacket, try_box};
+use crate::shared::copy_from_shared;
 
 /// What a VMBus client driver does when KMCL calls it.
 ///
@@ -25,7 +27,8 @@ pub trait ChannelHandler: Send + Sync + 'static {
     const UNCONSUMED_RESPONSE: &'static [u8] = &[];
 
     /// A packet arrived. `data` is the payload, valid for this call only (copy what must be
-    /// kept); `packet` must be retired exactly once, now or later, from any thread.
+    /// kept): a private copy nobody else can change, whatever KMCL passed (module `bounce`);
+    /// `packet` must be retired exactly once, now or later, from any thread.
     ///
     /// # IRQL
     /// ≤ DISPATCH_LEVEL (PASSIVE_LEVEL if the channel was configured with
@@ -140,24 +143,40 @@ impl Timeout {
     }
 }
 
-/// The per-channel context KMCL hands back to every callback (`VmbChannelSetPointer`).
+/// The per-channel context KMCL hands back to every callback (`VmbChannelSetPointer`): the
+/// handler, the channel's own reference on the library, and its bounce buffers.
 struct Inner<H> {
     handler: H,
+    /// Released (`InterfaceDereference`) when `Inner` is freed, after `VmbChannelCleanup`.
+    library: Library,
+    /// Replaced only by the builder (before `VmbChannelEnable`, when no callback can run).
+    bounce: Bounce,
+}
+
+/// Recovers the channel's context from a channel handle in a callback.
+///
+/// # Safety
+/// `channel` must be a channel whose pointer slot was set by [`ChannelBuilder::new`] with an
+/// `Inner<H>` of this same `H`, and that has not been cleaned up.
+unsafe fn inner<'a, H: ChannelHandler>(channel: sys::VMBCHANNEL) -> Option<&'a Inner<H>> {
+    let get_pointer = entry!(CHANNEL_GET_POINTER as ChannelGetPointerFn)?;
+    // SAFETY: `channel` is the handle KMCL passes to our own callbacks; GetPointer only reads
+    // its context slot, at any IRQL (reference §7.3). `get_pointer` is the library's, and the
+    // channel holds a reference on it.
+    let ctx = unsafe { get_pointer(channel) }.cast::<Inner<H>>();
+    // SAFETY: per this function's contract the slot holds a live `Inner<H>` owned by the
+    // builder/channel, which is only freed after `VmbChannelCleanup`, after which KMCL makes no
+    // more callbacks. `Inner` is only ever shared (`&`) once the channel is enabled.
+    unsafe { ctx.as_ref() }
 }
 
 /// Recovers the handler from a channel handle in a callback.
 ///
 /// # Safety
-/// `channel` must be a channel whose pointer slot was set by [`ChannelBuilder::new`] with an
-/// `Inner<H>` of this same `H`, and that has not been cleaned up.
-unsafe fn handler<'a, H: ChannelHandler>(channel: sys::VMBCHANNEL) -> Option<&'a H> {
-    // SAFETY: `channel` is the handle KMCL passes to our own callbacks; GetPointer only reads
-    // its context slot, at any IRQL (reference §7.3).
-    let ctx = unsafe { sys::VmbChannelGetPointer(channel) }.cast::<Inner<H>>();
-    // SAFETY: per this function's contract the slot holds a live `Inner<H>` owned by the
-    // builder/channel, which is only freed after `VmbChannelCleanup`, after which KMCL makes no
-    // more callbacks. `Inner` is only ever shared (`&`), never mutated.
-    unsafe { ctx.as_ref() }.map(|inner| &inner.handler)
+/// As [`inner`].
+unsafe fn handler<'a, H: ChannelHandler>(channel: sys::VMBCHANNEL) -> Option<(&'a H, &'a Api)> {
+    // SAFETY: forwarded contract.
+    unsafe { inner::<H>(channel) }.map(|inner| (&inner.handler, inner.library.api()))
 }
 
 unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
@@ -168,31 +187,42 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     flags: sys::UINT32,
 ) {
     // SAFETY: registered only on channels built with `Inner<H>` (`ChannelBuilder::<H>::new`).
-    let handler = unsafe { handler::<H>(channel) };
+    let inner = unsafe { inner::<H>(channel) };
     // SAFETY: KMCL hands over one completion obligation per call; it is wrapped exactly once.
     let packet = unsafe { IncomingPacket::from_raw(packet, H::UNCONSUMED_RESPONSE) };
-    let Some(handler) = handler else {
+    let Some(inner) = inner else {
         // Unreachable by construction; retire the packet rather than leave the host hanging.
         packet.complete(H::UNCONSUMED_RESPONSE);
         return;
     };
-    let data: &[u8] = match (NonNull::new(buffer.cast::<u8>()), usize::try_from(length)) {
-        // A zero length with a non-null buffer gives the same empty slice; no separate test.
-        (Some(ptr), Ok(len)) => {
-            // SAFETY: KMCL guarantees `buffer` is readable for `length` bytes for the duration
-            // of this callback (`_In_reads_bytes_(BufferLength)`); the slice does not escape it.
-            // For `length == 0` the pointer is non-null and `u8` needs no alignment, which is
-            // all an empty slice requires.
-            unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) }
+    let channel_ref = ChannelRef::from_raw(channel, inner.library.api());
+    let flags = PacketFlags::from_bits(flags);
+    let len = usize::try_from(length).unwrap_or(usize::MAX);
+    let source = buffer.cast::<u8>().cast_const();
+    if source.is_null() || len == 0 {
+        inner
+            .handler
+            .process_packet(channel_ref, packet, &[], flags);
+        return;
+    }
+    match inner.bounce.claim(len) {
+        Claim::Slot(index, slot) => {
+            // SAFETY: KMCL guarantees `buffer` readable for `length` bytes for the duration of
+            // this callback (`_In_reads_bytes_(BufferLength)`); the host may still write it,
+            // which `copy_from_shared` tolerates. `slot` is exactly `len` bytes.
+            unsafe { copy_from_shared(source, slot) };
+            inner.bounce.count(len);
+            inner
+                .handler
+                .process_packet(channel_ref, packet, slot, flags);
+            inner.bounce.release(index);
         }
-        _ => &[],
-    };
-    handler.process_packet(
-        ChannelRef::from_raw(channel),
-        packet,
-        data,
-        PacketFlags::from_bits(flags),
-    );
+        // Every buffer is in use on other processors: KMCL delivers it again at PASSIVE_LEVEL.
+        // This is the inline call DeferToPassive requires.
+        Claim::Busy => packet.defer_to_passive(),
+        // Longer than the channel's maximum packet size: never handed to the handler.
+        Claim::TooLarge => packet.complete(H::UNCONSUMED_RESPONSE),
+    }
 }
 
 unsafe extern "C" fn evt_processing_complete<H: ChannelHandler>(
@@ -200,15 +230,15 @@ unsafe extern "C" fn evt_processing_complete<H: ChannelHandler>(
     packets: sys::UINT32,
 ) {
     // SAFETY: registered only on channels built with `Inner<H>`.
-    if let Some(h) = unsafe { handler::<H>(channel) } {
-        h.processing_complete(ChannelRef::from_raw(channel), packets);
+    if let Some((h, api)) = unsafe { handler::<H>(channel) } {
+        h.processing_complete(ChannelRef::from_raw(channel, api), packets);
     }
 }
 
 unsafe extern "C" fn evt_opened<H: ChannelHandler>(channel: sys::VMBCHANNEL) -> sys::NTSTATUS {
     // SAFETY: registered only on channels built with `Inner<H>`.
     match unsafe { handler::<H>(channel) } {
-        Some(h) => h.opened(ChannelRef::from_raw(channel)).0,
+        Some((h, api)) => h.opened(ChannelRef::from_raw(channel, api)).0,
         None => NtStatus::STATUS_INVALID_DEVICE_STATE.0,
     }
 }
@@ -217,8 +247,8 @@ macro_rules! state_trampoline {
     ($name:ident, $method:ident) => {
         unsafe extern "C" fn $name<H: ChannelHandler>(channel: sys::VMBCHANNEL) {
             // SAFETY: registered only on channels built with `Inner<H>`.
-            if let Some(h) = unsafe { handler::<H>(channel) } {
-                h.$method(ChannelRef::from_raw(channel));
+            if let Some((h, api)) = unsafe { handler::<H>(channel) } {
+                h.$method(ChannelRef::from_raw(channel, api));
             }
         }
     };
@@ -233,8 +263,8 @@ unsafe extern "C" fn evt_pnp_failure<H: ChannelHandler>(
     status: sys::NTSTATUS,
 ) {
     // SAFETY: registered only on channels built with `Inner<H>`.
-    if let Some(h) = unsafe { handler::<H>(channel) } {
-        h.pnp_failure(ChannelRef::from_raw(channel), NtStatus(status));
+    if let Some((h, api)) = unsafe { handler::<H>(channel) } {
+        h.pnp_failure(ChannelRef::from_raw(channel, api), NtStatus(status));
     }
 }
 
@@ -245,14 +275,21 @@ struct Owned<H> {
 }
 
 impl<H> Owned<H> {
-    /// Cleans the channel up and frees the context. The channel must be disabled, and this
-    /// must be the last use of `self` (it is only called from the owner types' `Drop`).
+    fn api(&self) -> &Api {
+        // SAFETY: `inner` is live for as long as `Owned` exists and is only ever shared.
+        unsafe { self.inner.as_ref() }.library.api()
+    }
+
+    /// Cleans the channel up and frees the context (with the channel's library reference). The
+    /// channel must be disabled, and this must be the last use of `self` (it is only called
+    /// from the owner types' `Drop`).
     fn cleanup(&mut self) {
         // SAFETY: `raw` is our channel and is disabled (every owner type guarantees it before
         // calling this); after Cleanup KMCL makes no callbacks, so the context can go.
-        unsafe { sys::VmbChannelCleanup(self.raw) };
+        unsafe { kmcl_call!(self.api(), VmbChannelCleanup(self.raw), ()) };
         // SAFETY: `inner` came from `Box::into_raw` in `ChannelBuilder::new` and is freed only
-        // here, once, after the last callback that could read it.
+        // here, once, after the last callback that could read it. Dropping it releases the
+        // channel's reference on the library, the last thing that used it.
         drop(unsafe { Box::from_raw(self.inner.as_ptr()) });
     }
 }
@@ -294,22 +331,44 @@ unsafe impl<H: ChannelHandler> Send for Owned<H> {}
 unsafe impl<H: ChannelHandler> Sync for Owned<H> {}
 
 impl<H: ChannelHandler> ChannelBuilder<H> {
-    /// Allocates a client channel (`VmbChannelAllocate`), attaches `handler` as its context and
-    /// registers the packet and state-change callbacks.
+    /// Allocates a client channel (`VmbChannelAllocate`) through `library`, attaches `handler`
+    /// as its context and registers the packet and state-change callbacks.
+    ///
+    /// The channel takes its own reference on `library` (a clone), held until
+    /// `VmbChannelCleanup` has returned, and [`DEFAULT_BOUNCE_BUFFERS`] bounce buffers of the
+    /// maximum packet size ([`max_packet_size`](Self::max_packet_size),
+    /// [`concurrent_deliveries`](Self::concurrent_deliveries)).
+    ///
+    /// `parent` decides which VMBus channel this is: without
+    /// [`target`](Self::target), KMCL binds the channel of the VMBus device under `parent`
+    /// (the function driver's own device stack); with it, KMCL looks the offer up by GUID.
     ///
     /// # Errors
     /// KMCL's status when allocation or callback registration fails;
-    /// `STATUS_INSUFFICIENT_RESOURCES` if the context cannot be allocated.
+    /// `STATUS_INSUFFICIENT_RESOURCES` if the context or the bounce buffers cannot be
+    /// allocated.
     ///
     /// # IRQL
     /// PASSIVE_LEVEL.
-    pub fn new(parent: ParentDevice, handler: H) -> Result<Self, NtStatus> {
-        let inner =
-            try_box(Inner { handler }).map_err(|_| NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+    pub fn new(library: &Library, parent: ParentDevice, handler: H) -> Result<Self, NtStatus> {
+        const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
+        let bounce = Bounce::try_new(DEFAULT_BOUNCE_BUFFERS, DEFAULT_SLOT_SIZE).ok_or(NO_MEMORY)?;
+        let inner = try_box(Inner {
+            handler,
+            library: library.clone(),
+            bounce,
+        })
+        .map_err(|_| NO_MEMORY)?;
         let mut raw: sys::VMBCHANNEL = ptr::null_mut();
         // SAFETY: `parent` is a valid device object (ParentDevice::from_raw's contract) and
         // `raw` is a valid out pointer; KMCL writes it only on success.
-        let status = NtStatus(unsafe { sys::VmbChannelAllocate(parent.0, 0, &raw mut raw) });
+        let status = NtStatus(unsafe {
+            kmcl_call!(
+                inner.library.api(),
+                VmbChannelAllocate(parent.0, 0, &raw mut raw),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        });
         if !status.is_success() {
             return Err(status);
         }
@@ -320,15 +379,20 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         let builder = Self {
             owned: Owned { raw, inner },
         };
+        let api = builder.owned.api();
         // SAFETY: `raw` is our disabled channel; the context lives until `Owned::cleanup`.
-        unsafe { sys::VmbChannelSetPointer(raw, inner.as_ptr().cast()) };
+        unsafe { kmcl_call!(api, VmbChannelSetPointer(raw, inner.as_ptr().cast()), ()) };
 
         // SAFETY: `raw` is disabled; the trampolines match the C typedefs and expect `Inner<H>`.
         let status = NtStatus(unsafe {
-            sys::VmbChannelInitSetProcessPacketCallbacks(
-                raw,
-                Some(evt_process_packet::<H>),
-                Some(evt_processing_complete::<H>),
+            kmcl_call!(
+                api,
+                VmbChannelInitSetProcessPacketCallbacks(
+                    raw,
+                    Some(evt_process_packet::<H>),
+                    Some(evt_processing_complete::<H>),
+                ),
+                NtStatus::STATUS_NOT_SUPPORTED.0
             )
         });
         status.ok()?;
@@ -342,7 +406,11 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         // SAFETY: `raw` is disabled; KMCL copies the struct (reference §7.2 [inf], in-box
         // drivers pass a stack copy), so a local is enough.
         let status = NtStatus(unsafe {
-            sys::VmbChannelInitSetStateChangeCallbacks(raw, &raw mut callbacks)
+            kmcl_call!(
+                api,
+                VmbChannelInitSetStateChangeCallbacks(raw, &raw mut callbacks),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
         });
         status.ok()?;
         Ok(builder)
@@ -352,16 +420,73 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         self.owned.raw
     }
 
-    /// The largest packet this side will send or complete (`VmbChannelInitSetMaximumPacketSize`).
+    fn api(&self) -> &Api {
+        self.owned.api()
+    }
+
+    /// Replaces the bounce buffers with `slots` buffers of `slot_size` bytes.
+    fn rebounce(&mut self, slots: u32, slot_size: u32) -> Result<(), NtStatus> {
+        let bounce =
+            Bounce::try_new(slots, slot_size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+        // SAFETY: the channel has never been enabled (this type's invariant), so no callback
+        // runs and nothing else references `inner`; `&mut self` excludes the builder's own
+        // shared borrows (`handler()`). The old buffers are dropped here.
+        unsafe { (*self.owned.inner.as_ptr()).bounce = bounce };
+        Ok(())
+    }
+
+    fn bounce_slots(&self) -> u32 {
+        // SAFETY: `inner` is live while the builder exists.
+        let inner = unsafe { self.owned.inner.as_ref() };
+        inner.bounce.slots()
+    }
+
+    fn bounce_slot_size(&self) -> u32 {
+        // SAFETY: `inner` is live while the builder exists.
+        let inner = unsafe { self.owned.inner.as_ref() };
+        inner.bounce.slot_size()
+    }
+
+    /// The largest packet either side will send or complete
+    /// (`VmbChannelInitSetMaximumPacketSize`); also the size of each bounce buffer, so that
+    /// every packet a well-behaved host sends reaches the handler.
     ///
     /// # Errors
-    /// `STATUS_INVALID_PARAMETER_2` for 0, or KMCL's status.
+    /// `STATUS_INVALID_PARAMETER_2` for 0, KMCL's status, or `STATUS_INSUFFICIENT_RESOURCES`
+    /// when the bounce buffers cannot be resized.
     ///
     /// # IRQL
     /// PASSIVE_LEVEL.
     pub fn max_packet_size(&mut self, bytes: u32) -> Result<(), NtStatus> {
         // SAFETY: our channel, disabled and never enabled (this type's invariant).
-        NtStatus(unsafe { sys::VmbChannelInitSetMaximumPacketSize(self.raw(), bytes) }).ok()
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelInitSetMaximumPacketSize(self.raw(), bytes),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()?;
+        self.rebounce(self.bounce_slots(), bytes)
+    }
+
+    /// How many packets KMCL may deliver to this channel's handler at once without one being
+    /// handed back for a later delivery at PASSIVE_LEVEL: the number of bounce buffers
+    /// (default [`DEFAULT_BOUNCE_BUFFERS`](crate::DEFAULT_BOUNCE_BUFFERS), at most
+    /// [`MAX_BOUNCE_BUFFERS`](crate::MAX_BOUNCE_BUFFERS)). Each costs one maximum-size packet
+    /// of non-paged memory.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER` outside `1..=MAX_BOUNCE_BUFFERS`;
+    /// `STATUS_INSUFFICIENT_RESOURCES` when the buffers cannot be allocated.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn concurrent_deliveries(&mut self, n: u32) -> Result<(), NtStatus> {
+        if n == 0 || n > crate::MAX_BOUNCE_BUFFERS {
+            return Err(NtStatus::STATUS_INVALID_PARAMETER);
+        }
+        self.rebounce(n, self.bounce_slot_size())
     }
 
     /// Incoming and outgoing ring sizes in pages
@@ -375,7 +500,11 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     pub fn ring_pages(&mut self, incoming: u32, outgoing: u32) -> Result<(), NtStatus> {
         // SAFETY: our channel, disabled and never enabled.
         NtStatus(unsafe {
-            sys::VmbClientChannelInitSetRingBufferPageCount(self.raw(), incoming, outgoing)
+            kmcl_call!(
+                self.api(),
+                VmbClientChannelInitSetRingBufferPageCount(self.raw(), incoming, outgoing),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
         })
         .ok()
     }
@@ -389,7 +518,14 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     /// PASSIVE_LEVEL.
     pub fn flags(&mut self, flags: ChannelFlags) -> Result<(), NtStatus> {
         // SAFETY: our channel, disabled and never enabled.
-        NtStatus(unsafe { sys::VmbChannelInitSetFlags(self.raw(), flags.0) }).ok()
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelInitSetFlags(self.raw(), flags.0),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()
     }
 
     /// A short name for debuggers and performance counters (`VmbChannelInitSetFriendlyName`).
@@ -415,7 +551,14 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         };
         // SAFETY: our channel, disabled and never enabled; `name` describes `buf`, which
         // outlives the call, and KMCL copies the string ([inf], reference §7.2).
-        NtStatus(unsafe { sys::VmbChannelInitSetFriendlyName(self.raw(), &raw const name) }).ok()
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelInitSetFriendlyName(self.raw(), &raw const name),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()
     }
 
     /// Binds the channel to the host's offer of `interface_type` (and `instance`, if given)
@@ -434,11 +577,15 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         // SAFETY: our channel, disabled and never enabled; both GUID pointers are valid for the
         // call (KMCL copies them); the trampoline expects `Inner<H>`.
         NtStatus(unsafe {
-            sys::VmbClientChannelInitSetTargetPnp(
-                self.raw(),
-                &raw const ty,
-                inst_ptr,
-                Some(evt_pnp_failure::<H>),
+            kmcl_call!(
+                self.api(),
+                VmbClientChannelInitSetTargetPnp(
+                    self.raw(),
+                    &raw const ty,
+                    inst_ptr,
+                    Some(evt_pnp_failure::<H>),
+                ),
+                NtStatus::STATUS_NOT_SUPPORTED.0
             )
         })
         .ok()
@@ -450,7 +597,13 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     /// PASSIVE_LEVEL.
     pub fn incoming_at_passive(&mut self, passive: bool) {
         // SAFETY: our channel, not yet enabled (the model allows it only then, [inf]).
-        unsafe { sys::VmbChannelSetIncomingProcessingAtPassive(self.raw(), u8::from(passive)) };
+        unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelSetIncomingProcessingAtPassive(self.raw(), u8::from(passive)),
+                ()
+            );
+        };
     }
 
     /// The handler this channel calls.
@@ -500,6 +653,11 @@ fn take_owned<H: ChannelHandler, T: TakeOwned<H>>(t: T) -> Owned<H> {
 }
 
 impl<H: ChannelHandler> Owned<H> {
+    fn bounce_stats(&self) -> BounceStats {
+        // SAFETY: `inner` is live for as long as `Owned` exists and is only ever shared.
+        unsafe { self.inner.as_ref() }.bounce.stats()
+    }
+
     fn handler(&self) -> &H {
         // SAFETY: `inner` is live for as long as `Owned` exists and is only ever shared.
         &unsafe { self.inner.as_ref() }.handler
@@ -507,14 +665,21 @@ impl<H: ChannelHandler> Owned<H> {
 
     fn enable(&self) -> Result<(), NtStatus> {
         // SAFETY: our channel, disabled; its context and callbacks are set.
-        NtStatus(unsafe { sys::VmbChannelEnable(self.raw) }).ok()
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelEnable(self.raw),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()
     }
 
     fn disable(&self) {
         // SAFETY: our channel; the caller is at PASSIVE_LEVEL outside channel callbacks (the
         // documented contract of every public path that reaches here). Disabling a channel the
         // host already closed only waits for nothing.
-        unsafe { sys::VmbChannelDisable(self.raw) };
+        unsafe { kmcl_call!(self.api(), VmbChannelDisable(self.raw), ()) };
     }
 }
 
@@ -525,10 +690,16 @@ impl<H: ChannelHandler> Drop for ChannelBuilder<H> {
 }
 
 impl<H: ChannelHandler> Channel<H> {
+    /// What the channel's bounce buffers have seen (module docs of `kmcl`, "Incoming bytes").
+    #[must_use]
+    pub fn bounce_stats(&self) -> BounceStats {
+        self.owned.bounce_stats()
+    }
+
     /// A borrowed handle for sending packets and runtime calls.
     #[must_use]
     pub fn handle(&self) -> ChannelRef<'_> {
-        ChannelRef::from_raw(self.owned.raw)
+        ChannelRef::from_raw(self.owned.raw, self.owned.api())
     }
 
     /// The handler this channel calls.
@@ -589,11 +760,20 @@ impl<H: ChannelHandler> Drop for DisabledChannel<H> {
 }
 
 /// A borrowed, copyable handle to a live channel: what callbacks receive and what
-/// [`Channel::handle`] returns. It cannot outlive the channel.
-#[derive(Clone, Copy, Debug)]
+/// [`Channel::handle`] returns. It cannot outlive the channel, nor the library reference the
+/// channel holds.
+#[derive(Clone, Copy)]
 pub struct ChannelRef<'a> {
     raw: sys::VMBCHANNEL,
-    _channel: PhantomData<&'a ()>,
+    api: &'a Api,
+}
+
+impl core::fmt::Debug for ChannelRef<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ChannelRef")
+            .field("raw", &self.raw)
+            .finish_non_exhaustive()
+    }
 }
 
 // SAFETY: a VMBCHANNEL handle may be used from any thread; the lifetime ties it to the channel.
@@ -602,11 +782,8 @@ unsafe impl Send for ChannelRef<'_> {}
 unsafe impl Sync for ChannelRef<'_> {}
 
 impl<'a> ChannelRef<'a> {
-    pub(crate) fn from_raw(raw: sys::VMBCHANNEL) -> Self {
-        Self {
-            raw,
-            _channel: PhantomData,
-        }
+    pub(crate) fn from_raw(raw: sys::VMBCHANNEL, api: &'a Api) -> Self {
+        Self { raw, api }
     }
 
     /// Takes a packet from the channel's lookaside list (`VmbPacketAllocate`).
@@ -618,12 +795,12 @@ impl<'a> ChannelRef<'a> {
     /// ≤ DISPATCH_LEVEL.
     pub fn allocate_packet(&self) -> Result<OutgoingPacket<'a>, NtStatus> {
         // SAFETY: `raw` is a live channel for 'a (this type's invariant).
-        let raw = unsafe { sys::VmbPacketAllocate(self.raw) };
+        let raw = unsafe { kmcl_call!(self.api, VmbPacketAllocate(self.raw), ptr::null_mut()) };
         if raw.is_null() {
             Err(NtStatus::STATUS_INSUFFICIENT_RESOURCES)
         } else {
             // SAFETY: a fresh packet from VmbPacketAllocate, owned by nobody else.
-            Ok(unsafe { OutgoingPacket::from_raw(raw) })
+            Ok(unsafe { OutgoingPacket::from_raw(raw, self.api) })
         }
     }
 
@@ -657,15 +834,19 @@ impl<'a> ChannelRef<'a> {
         // `_In_reads_bytes_`), `response` writable for `resp_len` bytes, `resp_len` is a
         // multiple of 8, and every pointer outlives this blocking call.
         let status = NtStatus(unsafe {
-            sys::VmbChannelSendSynchronousRequest(
-                self.raw,
-                request.as_ptr().cast_mut().cast(),
-                req_len,
-                ptr::null_mut(),
-                sys::VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
-                response.as_mut_ptr().cast(),
-                &raw mut resp_len,
-                wait_ptr,
+            kmcl_call!(
+                self.api,
+                VmbChannelSendSynchronousRequest(
+                    self.raw,
+                    request.as_ptr().cast_mut().cast(),
+                    req_len,
+                    ptr::null_mut(),
+                    sys::VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
+                    response.as_mut_ptr().cast(),
+                    &raw mut resp_len,
+                    wait_ptr,
+                ),
+                NtStatus::STATUS_NOT_SUPPORTED.0
             )
         });
         status.ok()?;
@@ -679,7 +860,13 @@ impl<'a> ChannelRef<'a> {
     /// ≤ DISPATCH_LEVEL.
     pub fn set_transaction_quota(&self, quota: u32) {
         // SAFETY: live channel.
-        unsafe { sys::VmbChannelSetTransactionQuota(self.raw, quota.max(1)) };
+        unsafe {
+            kmcl_call!(
+                self.api,
+                VmbChannelSetTransactionQuota(self.raw, quota.max(1)),
+                ()
+            )
+        };
     }
 
     /// Pauses the channel (`VmbChannelPause`): blocks until Suspend has run and every delivered
@@ -689,7 +876,7 @@ impl<'a> ChannelRef<'a> {
     /// PASSIVE_LEVEL, never from a channel callback.
     pub fn pause(&self) {
         // SAFETY: live, enabled channel; documented call window.
-        unsafe { sys::VmbChannelPause(self.raw) };
+        unsafe { kmcl_call!(self.api, VmbChannelPause(self.raw), ()) };
     }
 
     /// Resumes a paused channel (`VmbChannelStart`): Started and PostStarted run again.
@@ -698,7 +885,7 @@ impl<'a> ChannelRef<'a> {
     /// PASSIVE_LEVEL, never from a channel callback.
     pub fn start(&self) {
         // SAFETY: live, enabled channel; documented call window.
-        unsafe { sys::VmbChannelStart(self.raw) };
+        unsafe { kmcl_call!(self.api, VmbChannelStart(self.raw), ()) };
     }
 
     /// The instance GUID of the offer this channel opened (all zeros before it opened).
@@ -709,7 +896,13 @@ impl<'a> ChannelRef<'a> {
     pub fn interface_instance(&self) -> Guid {
         let mut g = sys::GUID::default();
         // SAFETY: live channel; `g` is a valid out pointer.
-        unsafe { sys::VmbChannelGetInterfaceInstance(self.raw, &raw mut g) };
+        unsafe {
+            kmcl_call!(
+                self.api,
+                VmbChannelGetInterfaceInstance(self.raw, &raw mut g),
+                ()
+            )
+        };
         Guid {
             data1: g.Data1,
             data2: g.Data2,

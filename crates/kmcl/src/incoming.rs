@@ -5,6 +5,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use kmcl_sys as sys;
 
+use crate::library::{PacketCompleteFn, PacketRetireFn, entry};
+
 /// Packets dropped without being completed, failed or deferred, in this driver (all channels).
 static UNCONSUMED: AtomicU64 = AtomicU64::new(0);
 
@@ -92,9 +94,12 @@ impl IncomingPacket {
     /// ≤ DISPATCH_LEVEL.
     pub fn fail(self) {
         let this = ManuallyDrop::new(self);
-        // SAFETY: `this.raw` is an unretired token owned by this value, which is consumed, so
-        // it is retired exactly once (Fail is terminal, reference §6.1).
-        unsafe { sys::VmbChannelPacketFail(this.raw) };
+        if let Some(fail) = entry!(PACKET_FAIL as PacketRetireFn) {
+            // SAFETY: `this.raw` is an unretired token owned by this value, which is consumed,
+            // so it is retired exactly once (Fail is terminal, reference §6.1). `fail` is the
+            // library's, and the packet's channel holds a reference on it.
+            unsafe { fail(this.raw) };
+        }
     }
 
     /// Returns the packet to KMCL to be delivered again at PASSIVE_LEVEL
@@ -105,8 +110,11 @@ impl IncomingPacket {
     /// verifier flags any other use).
     pub fn defer_to_passive(self) {
         let this = ManuallyDrop::new(self);
-        // SAFETY: unretired token owned by this consumed value; handed back to KMCL once.
-        unsafe { sys::VmbChannelPacketDeferToPassive(this.raw) };
+        if let Some(defer) = entry!(PACKET_DEFER as PacketRetireFn) {
+            // SAFETY: unretired token owned by this consumed value; handed back to KMCL once,
+            // through the library's function (the channel holds a reference on it).
+            unsafe { defer(this.raw) };
+        }
     }
 }
 
@@ -120,8 +128,12 @@ impl Drop for IncomingPacket {
 fn retire(raw: sys::VMBPACKETCOMPLETION, response: &[u8]) {
     // A response can never be anywhere near 4 GiB; clamping keeps this total.
     let len = u32::try_from(response.len()).unwrap_or(u32::MAX);
-    // SAFETY: 1. `raw` is an unretired token and every caller consumes the `IncomingPacket`
-    // that owned it, so it is retired exactly once. 2. `response` is readable for `len` bytes
-    // during the call and KMCL is done with it on return (reference §7.4).
-    unsafe { sys::VmbChannelPacketComplete(raw, response.as_ptr().cast_mut().cast(), len) };
+    // Recorded by the `Library` the packet's channel was built with (never missing then).
+    if let Some(complete) = entry!(PACKET_COMPLETE as PacketCompleteFn) {
+        // SAFETY: 1. `raw` is an unretired token and every caller consumes the
+        // `IncomingPacket` that owned it, so it is retired exactly once. 2. `response` is
+        // readable for `len` bytes during the call and KMCL is done with it on return
+        // (reference §7.4). 3. `complete` is the library's; the channel holds a reference.
+        unsafe { complete(raw, response.as_ptr().cast_mut().cast(), len) };
+    }
 }

@@ -1,9 +1,37 @@
-//! Safe Rust over the VMBus Kernel Mode Client Library (KMCL, `vmbkmcl.lib`).
+//! Safe Rust over the VMBus Kernel Mode Client Library (KMCL).
 //!
-//! Usable by any VMBus client (guest) driver, not only vmbmsg. `no_std` + `alloc`; on Windows it
-//! links `vmbkmcl.lib` through `kmcl-sys`, on Linux tests link `kmcl-model` in its place.
+//! Usable by any VMBus client (guest) driver, not only vmbmsg. `no_std` + `alloc`.
 //!
-//! What the types guarantee (reference/vmbus-kmcl-api.md §5–§6):
+//! # Reaching KMCL
+//!
+//! Every call goes through a [`Library`], one `KMCL_CLIENT_INTERFACE_V1` function table:
+//!
+//! * **The queried table, the default.** Since Windows 10 1803 the documentation describes
+//!   KMCL only as an interface that the VMBus bus driver (Vmbkmcl.sys) hands out: a driver
+//!   queries `KMCL_CLIENT_INTERFACE_TYPE` on its own device (`WdfFdoQueryForInterface`) and calls
+//!   every `Vmb*` function through the table's pointers (learn.microsoft.com,
+//!   `_KMCL_CLIENT_INTERFACE_V1` and every `nc-vmbuskernelmodeclientlibapi-fn_vmb_*` page; the
+//!   pages stopped naming `Vmbkmcl.lib` in 2018). [`Library::query`] takes the result and its
+//!   reference. It needs no import library, so it builds with any WDK that has the header.
+//! * **The linked functions, feature `linked`.** [`Library::linked`] makes the same table of the
+//!   plain functions that `vmbkmcl.lib` exports (kmcl-sys links it with its `link` feature), for
+//!   WDKs that still ship that library; whether WDK 10.0.26100 does is not established.
+//!
+//! Both give the same types and the same behaviour; on Linux, `kmcl-model` answers the query
+//! and defines the plain functions, so both are tested. A `Library` owns one interface
+//! reference, released once when it is dropped; each channel keeps its own clone (another
+//! reference) until `VmbChannelCleanup` returns, so no KMCL call can outlive the table it goes
+//! through ([`Library`]'s module docs say how the callbacks find it).
+//!
+//! # Incoming bytes
+//!
+//! [`ChannelHandler::process_packet`] receives the packet as `&[u8]`. Whether KMCL's buffer is
+//! a private copy or the host-writable ring is not documented, so kmcl copies every packet into
+//! one of the channel's bounce buffers first (each byte read once, atomically) and hands the
+//! handler that copy: no `&[u8]` ever covers memory the host can write, and nothing is
+//! allocated per packet ([`ChannelBuilder::concurrent_deliveries`], [`BounceStats`]).
+//!
+//! # What the types guarantee (reference/vmbus-kmcl-api.md §5–§6)
 //!
 //! * **Channel lifecycle.** [`ChannelBuilder`] is an allocated, disabled channel: the only type
 //!   with the `VmbChannelInitSet*` setters. [`ChannelBuilder::enable`] consumes it and returns a
@@ -19,7 +47,8 @@
 //! * **Outgoing packets.** [`ChannelRef::allocate_packet`] gives an [`OutgoingPacket`] (KMCL's
 //!   NULL is [`NtStatus::STATUS_INSUFFICIENT_RESOURCES`], not a crash). [`OutgoingPacket::send`]
 //!   consumes it: the bus owns it while in flight, the completion closure runs once with the
-//!   host's status and response, and the packet is freed exactly once after that. An unsent
+//!   host's status and response, and the packet is freed exactly once after that, also when
+//!   KMCL runs the completion routine of a send that it refused ([`SendError`]). An unsent
 //!   packet is freed on drop.
 //!
 //! What the compiler refuses:
@@ -54,6 +83,7 @@
 //!     p.complete(&[]);
 //!     let mut b = b;
 //!     b.max_packet_size(4096)?;
+//!     b.concurrent_deliveries(2)?;
 //!     let ch = b.enable().map_err(|(_, status)| status)?;
 //!     let packet = ch.handle().allocate_packet()?;
 //!     packet
@@ -73,15 +103,20 @@
 
 extern crate alloc;
 
+mod bounce;
 mod channel;
 mod incoming;
+mod library;
 mod outgoing;
+mod shared;
 
+pub use bounce::{BounceStats, DEFAULT_BOUNCE_BUFFERS, MAX_BOUNCE_BUFFERS};
 pub use channel::{
     Channel, ChannelBuilder, ChannelFlags, ChannelHandler, ChannelRef, DisabledChannel,
     ParentDevice, Timeout,
 };
 pub use incoming::{IncomingPacket, PacketFlags, unconsumed_packets};
+pub use library::Library;
 pub use ntstatus::NtStatus;
 pub use outgoing::{Completion, OutgoingPacket, SendError, SendFlags};
 

@@ -2,14 +2,17 @@
 //! by the completion path.
 
 use core::alloc::Layout;
-use core::marker::PhantomData;
+use core::cell::UnsafeCell;
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use kmcl_sys as sys;
 use ntstatus::NtStatus;
+
+use crate::library::{Api, PacketFreeFn, PacketGetPointerFn, entry, kmcl_call};
 
 /// Flags for [`OutgoingPacket::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -34,17 +37,23 @@ pub struct Completion<'a> {
     pub response: &'a [u8],
 }
 
-/// A send that KMCL refused: the packet and the completion closure come back unused (the
-/// packet is freed when dropped; the closure can be called to report the failure through the
-/// same path as a completion).
+/// A send that KMCL refused.
+///
+/// Exactly one of these happened: KMCL never ran the packet's completion routine, and the
+/// packet and the closure come back unused (the packet is freed when dropped; the closure can
+/// be called to report the failure through the same path as a completion); or KMCL ran the
+/// routine for the failed send anyway, which has then already run the closure with KMCL's
+/// status and taken the packet (`packet` and `on_complete` are `None`). kmcl does not assume
+/// which (reference §7.5 says a failed send runs no routine, but only as an inference); the
+/// model can do either (`FaultPlan::complete_failed_sends`).
 pub struct SendError<'ch, F> {
-    /// The packet, unsent.
-    pub packet: OutgoingPacket<'ch>,
+    /// The packet, unsent; `None` if the completion routine ran and freed it.
+    pub packet: Option<OutgoingPacket<'ch>>,
     /// Why: KMCL's status, or `STATUS_INSUFFICIENT_RESOURCES` / `STATUS_INVALID_PARAMETER`
     /// from this layer.
     pub status: NtStatus,
-    /// The closure, not run.
-    pub on_complete: F,
+    /// The closure, not run; `None` if the completion routine already ran it.
+    pub on_complete: Option<F>,
 }
 
 impl<F> core::fmt::Debug for SendError<'_, F> {
@@ -52,34 +61,89 @@ impl<F> core::fmt::Debug for SendError<'_, F> {
         f.debug_struct("SendError")
             .field("packet", &self.packet)
             .field("status", &self.status)
-            .finish_non_exhaustive()
+            .field("closure_returned", &self.on_complete.is_some())
+            .finish()
+    }
+}
+
+impl<F: FnOnce(Completion<'_>)> SendError<'_, F> {
+    /// Runs the returned closure with this error's status and no response, if the completion
+    /// routine has not already run it: the one way to report a refused send through the same
+    /// path as a completion, whichever way KMCL behaved.
+    pub fn complete_with_status(self) {
+        if let Some(f) = self.on_complete {
+            f(Completion {
+                status: self.status,
+                response: &[],
+            });
+        }
     }
 }
 
 /// A packet from `VmbPacketAllocate`, not yet sent. Neither `Clone` nor `Copy`; freed
 /// (`VmbPacketFree`) when dropped.
-#[derive(Debug)]
 pub struct OutgoingPacket<'ch> {
     raw: sys::VMBPACKET,
-    _channel: PhantomData<&'ch ()>,
+    api: &'ch Api,
+    /// The in-flight state of a send that failed without its completion routine running: kept
+    /// (its pointer still in the packet's slot) until the packet is freed or sent again, so
+    /// that a routine KMCL might still run for that send finds it (see `SendError`).
+    stale: Option<Stale>,
 }
 
-// SAFETY: a VMBPACKET may be sent or freed from any thread at ≤ DISPATCH_LEVEL.
+impl core::fmt::Debug for OutgoingPacket<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OutgoingPacket")
+            .field("raw", &self.raw)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: a VMBPACKET may be sent or freed from any thread at ≤ DISPATCH_LEVEL; the stale state
+// holds no closure (it was taken back) and is only freed by this value.
 unsafe impl Send for OutgoingPacket<'_> {}
 
-/// What a sent packet owns while in flight: the closure and a stable copy of the payload.
+/// A type-erased `Box<InFlight<F>>` and the function that frees it.
+struct Stale {
+    state: NonNull<u8>,
+    free: unsafe fn(NonNull<u8>),
+}
+
+impl Stale {
+    fn free(self) {
+        // SAFETY: `state` is a `Box<InFlight<F>>` for the `F` that `free` was instantiated
+        // with (`OutgoingPacket::send_vec`), owned by this value only.
+        unsafe { (self.free)(self.state) };
+    }
+}
+
+/// What a sent packet owns while in flight: the closure, a stable copy of the payload, and
+/// the bookkeeping that lets the send path and the completion routine agree on who runs the
+/// closure and who frees what.
+///
+/// * `claimed`: whoever sets it first (the completion routine, or the send path after a
+///   failed `VmbPacketSend`) takes the closure.
+/// * `refs`: 2 at the start (the send path and the routine). When the routine claimed the
+///   closure, each side drops its reference when done and the last one frees the packet and
+///   this state. When the send path claimed it (a failed send), it keeps its reference in the
+///   returned packet's `stale` and frees both itself; a routine that still runs only drops
+///   its reference.
 struct InFlight<F> {
-    on_complete: F,
+    claimed: AtomicBool,
+    refs: AtomicU8,
+    on_complete: UnsafeCell<Option<F>>,
     payload: Vec<u8>,
 }
 
 impl<'ch> OutgoingPacket<'ch> {
     /// # Safety
-    /// `raw` must be a fresh packet from `VmbPacketAllocate` that nothing else owns.
-    pub(crate) unsafe fn from_raw(raw: sys::VMBPACKET) -> Self {
+    /// `raw` must be a fresh packet from `VmbPacketAllocate` of a channel using `api`, that
+    /// nothing else owns.
+    pub(crate) unsafe fn from_raw(raw: sys::VMBPACKET, api: &'ch Api) -> Self {
         Self {
             raw,
-            _channel: PhantomData,
+            api,
+            stale: None,
         }
     }
 
@@ -93,9 +157,9 @@ impl<'ch> OutgoingPacket<'ch> {
     /// block or take a lock held around `send`.
     ///
     /// # Errors
-    /// The packet and `on_complete` back, unsent and not run, with KMCL's status,
-    /// `STATUS_INSUFFICIENT_RESOURCES` if the in-flight state cannot be allocated, or
-    /// `STATUS_INVALID_PARAMETER` for a payload over 4 GiB.
+    /// A [`SendError`] with KMCL's status, `STATUS_INSUFFICIENT_RESOURCES` if the in-flight
+    /// state cannot be allocated, or `STATUS_INVALID_PARAMETER` for a payload over 4 GiB;
+    /// [`SendError::complete_with_status`] reports it through the closure.
     ///
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.
@@ -111,9 +175,9 @@ impl<'ch> OutgoingPacket<'ch> {
         let mut copy = Vec::new();
         if copy.try_reserve_exact(payload.len()).is_err() {
             return Err(SendError {
-                packet: self,
+                packet: Some(self),
                 status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
-                on_complete,
+                on_complete: Some(on_complete),
             });
         }
         copy.extend_from_slice(payload);
@@ -129,7 +193,7 @@ impl<'ch> OutgoingPacket<'ch> {
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.
     pub fn send_vec<F>(
-        self,
+        mut self,
         payload: Vec<u8>,
         flags: SendFlags,
         on_complete: F,
@@ -139,50 +203,85 @@ impl<'ch> OutgoingPacket<'ch> {
     {
         let Ok(len) = u32::try_from(payload.len()) else {
             return Err(SendError {
-                packet: self,
+                packet: Some(self),
                 status: NtStatus::STATUS_INVALID_PARAMETER,
-                on_complete,
+                on_complete: Some(on_complete),
             });
         };
         let state = match try_box(InFlight {
-            on_complete,
+            claimed: AtomicBool::new(false),
+            refs: AtomicU8::new(2),
+            on_complete: UnsafeCell::new(Some(on_complete)),
             payload,
         }) {
             Ok(state) => state,
             Err(InFlight { on_complete, .. }) => {
                 return Err(SendError {
-                    packet: self,
+                    packet: Some(self),
                     status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
-                    on_complete,
+                    on_complete: on_complete.into_inner(),
                 });
             }
         };
+        // A previous failed send's state: no routine of that send runs any more now that the
+        // packet is sent again (SendError's contract with KMCL).
+        if let Some(stale) = self.stale.take() {
+            stale.free();
+        }
         let data = state.payload.as_ptr();
-        let state = Box::into_raw(state);
+        let state = NonNull::from(Box::leak(state));
         let raw = self.raw;
+        let api = self.api;
         let this = ManuallyDrop::new(self);
 
-        // SAFETY: `raw` is our unsent packet; its pointer slot now owns `state`.
-        unsafe { sys::VmbPacketSetPointer(raw, state.cast()) };
+        // SAFETY: `raw` is our unsent packet; its pointer slot now refers to `state`.
+        unsafe { kmcl_call!(api, VmbPacketSetPointer(raw, state.as_ptr().cast()), ()) };
         // SAFETY: our unsent packet (not in flight); the routine expects `InFlight<F>` there.
-        unsafe { sys::VmbPacketSetCompletionRoutine(raw, Some(evt_completion::<F>)) };
-        // SAFETY: `data` is readable for `len` bytes and stays so until the completion routine
-        // frees `state`; after a successful send, `raw` and `state` belong to the bus and are
-        // not touched here again (the routine may already have run).
+        unsafe {
+            kmcl_call!(
+                api,
+                VmbPacketSetCompletionRoutine(raw, Some(evt_completion::<F>)),
+                ()
+            );
+        };
+        // SAFETY: `data` is readable for `len` bytes and stays so until the last reference to
+        // `state` is dropped, after the routine ran; after the call, `raw` and `state` are
+        // only touched as the protocol of `InFlight` allows (the routine may already have run).
         let status = NtStatus(unsafe {
-            sys::VmbPacketSend(raw, data.cast_mut().cast(), len, ptr::null_mut(), flags.0)
+            kmcl_call!(
+                api,
+                VmbPacketSend(raw, data.cast_mut().cast(), len, ptr::null_mut(), flags.0),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
         });
+        // SAFETY: the send path's reference keeps `state` alive until `release` below or, on a
+        // failure it claimed, until the packet frees it (`stale`).
+        let st = unsafe { state.as_ref() };
         if status.is_success() {
+            // SAFETY: the send path's reference, dropped once.
+            unsafe { release::<F>(api, raw, state) };
             return Ok(());
         }
-        // A failed send does not run the routine (reference §7.5 [inf]): the state is ours.
-        // SAFETY: `raw` is still our packet; clear the slot before freeing what it pointed to.
-        unsafe { sys::VmbPacketSetPointer(raw, ptr::null_mut()) };
-        // SAFETY: `state` came from `Box::into_raw` above and the send that could have taken
-        // it failed, so this is its only owner.
-        let InFlight { on_complete, .. } = *unsafe { Box::from_raw(state) };
+        if st.claimed.swap(true, Ordering::AcqRel) {
+            // The routine ran (or runs) for this failed send: it has the closure, and the last
+            // of the two frees the packet and the state.
+            // SAFETY: the send path's reference, dropped once.
+            unsafe { release::<F>(api, raw, state) };
+            return Err(SendError {
+                packet: None,
+                status,
+                on_complete: None,
+            });
+        }
+        // SAFETY: the claim is ours, so nothing else reads or writes the closure cell.
+        let on_complete = unsafe { (*st.on_complete.get()).take() };
+        let mut packet = ManuallyDrop::into_inner(this);
+        packet.stale = Some(Stale {
+            state: state.cast(),
+            free: free_state::<F>,
+        });
         Err(SendError {
-            packet: ManuallyDrop::into_inner(this),
+            packet: Some(packet),
             status,
             on_complete,
         })
@@ -191,8 +290,42 @@ impl<'ch> OutgoingPacket<'ch> {
 
 impl Drop for OutgoingPacket<'_> {
     fn drop(&mut self) {
-        // SAFETY: an unsent packet owned by this value; freed exactly once, here.
-        unsafe { sys::VmbPacketFree(self.raw) };
+        // SAFETY: an unsent packet owned by this value; freed exactly once, here. After Free no
+        // completion routine of it runs, so a stale state can go too.
+        unsafe { kmcl_call!(self.api, VmbPacketFree(self.raw), ()) };
+        if let Some(stale) = self.stale.take() {
+            stale.free();
+        }
+    }
+}
+
+/// Frees a `Box<InFlight<F>>` given as a type-erased pointer.
+///
+/// # Safety
+/// `state` must come from `Box::leak` of a `Box<InFlight<F>>` for this `F`, and no one may use
+/// it afterwards.
+unsafe fn free_state<F>(state: NonNull<u8>) {
+    // SAFETY: the caller's contract.
+    drop(unsafe { Box::from_raw(state.cast::<InFlight<F>>().as_ptr()) });
+}
+
+/// Drops one reference to `state`; the last one frees the packet and the state.
+///
+/// # Safety
+/// The caller holds one reference to `state` (of packet `raw`, sent through `api`), which it
+/// gives up here; the routine claimed the closure, so the packet is no one else's to free.
+unsafe fn release<F>(api: &Api, raw: sys::VMBPACKET, state: NonNull<InFlight<F>>) {
+    // SAFETY: the caller holds a reference, so `state` is alive.
+    if unsafe { state.as_ref() }
+        .refs
+        .fetch_sub(1, Ordering::AcqRel)
+        == 1
+    {
+        // SAFETY: a custom completion routine makes the driver responsible for freeing the
+        // packet once the routine ran (reference §6.2), and this is the last user of both.
+        unsafe { kmcl_call!(api, VmbPacketFree(raw), ()) };
+        // SAFETY: the last reference: nobody uses `state` after this.
+        unsafe { free_state::<F>(state.cast()) };
     }
 }
 
@@ -204,15 +337,27 @@ unsafe extern "C" fn evt_completion<F>(
 ) where
     F: FnOnce(Completion<'_>) + Send + 'static,
 {
+    let (Some(get_pointer), Some(free)) = (
+        entry!(PACKET_GET_POINTER as PacketGetPointerFn),
+        entry!(PACKET_FREE as PacketFreeFn),
+    ) else {
+        return;
+    };
     // SAFETY: KMCL passes the packet whose routine this is; GetPointer reads its slot.
-    let state = unsafe { sys::VmbPacketGetPointer(packet) }.cast::<InFlight<F>>();
-    if let Some(state) = NonNull::new(state) {
-        // SAFETY: the slot was set by `send` to a `Box<InFlight<F>>` for this very `F`, and
-        // KMCL runs the routine exactly once per send, so the box is taken exactly once.
-        let InFlight {
-            on_complete,
-            payload,
-        } = *unsafe { Box::from_raw(state.as_ptr()) };
+    let Some(state) = NonNull::new(unsafe { get_pointer(packet) }.cast::<InFlight<F>>()) else {
+        return;
+    };
+    // SAFETY: the slot was set by `send_vec` to a live `InFlight<F>` for this very `F`, which
+    // holds a reference for this routine until it is dropped below.
+    let st = unsafe { state.as_ref() };
+    if st.claimed.swap(true, Ordering::AcqRel) {
+        // The send failed and its path took the closure; the packet is the caller's. Only drop
+        // the routine's reference (the packet's `stale` frees the state).
+        st.refs.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    // SAFETY: the claim is ours: nothing else touches the closure cell.
+    if let Some(on_complete) = unsafe { (*st.on_complete.get()).take() } {
         let response: &[u8] = match (NonNull::new(buffer.cast::<u8>()), usize::try_from(length)) {
             (Some(p), Ok(n)) if n > 0 => {
                 // SAFETY: KMCL guarantees `buffer` readable for `length` bytes during the
@@ -225,11 +370,15 @@ unsafe extern "C" fn evt_completion<F>(
             status: NtStatus(status),
             response,
         });
-        drop(payload);
     }
-    // SAFETY: a custom completion routine makes the driver responsible for freeing the packet
-    // once the routine ran (reference §6.2); nothing touches `packet` after this.
-    unsafe { sys::VmbPacketFree(packet) };
+    if st.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SAFETY: the last reference (the send path already dropped its own): a custom
+        // completion routine makes the driver responsible for freeing the packet once it ran
+        // (reference §6.2); nothing touches `packet` or `state` after this.
+        unsafe { free(packet) };
+        // SAFETY: as above, for the state.
+        unsafe { free_state::<F>(state.cast()) };
+    }
 }
 
 /// `Box::new` that returns the value back instead of panicking when the allocator fails (a

@@ -124,12 +124,37 @@ impl ChannelHandler for Handler {
     }
 }
 
-/// A builder for a channel under `host`, configured like a typical client.
+/// The client interface table of `host`'s device, queried as the bus driver answers
+/// `WdfFdoQueryForInterface`.
+pub(crate) fn library(host: &Host) -> kmcl::Library {
+    {
+        let query = |iface, size, version, ty: &_| {
+            // SAFETY: `iface` is the table kmcl passes, writable for `size` bytes.
+            unsafe { host.query_interface(ty, iface, size, version) }
+        };
+        // SAFETY: see above: the model's query fills the whole table and takes one
+        // reference for the caller, as a PnP query-interface does.
+        unsafe { kmcl::Library::query(query) }
+    }
+    .expect("query the client interface")
+}
+
+/// A builder for a channel under `host`, through `host`'s queried table, configured like a
+/// typical client. The channel keeps its own reference on the table.
 pub(crate) fn builder(host: &Host, recorder: &Arc<Recorder>) -> ChannelBuilder<Handler> {
+    builder_with(&library(host), host, recorder)
+}
+
+/// [`builder`] through `library`.
+pub(crate) fn builder_with(
+    library: &kmcl::Library,
+    host: &Host,
+    recorder: &Arc<Recorder>,
+) -> ChannelBuilder<Handler> {
     // SAFETY: the model's device token is valid for the host's lifetime, which every test
     // keeps longer than the channel.
     let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
-    let mut b = ChannelBuilder::new(parent, Handler(recorder.clone())).expect("allocate");
+    let mut b = ChannelBuilder::new(library, parent, Handler(recorder.clone())).expect("allocate");
     b.max_packet_size(4096).expect("max packet size");
     b.ring_pages(16, 16).expect("ring pages");
     b.friendly_name("kmcl-test").expect("friendly name");

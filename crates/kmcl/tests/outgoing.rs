@@ -110,9 +110,10 @@ fn a_failed_send_returns_the_packet_and_dropping_it_frees_it() {
     };
     assert_eq!(status, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
     assert_eq!(host.stats().packets_allocated, 1);
-    // The packet came back and can be sent again.
+    // The packet came back (the model ran no completion routine) and can be sent again.
     let (tx, rx) = mpsc::channel();
     packet
+        .expect("no routine ran, so the packet comes back")
         .send(b"retry", SendFlags::WAIT_FOR_COMPLETION, move |c| {
             tx.send(c.status).unwrap()
         })

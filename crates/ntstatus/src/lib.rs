@@ -99,6 +99,8 @@ define! {
     STATUS_INVALID_USER_BUFFER = 0xC000_00E8,
     /// An unexpected internal failure.
     STATUS_INTERNAL_ERROR = 0xC000_00E5,
+    /// The device does not exist (ntstatus.h).
+    STATUS_NO_SUCH_DEVICE = 0xC000_000E,
 }
 
 impl NtStatus {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kmcl_model::kmcl_sys::{GUID, PDEVICE_OBJECT};
 use kmcl_model::{Host, ModelConfig, NtStatus, connected_with};
 use vmbmsg_core::sim::SimPlatform;
-use vmbmsg_core::{Core, CoreConfig, ParentDevice};
+use vmbmsg_core::{Core, CoreConfig, Library, ParentDevice};
 use vmbmsg_proto::wire::{GuestBody, HostMessage, PROTOCOL_V1, Reply, parse_guest_message};
 
 /// The payload sizes every receive-path and ring measurement uses.
@@ -91,7 +91,9 @@ fn negotiate_responder(gp: &kmcl_model::GuestPacket) -> Option<(NtStatus, Vec<u8
 }
 
 enum Dev {
-    Rust(Box<Core<SimPlatform>>),
+    /// The core and its device's KMCL (the queried client interface table, the driver's
+    /// default).
+    Rust(Box<(Core<SimPlatform>, Library)>),
     C(*mut c_void),
 }
 
@@ -139,8 +141,18 @@ impl RxWorld {
                 // under it exists: the model's token lives as long as `host`, and `Drop` takes
                 // the core's channel down before `host` goes.
                 let parent = unsafe { ParentDevice::from_raw(host.parent_device()) };
-                core.channel_up(parent).expect("channel up");
-                Dev::Rust(Box::new(core))
+                let library = {
+                    let query = |iface, size, version, ty: &_| {
+                        // SAFETY: `iface` is the table kmcl passes, writable for `size` bytes.
+                        unsafe { host.query_interface(ty, iface, size, version) }
+                    };
+                    // SAFETY: see above: the model's query fills the whole table and takes one
+                    // reference for the caller, as a PnP query-interface does.
+                    unsafe { Library::query(query) }
+                }
+                .expect("query the client interface");
+                core.channel_up(&library, parent).expect("channel up");
+                Dev::Rust(Box::new((core, library)))
             }
             Guest::C | Guest::Null => {
                 let null = i32::from(guest == Guest::Null);
@@ -160,7 +172,7 @@ impl RxWorld {
 
     fn ready(&self) -> bool {
         match &self.dev {
-            Dev::Rust(core) => core.state() == vmbmsg_proto::ioctl::ChannelState::READY,
+            Dev::Rust(dev) => dev.0.state() == vmbmsg_proto::ioctl::ChannelState::READY,
             // SAFETY: `dev` came from `rxc_start` and lives until `Drop`.
             Dev::C(dev) => (unsafe { rxc_ready(*dev) }) != 0,
         }
@@ -195,7 +207,7 @@ impl RxWorld {
     #[must_use]
     pub fn echo_count(&self) -> u64 {
         match &self.dev {
-            Dev::Rust(core) => core.stats().echo_count.get(),
+            Dev::Rust(dev) => dev.0.stats().echo_count.get(),
             // SAFETY: `dev` came from `rxc_start` and lives until `Drop`.
             Dev::C(dev) => unsafe { rxc_echo_count(*dev) },
         }
@@ -205,7 +217,7 @@ impl RxWorld {
 impl Drop for RxWorld {
     fn drop(&mut self) {
         match &self.dev {
-            Dev::Rust(core) => core.channel_down(),
+            Dev::Rust(dev) => dev.0.channel_down(),
             // SAFETY: `dev` came from `rxc_start`; stopped once, here.
             Dev::C(dev) => unsafe { rxc_stop(*dev) },
         }

@@ -164,10 +164,9 @@ fn after_send<P: Platform, F: FnOnce(Completion<'_>)>(
 ) {
     match sent {
         Ok(()) => shared.stats.sent(len),
-        Err(e) => (e.on_complete)(Completion {
-            status: e.status,
-            response: &[],
-        }),
+        // Runs the closure, unless KMCL already ran the completion routine for the refused
+        // send (which ran it with KMCL's status): either way the request completes once.
+        Err(e) => e.complete_with_status(),
     }
 }
 

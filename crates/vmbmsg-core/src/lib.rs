@@ -52,7 +52,7 @@ use kmcl::{Channel, ChannelBuilder};
 use vmbmsg_proto::ioctl::ChannelState;
 use vmbmsg_proto::wire::{MAX_MESSAGE, MAX_PAYLOAD};
 
-pub use kmcl::{NtStatus, ParentDevice};
+pub use kmcl::{Library, NtStatus, ParentDevice};
 
 use crate::notify::NotifyQueue;
 use crate::packet::Handler;
@@ -440,7 +440,8 @@ impl<P: Platform> Core<P> {
         self.shared.stats.snapshot()
     }
 
-    /// Allocates, configures and enables the VMBus channel under `parent`. Returns once the
+    /// Allocates, configures and enables the VMBus channel under `parent`, through `library`
+    /// (the device's KMCL; the channel keeps its own reference on it). Returns once the
     /// channel is enabled; it opens (and negotiates) when the host opens it.
     ///
     /// # Errors
@@ -449,12 +450,12 @@ impl<P: Platform> Core<P> {
     ///
     /// # IRQL
     /// PASSIVE_LEVEL.
-    pub fn channel_up(&self, parent: ParentDevice) -> Result<(), NtStatus> {
+    pub fn channel_up(&self, library: &Library, parent: ParentDevice) -> Result<(), NtStatus> {
         if self.channel.is_set() {
             return Err(NtStatus::STATUS_INVALID_DEVICE_STATE);
         }
         let handler = Handler::new(self.shared.clone());
-        let mut builder = ChannelBuilder::new(parent, handler)?;
+        let mut builder = ChannelBuilder::new(library, parent, handler)?;
         // MAX_MESSAGE is a small constant (16 408).
         let max = u32::try_from(MAX_MESSAGE).map_err(|_| NtStatus::STATUS_INTERNAL_ERROR)?;
         builder.max_packet_size(max)?;

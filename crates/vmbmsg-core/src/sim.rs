@@ -21,7 +21,7 @@ use vmbmsg_proto::wire::{
     GuestBody, HostMessage, MessageKind, PROTOCOL_V1, Reply, choose_version, parse_guest_message,
 };
 
-use crate::{CancelToken, Core, CoreConfig, IoRequest, NtStatus, ParentDevice, Platform};
+use crate::{CancelToken, Core, CoreConfig, IoRequest, Library, NtStatus, ParentDevice, Platform};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -273,6 +273,20 @@ pub struct SimConfig {
     pub delivery_threads: usize,
     /// The driver core's tunables.
     pub core: CoreConfig,
+    /// How the driver reaches KMCL: the queried client interface table (what the driver does
+    /// by default) or the linked functions (its `linked-kmcl` feature).
+    pub kmcl: KmclPath,
+}
+
+/// How a simulated driver reaches KMCL ([`kmcl::Library`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KmclPath {
+    /// `KMCL_CLIENT_INTERFACE_V1`, queried from the model's bus driver, referenced and released
+    /// as the WDF shell does.
+    #[default]
+    Table,
+    /// The plain functions (on Windows, `vmbkmcl.lib`; here, the model's exports).
+    Linked,
 }
 
 impl Default for SimConfig {
@@ -284,6 +298,7 @@ impl Default for SimConfig {
             send_status: NtStatus::STATUS_SUCCESS,
             delivery_threads: 1,
             core: CoreConfig::default(),
+            kmcl: KmclPath::Table,
         }
     }
 }
@@ -340,6 +355,9 @@ fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
 pub struct Simulation {
     host: Arc<Host>,
     core: Core<SimPlatform>,
+    /// The device's KMCL, as the WDF shell holds it: released (with the model's removal check)
+    /// when the simulation is dropped.
+    library: Option<Library>,
     config: Arc<Mutex<SimConfig>>,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
@@ -386,7 +404,8 @@ impl Simulation {
     /// Creates the core and the host and brings the channel up, without opening it.
     ///
     /// # Errors
-    /// [`StartError::Core`] when the core cannot be created or the channel brought up.
+    /// [`StartError::Core`] when the core cannot be created, the client interface cannot be
+    /// queried, or the channel brought up.
     pub fn new(config: SimConfig) -> Result<Self, StartError> {
         let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
         let host = Arc::new(kmcl_model::connected_with(ModelConfig {
@@ -417,15 +436,37 @@ impl Simulation {
                 .spawn(move || slow_host(&host, &config, &stop))
                 .ok()
         };
+        let path = lock(&config).kmcl;
+        let library = library_of(&host, path).map_err(StartError::Core)?;
         let parent = parent_of(&host);
-        core.channel_up(parent).map_err(StartError::Core)?;
-        Ok(Self {
+        // On an error `sim` drops: the channel (if any) comes down, then the library.
+        let sim = Self {
             host,
             core,
+            library: Some(library),
             config,
             stop,
             worker,
-        })
+        };
+        if let Some(library) = &sim.library {
+            sim.core
+                .channel_up(library, parent)
+                .map_err(StartError::Core)?;
+        }
+        Ok(sim)
+    }
+
+    /// Takes the channel down and brings it up again, as the WDF shell does across a power
+    /// transition (`EvtDeviceSelfManagedIoSuspend` / `...Restart`).
+    ///
+    /// # Errors
+    /// The core's status from `channel_up`.
+    pub fn restart(&self) -> Result<(), NtStatus> {
+        self.core.channel_down();
+        match &self.library {
+            Some(library) => self.core.channel_up(library, parent_of(&self.host)),
+            None => Err(NtStatus::STATUS_INVALID_DEVICE_STATE),
+        }
     }
 
     /// The driver core.
@@ -512,6 +553,27 @@ fn parent_of(host: &Host) -> ParentDevice {
     unsafe { ParentDevice::from_raw(host.parent_device()) }
 }
 
+/// The device's KMCL for `host` by `path`: the client interface table queried as the WDF shell
+/// does (`WdfFdoQueryForInterface` on its own device), or the linked functions.
+#[expect(
+    unsafe_code,
+    reason = "the query hands kmcl a raw interface buffer, as WdfFdoQueryForInterface does"
+)]
+fn library_of(host: &Host, path: KmclPath) -> Result<Library, NtStatus> {
+    match path {
+        KmclPath::Table => {
+            let query = |iface, size, version, ty: &_| {
+                // SAFETY: `iface` is the table kmcl passes, writable for `size` bytes.
+                unsafe { host.query_interface(ty, iface, size, version) }
+            };
+            // SAFETY: see above: the model's query fills the whole table and takes one
+            // reference for the caller, as a PnP query-interface does.
+            unsafe { Library::query(query) }
+        }
+        KmclPath::Linked => Ok(Library::linked()),
+    }
+}
+
 /// Answers the packets the responder left for later: after the configured delay, or never.
 fn slow_host(host: &Host, config: &Mutex<SimConfig>, stop: &AtomicBool) {
     let mut held = Vec::new();
@@ -542,6 +604,10 @@ fn slow_host(host: &Host, config: &Mutex<SimConfig>, stop: &AtomicBool) {
 impl Drop for Simulation {
     fn drop(&mut self) {
         self.core.channel_down();
+        // The device's reference, released as the WDF shell's cleanup callback does, before
+        // the device is removed.
+        drop(self.library.take());
+        self.host.remove_device();
         self.stop.store(true, Ordering::Release);
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();

@@ -710,3 +710,41 @@ pub unsafe extern "C" fn cb_completion(
         packet_free(p);
     }
 }
+
+// ---- the client interface table ----------------------------------------------------------------
+
+/// Queries `host`'s client interface table with `size` and `version`, as
+/// `WdfFdoQueryForInterface` would; the status and the table (zeroed unless it succeeded).
+pub fn query_table(host: &Host, size: u16, version: u16) -> (NtStatus, sys::KMCL_CLIENT_INTERFACE_V1) {
+    let mut table = sys::KMCL_CLIENT_INTERFACE_V1::default();
+    let iface = ptr::from_mut(sys::interface_header_mut(&mut table));
+    // SAFETY: `iface` is the start of `table`, writable for `size_of(table)` bytes; the model
+    // writes at most `size` bytes, and only for the V1 size it accepts.
+    let status = unsafe {
+        host.query_interface(&sys::KMCL_CLIENT_INTERFACE_TYPE, iface, size, version)
+    };
+    (status, table)
+}
+
+/// [`query_table`] for `KMCL_CLIENT_INTERFACE_V1`, which must succeed.
+pub fn query_v1(host: &Host) -> sys::KMCL_CLIENT_INTERFACE_V1 {
+    let (status, table) = query_table(host, sys::KMCL_CLIENT_INTERFACE_V1_SIZE, 1);
+    assert_eq!(status, NtStatus::STATUS_SUCCESS);
+    table
+}
+
+/// Calls the table's `InterfaceReference`.
+pub fn interface_reference(table: &sys::KMCL_CLIENT_INTERFACE_V1) {
+    let h = sys::interface_header(table);
+    let f = h.InterfaceReference.expect("InterfaceReference");
+    // SAFETY: the provider's own function with its own context.
+    unsafe { f(h.Context) };
+}
+
+/// Calls the table's `InterfaceDereference`.
+pub fn interface_dereference(table: &sys::KMCL_CLIENT_INTERFACE_V1) {
+    let h = sys::interface_header(table);
+    let f = h.InterfaceDereference.expect("InterfaceDereference");
+    // SAFETY: the provider's own function with its own context.
+    unsafe { f(h.Context) };
+}

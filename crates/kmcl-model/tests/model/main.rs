@@ -8,6 +8,7 @@ mod common;
 mod gpadl;
 mod hostile;
 mod incoming;
+mod interface;
 mod lifecycle;
 mod link;
 mod outgoing;

@@ -325,8 +325,9 @@ fn violation_invalid_flags() {
     let host = connected();
     let g = GuestBuilder::new(&host).opened();
     let p = packet_allocate(g.ch).expect("allocate");
+    // 0x20: the first bit past VMBUS_CHANNEL_FORMAT_FLAGS (0x1F since 10.0.22621).
     assert_eq!(
-        send(p, b"x", 0x8 | WAIT),
+        send(p, b"x", 0x20 | WAIT),
         NtStatus::STATUS_INVALID_PARAMETER
     );
     expect_one(&host, V::InvalidFlags, "VmbPacketSend");
@@ -618,5 +619,70 @@ fn violation_responder_panicked() {
         .complete(NtStatus::STATUS_SUCCESS, b"");
     assert_eq!(c.len(), 1);
     g.teardown();
+    host.assert_no_violations();
+}
+
+#[test]
+fn violation_interface_use_after_release() {
+    let host = connected();
+    let table = query_v1(&host);
+    interface_dereference(&table);
+    let mut ch: sys::VMBCHANNEL = std::ptr::null_mut();
+    // SAFETY: the (released) table's function with a valid out pointer: the call itself is the
+    // violation, and the model still answers it.
+    let status = unsafe {
+        table.VmbChannelAllocate.expect("allocate")(host.parent_device(), 0, &raw mut ch)
+    };
+    assert_eq!(NtStatus(status), NtStatus::STATUS_SUCCESS);
+    expect_one(&host, V::InterfaceUseAfterRelease, "VmbChannelAllocate");
+    // After the device is removed, even with a reference still held, every call is one.
+    let table = query_v1(&host);
+    host.remove_device();
+    expect_one(&host, V::InterfaceNotReleased, "IRP_MN_REMOVE_DEVICE");
+    // SAFETY: a channel of this world, never enabled.
+    unsafe { table.VmbChannelCleanup.expect("cleanup")(ch) };
+    expect_one(&host, V::InterfaceUseAfterRelease, "VmbChannelCleanup");
+    interface_dereference(&table);
+    host.assert_no_violations();
+}
+
+#[test]
+fn violation_interface_released_twice() {
+    let host = connected();
+    let table = query_v1(&host);
+    interface_dereference(&table);
+    interface_dereference(&table);
+    expect_one(&host, V::InterfaceReleasedTwice, "InterfaceDereference");
+    assert_eq!(host.interface_references(), 0);
+    host.remove_device();
+    host.assert_no_violations();
+}
+
+#[test]
+fn violation_interface_not_released() {
+    let host = connected();
+    let table = query_v1(&host);
+    interface_reference(&table);
+    interface_dereference(&table);
+    host.remove_device();
+    let v = expect_one(&host, V::InterfaceNotReleased, "IRP_MN_REMOVE_DEVICE");
+    assert!(v.detail.contains("1 reference"), "{v}");
+}
+
+#[test]
+fn violation_interface_query_mismatch() {
+    let host = connected();
+    // The trap kmcl-interface-facts warns of: KMCL_CLIENT_INTERFACE_VERSION_LATEST with
+    // sizeof(KMCL_CLIENT_INTERFACE_V1).
+    let (status, table) = query_table(&host, sys::KMCL_CLIENT_INTERFACE_V1_SIZE, 5);
+    assert_eq!(status, NtStatus::STATUS_NOT_SUPPORTED);
+    assert!(table.VmbChannelAllocate.is_none());
+    expect_one(&host, V::InterfaceQueryMismatch, "IRP_MN_QUERY_INTERFACE");
+    // A V2-sized query with version 1.
+    let (status, _) = query_table(&host, sys::KMCL_CLIENT_INTERFACE_V1_SIZE + 24, 1);
+    assert_eq!(status, NtStatus::STATUS_NOT_SUPPORTED);
+    expect_one(&host, V::InterfaceQueryMismatch, "IRP_MN_QUERY_INTERFACE");
+    assert_eq!(host.interface_references(), 0);
+    host.remove_device();
     host.assert_no_violations();
 }
