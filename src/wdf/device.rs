@@ -138,26 +138,25 @@ unsafe fn library<'a>(device: WDFDEVICE) -> Option<&'a Library> {
 /// PASSIVE_LEVEL.
 #[cfg(not(feature = "linked-kmcl"))]
 unsafe fn query_kmcl(device: WDFDEVICE) -> Result<Library, NtStatus> {
+    let query = |interface, size, version, interface_type: &GUID| {
+        // SAFETY: `device` is live (caller); `interface_type` and `interface` are valid for the
+        // call, `interface` writable for `size` bytes; no interface-specific data. PASSIVE.
+        NtStatus(unsafe {
+            call_unsafe_wdf_function_binding!(
+                WdfFdoQueryForInterface,
+                device,
+                ptr::from_ref(interface_type),
+                interface,
+                size,
+                version,
+                ptr::null_mut(),
+            )
+        })
+    };
     // SAFETY: WdfFdoQueryForInterface is a PnP query-interface on the device's stack: on
     // success it has filled the whole structure (`interface`, of `size` bytes, the table kmcl
     // allocated) and the provider took one reference for us, which `Library` owns.
-    unsafe {
-        Library::query(|interface, size, version, interface_type| {
-            // SAFETY: `device` is live (caller); `interface_type` and `interface` are valid
-            // for the call, `interface` writable for `size` bytes; no interface-specific data.
-            NtStatus(unsafe {
-                call_unsafe_wdf_function_binding!(
-                    WdfFdoQueryForInterface,
-                    device,
-                    ptr::from_ref(interface_type),
-                    interface,
-                    size,
-                    version,
-                    ptr::null_mut(),
-                )
-            })
-        })
-    }
+    unsafe { Library::query(query) }
 }
 
 /// See the other `query_kmcl`: with `linked-kmcl`, no query.

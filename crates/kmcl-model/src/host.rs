@@ -54,6 +54,23 @@ pub struct ModelConfig {
     /// The offer's MMIO range, `(address, size)`, as `VmbChannelGetMmioSpace` (a member of
     /// the client interface table only) reports it. None by default, as for most offers.
     pub mmio_space: (u64, u64),
+    /// What the `Buffer` of `EvtVmbChannelProcessPacket` points at.
+    pub delivery: DeliveryMode,
+}
+
+/// What the `Buffer` KMCL hands `EvtVmbChannelProcessPacket` is, in a world. Real KMCL does not
+/// document whether it is a private copy or the host-writable incoming ring, so a guest must be
+/// correct with either; the model can play both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// A private copy of the packet, stable for the whole callback.
+    #[default]
+    PrivateCopy,
+    /// Memory the host can still write, and does: while the callback runs, a host thread
+    /// keeps rewriting every byte (atomically, as another VM's processor would), so a guest
+    /// that reads the buffer twice sees it change, and one that keeps a `&[u8]` over it has
+    /// a data race. Each delivery starts the rewriting before the callback and stops it after.
+    InPlaceHostile,
 }
 
 impl Default for ModelConfig {
@@ -64,6 +81,7 @@ impl Default for ModelConfig {
             interface_type: DEFAULT_INTERFACE_TYPE,
             interface_instance: DEFAULT_INTERFACE_INSTANCE,
             mmio_space: (0, 0),
+            delivery: DeliveryMode::PrivateCopy,
         }
     }
 }

@@ -64,7 +64,8 @@ mod violation;
 mod world;
 
 pub use host::{
-    ChannelState, DEFAULT_INTERFACE_INSTANCE, DEFAULT_INTERFACE_TYPE, FaultPlan, GuestCompletion,
+    ChannelState, DEFAULT_INTERFACE_INSTANCE, DEFAULT_INTERFACE_TYPE, DeliveryMode, FaultPlan,
+    GuestCompletion,
     GuestPacket, Host, HostSendError, HostStats, HostTxn, ModelConfig, OpenError, OpenTask,
     ViolationGuard, connected, connected_with,
 };

@@ -202,6 +202,15 @@ impl AlignedBuf {
         u32::try_from(self.len).unwrap_or(u32::MAX)
     }
 
+    /// The words behind the bytes, for a host that writes them while the guest reads
+    /// ([`scribble`]).
+    pub(crate) fn shared_words(&mut self) -> SharedWords {
+        SharedWords {
+            ptr: self.words.as_mut_ptr(),
+            len: self.words.len(),
+        }
+    }
+
     /// A pointer the guest may read `len` bytes from (never NULL, even when empty).
     pub(crate) fn as_mut_ptr(&mut self) -> *mut c_void {
         self.words.as_mut_ptr().cast()
@@ -246,3 +255,36 @@ pub(crate) unsafe fn read_array<T: Copy>(p: *const T, n: usize) -> Option<Vec<T>
     }
     Some(v)
 }
+
+/// The hostile host of [`DeliveryMode::InPlaceHostile`](crate::DeliveryMode): rewrites every
+/// word of a delivered packet, atomically and over and over, until `stop`, as another VM
+/// writing the shared ring would. The values change on every pass (a counter in each byte).
+///
+/// # Safety
+/// `words` must point to `len` 8-aligned `u64`s that stay allocated until this returns and
+/// that everyone else accesses only through atomic operations or raw reads while it runs (the
+/// guest's reads are the point; the delivering thread does not touch them meanwhile).
+pub(crate) unsafe fn scribble(words: SharedWords, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut pass: u64 = 0;
+    while !stop.load(Ordering::Acquire) {
+        pass = pass.wrapping_add(0x0101_0101_0101_0101);
+        for i in 0..words.len {
+            // SAFETY: `i < len`, so the word is inside the allocation, 8-aligned (caller);
+            // every concurrent access is atomic or a read (caller).
+            let w = unsafe { AtomicU64::from_ptr(words.ptr.wrapping_add(i)) };
+            w.store(pass, Ordering::Relaxed);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The words of a delivered packet, handed to the scribbling host thread.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedWords {
+    pub(crate) ptr: *mut u64,
+    pub(crate) len: usize,
+}
+
+// SAFETY: only used by `scribble`, whose contract covers concurrent access to the words.
+unsafe impl Send for SharedWords {}

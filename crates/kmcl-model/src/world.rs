@@ -20,7 +20,7 @@ use ntstatus::NtStatus;
 
 use crate::handle::{self, Kind, MAX_SERIAL};
 use crate::host::{
-    ChannelState, FaultPlan, GuestCompletion, GuestPacket, HostSendError, HostStats, ModelConfig,
+    ChannelState, DeliveryMode, FaultPlan, GuestCompletion, GuestPacket, HostSendError, HostStats, ModelConfig,
     OpenError, guid_eq, relock,
 };
 use crate::interface::InterfaceState;
@@ -1929,17 +1929,36 @@ impl World {
             ptr::without_provenance_mut(handle::encode(Kind::Completion, self.id, job.token));
         let (buf, len) = (job.view.as_mut_ptr(), job.view.len_u32());
         if let Some(f) = job.callback {
-            in_callback(
-                self.frame(job.channel, FrameKind::Packet(job.token)),
-                job.irql,
-                || {
-                    // SAFETY: `f` is the channel's registered EvtVmbChannelProcessPacket; it
-                    // gets the channel handle, a fresh completion token, and `buf`, which is
-                    // readable for `len` bytes until this call returns (the model poisons it
-                    // afterwards and keeps it allocated in the quarantine).
-                    unsafe { f(job.ch, tok, buf, len, job.flags) }
-                },
-            );
+            let deliver = || {
+                in_callback(
+                    self.frame(job.channel, FrameKind::Packet(job.token)),
+                    job.irql,
+                    || {
+                        // SAFETY: `f` is the channel's registered EvtVmbChannelProcessPacket;
+                        // it gets the channel handle, a fresh completion token, and `buf`,
+                        // which is readable for `len` bytes until this call returns (the
+                        // model poisons it afterwards and keeps it allocated in the
+                        // quarantine).
+                        unsafe { f(job.ch, tok, buf, len, job.flags) }
+                    },
+                );
+            };
+            match self.cfg.delivery {
+                DeliveryMode::PrivateCopy => deliver(),
+                DeliveryMode::InPlaceHostile => {
+                    let words = job.view.shared_words();
+                    let stop = std::sync::atomic::AtomicBool::new(false);
+                    let stop_ref = &stop;
+                    std::thread::scope(|s| {
+                        // SAFETY: the view's words stay allocated until the scope ends (the
+                        // view is poisoned and quarantined only after it); meanwhile only
+                        // the guest reads them, through the raw pointer it was given.
+                        s.spawn(move || unsafe { crate::raw::scribble(words, stop_ref) });
+                        deliver();
+                        stop.store(true, std::sync::atomic::Ordering::Release);
+                    });
+                }
+            }
         }
         job.view.poison();
         let mut g = self.lock();

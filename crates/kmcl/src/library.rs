@@ -255,10 +255,9 @@ impl Library {
     /// The plain functions of `vmbkmcl.lib` as a table (`VmbChannelGetMmioSpace`, which has no
     /// plain declaration, left empty); no interface reference to take or release.
     ///
-    /// # Panics
-    /// Never: the table is complete by construction and its entries are the linked functions,
-    /// which any table queried in the same process also points at (on Linux, kmcl-model's).
-    #[cfg(feature = "linked")]
+    /// Available with the `linked` feature (and in this crate's own unit tests, which link
+    /// kmcl-model's definitions of the functions).
+    #[cfg(any(feature = "linked", test))]
     #[must_use]
     pub fn linked() -> Self {
         let table = sys::KMCL_CLIENT_INTERFACE_V1 {

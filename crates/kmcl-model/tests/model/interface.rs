@@ -18,14 +18,10 @@ fn the_query_fills_the_header_and_all_41_functions() {
     assert!(!h.Context.is_null());
     assert!(h.InterfaceReference.is_some() && h.InterfaceDereference.is_some());
     // The plain exports and the table's members are the same functions.
-    assert_eq!(
-        table.VmbChannelAllocate.map(|f| f as usize),
-        Some(sys::VmbChannelAllocate as usize)
-    );
-    assert_eq!(
-        table.VmbPacketSend.map(|f| f as usize),
-        Some(sys::VmbPacketSend as usize)
-    );
+    let plain_allocate: unsafe extern "C" fn(_, _, _) -> _ = sys::VmbChannelAllocate;
+    let plain_send: unsafe extern "C" fn(_, _, _, _, _) -> _ = sys::VmbPacketSend;
+    assert_eq!(table.VmbChannelAllocate, Some(plain_allocate));
+    assert_eq!(table.VmbPacketSend, Some(plain_send));
     assert!(table.VmbChannelGetMmioSpace.is_some(), "the table-only member");
     assert_eq!(host.interface_references(), 1);
     assert_eq!(host.interface_queries(), 1);

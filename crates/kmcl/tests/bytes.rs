@@ -1,0 +1,143 @@
+//! The bytes a handler sees: a private copy, stable even when the host rewrites the buffer KMCL
+//! passed while the handler runs, never allocated per packet; too many deliveries at once are
+//! handed back for later, and too long a packet never reaches the handler.
+
+// UNSAFETY: ParentDevice::from_raw on the model's device token.
+#![expect(unsafe_code, reason = "ParentDevice::from_raw on the model's device token")]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{T, library};
+use kmcl::{ChannelBuilder, ChannelHandler, ChannelRef, IncomingPacket, PacketFlags};
+use kmcl_model::{DeliveryMode, ModelConfig};
+
+/// Reads the packet twice, `gap` apart, and records whether both reads agreed.
+#[derive(Debug, Default)]
+struct Sampler {
+    gap: Duration,
+    stable: AtomicU64,
+    changed: AtomicU64,
+    seen: Mutex<Vec<Vec<u8>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Handler(Arc<Sampler>);
+
+impl ChannelHandler for Handler {
+    fn process_packet(
+        &self,
+        _channel: ChannelRef<'_>,
+        packet: IncomingPacket,
+        data: &[u8],
+        _flags: PacketFlags,
+    ) {
+        let first = data.to_vec();
+        std::thread::sleep(self.0.gap);
+        let second = data.to_vec();
+        if first == second {
+            self.0.stable.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.0.changed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.seen.lock().unwrap().push(first);
+        packet.complete(&second);
+    }
+}
+
+fn channel(
+    host: &kmcl_model::Host,
+    sampler: &Arc<Sampler>,
+    max_packet: u32,
+    deliveries: u32,
+) -> kmcl::Channel<Handler> {
+    // SAFETY: the model's device token outlives the channel.
+    let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
+    let mut b = ChannelBuilder::new(&library(host), parent, Handler(sampler.clone()))
+        .expect("allocate");
+    b.max_packet_size(max_packet).expect("max packet size");
+    b.concurrent_deliveries(deliveries).expect("bounce buffers");
+    b.enable().map_err(|(_, s)| s).expect("enable")
+}
+
+#[test]
+fn a_host_rewriting_the_buffer_during_the_callback_cannot_change_what_the_handler_reads() {
+    let host = kmcl_model::connected_with(ModelConfig {
+        delivery: DeliveryMode::InPlaceHostile,
+        ..Default::default()
+    });
+    let _check = host.violation_guard();
+    let sampler = Arc::new(Sampler {
+        gap: Duration::from_millis(5),
+        ..Sampler::default()
+    });
+    let ch = channel(&host, &sampler, 4096, 4);
+    host.open().expect("open");
+    for i in 0..20u8 {
+        let txn = host.send(&[i; 256], true).expect("send");
+        host.wait_completion(txn, T).expect("completion");
+    }
+    assert_eq!(sampler.stable.load(Ordering::Relaxed), 20);
+    assert_eq!(sampler.changed.load(Ordering::Relaxed), 0);
+    let stats = ch.bounce_stats();
+    assert_eq!((stats.copied, stats.bytes), (20, 20 * 256));
+    drop(ch);
+    host.remove_device();
+}
+
+#[test]
+fn deliveries_beyond_the_bounce_buffers_are_handed_back_and_all_complete() {
+    let host = kmcl_model::connected_with(ModelConfig {
+        delivery_threads: 4,
+        ..Default::default()
+    });
+    let _check = host.violation_guard();
+    let sampler = Arc::new(Sampler {
+        gap: Duration::from_millis(2),
+        ..Sampler::default()
+    });
+    let ch = channel(&host, &sampler, 4096, 1);
+    host.open().expect("open");
+    let txns: Vec<_> = (0..40u8)
+        .map(|i| host.send(&[i; 64], true).expect("send"))
+        .collect();
+    for (i, txn) in txns.into_iter().enumerate() {
+        let done = host.wait_completion(txn, T).expect("every packet completes");
+        assert_eq!(done.payload, vec![u8::try_from(i).unwrap(); 64]);
+    }
+    let stats = ch.bounce_stats();
+    assert_eq!(stats.copied, 40, "each packet reached the handler once");
+    assert!(
+        stats.deferred > 0,
+        "with one buffer and four delivery threads some deliveries were handed back: {stats:?}"
+    );
+    assert_eq!(
+        host.stats().redelivered_at_passive,
+        stats.deferred,
+        "each handed back once, delivered again at PASSIVE_LEVEL"
+    );
+    drop(ch);
+    host.remove_device();
+}
+
+#[test]
+fn a_packet_longer_than_the_maximum_never_reaches_the_handler() {
+    let host = kmcl_model::connected();
+    let _check = host.violation_guard();
+    let sampler = Arc::new(Sampler::default());
+    let ch = channel(&host, &sampler, 64, 2);
+    host.open().expect("open");
+    let txn = host.send(&[7; 65], true).expect("send");
+    let done = host.wait_completion(txn, T).expect("completed");
+    assert_eq!(done.payload, <Handler as ChannelHandler>::UNCONSUMED_RESPONSE);
+    let txn = host.send(&[7; 64], true).expect("send");
+    assert_eq!(host.wait_completion(txn, T).expect("completed").payload, [7; 64]);
+    assert_eq!(sampler.seen.lock().unwrap().len(), 1);
+    let stats = ch.bounce_stats();
+    assert_eq!((stats.copied, stats.oversized), (1, 1));
+    drop(ch);
+    host.remove_device();
+}
