@@ -216,6 +216,34 @@ fn a_failed_send_fails_the_request_with_the_librarys_status_and_frees_the_packet
     finish_clean(sim);
 }
 
+/// The same with a KMCL that also runs the completion routine of each refused send (the model's
+/// `run_routine_of_failed_sends`): each request still completes once, with the library's
+/// status, each packet is freed once, and the failures are counted once.
+#[test]
+fn a_failed_send_whose_completion_routine_runs_anyway_fails_the_request_once() {
+    let sim = ready();
+    sim.host().faults().run_routine_of_failed_sends(true);
+    sim.host()
+        .faults()
+        .fail_sends(2, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
+    assert_eq!(ping(&sim).status, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
+    assert_eq!(
+        send(&sim, b"x").status,
+        NtStatus::STATUS_INSUFFICIENT_RESOURCES
+    );
+    assert_eq!(sim.host().stats().packets_allocated, 0, "freed once");
+    let s = stats(&sim);
+    assert_eq!((s.ping_failed.get(), s.send_failed.get()), (1, 1));
+    assert_eq!(
+        s.tx_packets.get(),
+        1,
+        "failed sends are not counted as sent"
+    );
+    sim.host().faults().run_routine_of_failed_sends(false);
+    still_serving(&sim);
+    finish_clean(sim);
+}
+
 // ---- the host does not answer, or answers wrongly ----------------------------------------------
 
 #[test]

@@ -74,9 +74,11 @@ pub(crate) fn completions(s: &StatsOut) -> u64 {
 /// RECV's minimum output size.
 pub(crate) const RECV_LEN: usize = RECV_OUT_MAX;
 
-/// Ends a test: the channel goes down and the model saw no contract violation.
-pub(crate) fn finish(sim: Simulation) {
-    sim.core().channel_down();
+/// Ends a test: the device goes away (channel down, KMCL reference released, the model's bus
+/// driver sees the removal) and the model saw no contract violation.
+pub(crate) fn finish(mut sim: Simulation) {
+    sim.remove_device();
     sim.host().assert_no_violations();
+    assert_eq!(sim.host().interface_references(), 0);
     assert!(kmcl_model::orphan_violations().is_empty());
 }

@@ -102,6 +102,7 @@ struct Faults {
     rescind_after_opened: bool,
     fail_interface_queries: u32,
     interface_query_status: Option<NtStatus>,
+    routine_of_failed_sends: bool,
 }
 
 impl FaultPlan {
@@ -115,8 +116,9 @@ impl FaultPlan {
     }
 
     /// The next `n` calls of `VmbPacketSend*` that pass the argument checks return `status`
-    /// without sending (the caller still owns the packet; its completion routine does not
-    /// run). Meant for failure statuses.
+    /// without sending. Meant for failure statuses. By default the caller still owns the packet
+    /// and its completion routine does not run; see
+    /// [`run_routine_of_failed_sends`](Self::run_routine_of_failed_sends).
     pub fn fail_sends(&self, n: u32, status: NtStatus) {
         let mut f = self.faults();
         f.fail_sends = n;
@@ -130,6 +132,18 @@ impl FaultPlan {
     /// thread before `Host::open` returns.
     pub fn rescind_after_opened(&self) {
         self.faults().rescind_after_opened = true;
+    }
+
+    /// From now on (`true`) a send failed by [`fail_sends`](Self::fail_sends) also runs the
+    /// packet's completion routine, with the failure status and no response, before the send
+    /// returns: the other way a KMCL could behave (the reference only infers that a failed
+    /// send runs no routine). Guests must complete and free each packet exactly once either way.
+    pub fn run_routine_of_failed_sends(&self, yes: bool) {
+        self.faults().routine_of_failed_sends = yes;
+    }
+
+    pub(crate) fn runs_routine_of_failed_sends(&self) -> bool {
+        self.faults().routine_of_failed_sends
     }
 
     /// The next `n` queries of the client interface table fail with `status` (a bus driver

@@ -65,9 +65,8 @@ mod world;
 
 pub use host::{
     ChannelState, DEFAULT_INTERFACE_INSTANCE, DEFAULT_INTERFACE_TYPE, DeliveryMode, FaultPlan,
-    GuestCompletion,
-    GuestPacket, Host, HostSendError, HostStats, HostTxn, ModelConfig, OpenError, OpenTask,
-    ViolationGuard, connected, connected_with,
+    GuestCompletion, GuestPacket, Host, HostSendError, HostStats, HostTxn, ModelConfig, OpenError,
+    OpenTask, ViolationGuard, connected, connected_with,
 };
 pub use interface::query_interface;
 pub use irql::{Irql, current_irql, with_irql};

@@ -20,8 +20,8 @@ use ntstatus::NtStatus;
 
 use crate::handle::{self, Kind, MAX_SERIAL};
 use crate::host::{
-    ChannelState, DeliveryMode, FaultPlan, GuestCompletion, GuestPacket, HostSendError, HostStats, ModelConfig,
-    OpenError, guid_eq, relock,
+    ChannelState, DeliveryMode, FaultPlan, GuestCompletion, GuestPacket, HostSendError, HostStats,
+    ModelConfig, OpenError, guid_eq, relock,
 };
 use crate::interface::InterfaceState;
 use crate::irql::{Frame, FrameKind, Irql, StateCb, current_irql, in_callback};
@@ -2500,6 +2500,13 @@ impl World {
             }
         };
         if let Some(status) = self.faults.take_send_failure() {
+            if self.faults.runs_routine_of_failed_sends() {
+                // A KMCL that also completes the refused packet through its routine, before
+                // the send returns (FaultPlan::run_routine_of_failed_sends): the reference
+                // infers it does not (§7.5 [inf]), and a guest must be right either way.
+                drop(g);
+                self.run_completion(serial, h, routine, status, &[]);
+            }
             return status;
         }
         let txn = st.next_txn;

@@ -3,7 +3,10 @@
 //! handed back for later, and too long a packet never reaches the handler.
 
 // UNSAFETY: ParentDevice::from_raw on the model's device token.
-#![expect(unsafe_code, reason = "ParentDevice::from_raw on the model's device token")]
+#![expect(
+    unsafe_code,
+    reason = "ParentDevice::from_raw on the model's device token"
+)]
 
 mod common;
 
@@ -56,8 +59,8 @@ fn channel(
 ) -> kmcl::Channel<Handler> {
     // SAFETY: the model's device token outlives the channel.
     let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
-    let mut b = ChannelBuilder::new(&library(host), parent, Handler(sampler.clone()))
-        .expect("allocate");
+    let mut b =
+        ChannelBuilder::new(&library(host), parent, Handler(sampler.clone())).expect("allocate");
     b.max_packet_size(max_packet).expect("max packet size");
     b.concurrent_deliveries(deliveries).expect("bounce buffers");
     b.enable().map_err(|(_, s)| s).expect("enable")
@@ -105,7 +108,9 @@ fn deliveries_beyond_the_bounce_buffers_are_handed_back_and_all_complete() {
         .map(|i| host.send(&[i; 64], true).expect("send"))
         .collect();
     for (i, txn) in txns.into_iter().enumerate() {
-        let done = host.wait_completion(txn, T).expect("every packet completes");
+        let done = host
+            .wait_completion(txn, T)
+            .expect("every packet completes");
         assert_eq!(done.payload, vec![u8::try_from(i).unwrap(); 64]);
     }
     let stats = ch.bounce_stats();
@@ -132,9 +137,15 @@ fn a_packet_longer_than_the_maximum_never_reaches_the_handler() {
     host.open().expect("open");
     let txn = host.send(&[7; 65], true).expect("send");
     let done = host.wait_completion(txn, T).expect("completed");
-    assert_eq!(done.payload, <Handler as ChannelHandler>::UNCONSUMED_RESPONSE);
+    assert_eq!(
+        done.payload,
+        <Handler as ChannelHandler>::UNCONSUMED_RESPONSE
+    );
     let txn = host.send(&[7; 64], true).expect("send");
-    assert_eq!(host.wait_completion(txn, T).expect("completed").payload, [7; 64]);
+    assert_eq!(
+        host.wait_completion(txn, T).expect("completed").payload,
+        [7; 64]
+    );
     assert_eq!(sampler.seen.lock().unwrap().len(), 1);
     let stats = ch.bounce_stats();
     assert_eq!((stats.copied, stats.oversized), (1, 1));

@@ -2,7 +2,10 @@
 //! channel keeps of it.
 
 // UNSAFETY: the query hands kmcl a raw interface buffer, as WdfFdoQueryForInterface does.
-#![expect(unsafe_code, reason = "the query hands kmcl a raw interface buffer, as WdfFdoQueryForInterface does")]
+#![expect(
+    unsafe_code,
+    reason = "the query hands kmcl a raw interface buffer, as WdfFdoQueryForInterface does"
+)]
 
 mod common;
 
@@ -29,11 +32,17 @@ fn a_library_owns_one_reference_and_each_channel_its_own() {
     host.open().expect("open");
     let txn = host.send(b"still here", true).expect("send");
     assert_eq!(
-        host.wait_completion(txn, common::T).expect("completion").payload,
+        host.wait_completion(txn, common::T)
+            .expect("completion")
+            .payload,
         b"still here"
     );
     drop(channel);
-    assert_eq!(host.interface_references(), 0, "released once, after VmbChannelCleanup");
+    assert_eq!(
+        host.interface_references(),
+        0,
+        "released once, after VmbChannelCleanup"
+    );
     host.remove_device();
 }
 

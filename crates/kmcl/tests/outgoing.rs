@@ -224,3 +224,59 @@ fn a_synchronous_request_gets_the_hosts_answer_or_times_out() {
     drop(channel);
     host.assert_no_violations();
 }
+
+/// A KMCL that runs the completion routine of a send it refused (the model can be told to):
+/// the closure runs once, with the refusal's status, from the routine; the error returns
+/// neither the packet nor the closure, and the packet is freed exactly once.
+#[test]
+fn a_failed_send_whose_routine_runs_anyway_completes_and_frees_once() {
+    let host = kmcl_model::connected();
+    let rec = Recorder::new(Mode::Echo);
+    let channel = enabled(&host, &rec);
+    host.open().expect("open");
+    host.faults().run_routine_of_failed_sends(true);
+    host.faults()
+        .fail_sends(1, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
+    let packet = channel.handle().allocate_packet().expect("allocate");
+    let (tx, rx) = mpsc::channel();
+    let Err(e) = packet.send(b"nope", SendFlags::WAIT_FOR_COMPLETION, move |c| {
+        tx.send(c.status).unwrap();
+    }) else {
+        panic!("the planned failure did not happen");
+    };
+    assert_eq!(e.status, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
+    assert!(e.packet.is_none(), "the routine took the packet");
+    assert!(e.on_complete.is_none(), "the routine ran the closure");
+    // Reporting the error through the same path does nothing more.
+    e.complete_with_status();
+    assert_eq!(
+        rx.recv_timeout(T).unwrap(),
+        NtStatus::STATUS_INSUFFICIENT_RESOURCES
+    );
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "once");
+    assert_eq!(host.stats().packets_allocated, 0, "freed");
+    // And a routine that does not run leaves both with the caller, as before.
+    host.faults().run_routine_of_failed_sends(false);
+    host.faults()
+        .fail_sends(1, NtStatus::STATUS_INSUFFICIENT_RESOURCES);
+    let packet = channel.handle().allocate_packet().expect("allocate");
+    let (tx, rx) = mpsc::channel();
+    let Err(e) = packet.send(b"nope", SendFlags::WAIT_FOR_COMPLETION, move |c| {
+        tx.send(c.status).unwrap();
+    }) else {
+        panic!("the planned failure did not happen");
+    };
+    assert!(e.packet.is_some() && e.on_complete.is_some());
+    e.complete_with_status();
+    assert_eq!(
+        rx.recv_timeout(T).unwrap(),
+        NtStatus::STATUS_INSUFFICIENT_RESOURCES
+    );
+    assert_eq!(
+        host.stats().packets_allocated,
+        0,
+        "the returned packet was dropped: freed"
+    );
+    drop(channel);
+    host.assert_no_violations();
+}

@@ -456,6 +456,16 @@ impl Simulation {
         Ok(sim)
     }
 
+    /// The device goes away as the WDF shell takes it away: the channel comes down, the
+    /// device's KMCL reference is released (its cleanup callback), and the model's bus driver
+    /// sees the removal (recording a reference still held, and any later KMCL call, as a
+    /// violation). Dropping the simulation does this too.
+    pub fn remove_device(&mut self) {
+        self.core.channel_down();
+        drop(self.library.take());
+        self.host.remove_device();
+    }
+
     /// Takes the channel down and brings it up again, as the WDF shell does across a power
     /// transition (`EvtDeviceSelfManagedIoSuspend` / `...Restart`).
     ///
@@ -603,11 +613,7 @@ fn slow_host(host: &Host, config: &Mutex<SimConfig>, stop: &AtomicBool) {
 
 impl Drop for Simulation {
     fn drop(&mut self) {
-        self.core.channel_down();
-        // The device's reference, released as the WDF shell's cleanup callback does, before
-        // the device is removed.
-        drop(self.library.take());
-        self.host.remove_device();
+        self.remove_device();
         self.stop.store(true, Ordering::Release);
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();

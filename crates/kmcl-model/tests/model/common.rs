@@ -715,14 +715,17 @@ pub unsafe extern "C" fn cb_completion(
 
 /// Queries `host`'s client interface table with `size` and `version`, as
 /// `WdfFdoQueryForInterface` would; the status and the table (zeroed unless it succeeded).
-pub fn query_table(host: &Host, size: u16, version: u16) -> (NtStatus, sys::KMCL_CLIENT_INTERFACE_V1) {
+pub fn query_table(
+    host: &Host,
+    size: u16,
+    version: u16,
+) -> (NtStatus, sys::KMCL_CLIENT_INTERFACE_V1) {
     let mut table = sys::KMCL_CLIENT_INTERFACE_V1::default();
     let iface = ptr::from_mut(sys::interface_header_mut(&mut table));
     // SAFETY: `iface` is the start of `table`, writable for `size_of(table)` bytes; the model
     // writes at most `size` bytes, and only for the V1 size it accepts.
-    let status = unsafe {
-        host.query_interface(&sys::KMCL_CLIENT_INTERFACE_TYPE, iface, size, version)
-    };
+    let status =
+        unsafe { host.query_interface(&sys::KMCL_CLIENT_INTERFACE_TYPE, iface, size, version) };
     (status, table)
 }
 

@@ -30,7 +30,10 @@ fn the_query_fills_the_header_and_all_41_functions() {
             .VmbPacketSend
             .is_some_and(|f| std::ptr::fn_addr_eq(f, plain_send))
     );
-    assert!(table.VmbChannelGetMmioSpace.is_some(), "the table-only member");
+    assert!(
+        table.VmbChannelGetMmioSpace.is_some(),
+        "the table-only member"
+    );
     assert_eq!(host.interface_references(), 1);
     assert_eq!(host.interface_queries(), 1);
     interface_dereference(&table);
