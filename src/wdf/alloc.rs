@@ -49,12 +49,19 @@ pub(super) struct PoolAllocator;
 unsafe impl GlobalAlloc for PoolAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= POOL_ALIGN {
+            let Ok(size) = SIZE_T::try_from(layout.size()) else {
+                return core::ptr::null_mut();
+            };
             // SAFETY: non-paged pool at <= DISPATCH_LEVEL, where all driver code allocates.
-            return unsafe { ExAllocatePoolWithTag(NON_PAGED_POOL_NX, layout.size(), TAG) }.cast();
+            return unsafe { ExAllocatePoolWithTag(NON_PAGED_POOL_NX, size, TAG) }.cast();
         }
         // Over-allocate by the alignment: room to move the start up to an aligned address with
         // at least one pointer-sized slot before it for the block's real start.
-        let Some(size) = layout.size().checked_add(layout.align()) else {
+        let Some(size) = layout
+            .size()
+            .checked_add(layout.align())
+            .and_then(|n| SIZE_T::try_from(n).ok())
+        else {
             return core::ptr::null_mut();
         };
         // SAFETY: as above.

@@ -4,7 +4,7 @@
 //! then either completes the request or hands it to the path that will (a send's completion,
 //! the parked-RECV queue). Every request is completed exactly once.
 
-use alloc::sync::Arc;
+use crate::try_arc::TryArc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -22,7 +22,7 @@ use zerocopy::little_endian::{I32, U16, U32, U64};
 use crate::stats::bump;
 use crate::sync::atomic::AtomicU64;
 use crate::sync::now_ns;
-use crate::waiting::CancelWaiting;
+
 use crate::{CancelToken, Core, DRIVER_VERSION, IoRequest, Platform, Shared};
 
 pub(crate) fn handle<P: Platform>(core: &Core<P>, code: u32, request: P::Request) {
@@ -112,7 +112,7 @@ fn ping<P: Platform>(core: &Core<P>, request: P::Request) {
         return;
     };
     let done = {
-        let shared = Arc::clone(shared);
+        let shared = TryArc::clone(shared);
         let started = now_ns();
         move |c: Completion<'_>| ping_answered(&shared, id, nonce, started, c)
     };
@@ -181,8 +181,7 @@ pub(crate) fn wait_for_answer<P: Platform>(
     id: u64,
     request: P::Request,
 ) -> Result<(), (P::Request, NtStatus)> {
-    let owner: Arc<dyn CancelWaiting<P::Request>> = core.shared.clone();
-    let token = CancelToken::new(owner, id);
+    let token = CancelToken::new(core.shared.clone(), id);
     let inserted = core.shared.waiting.insert(id, request, token);
     if let Err((_, NtStatus::STATUS_INSUFFICIENT_RESOURCES)) = &inserted {
         bump(&core.shared.stats.alloc_failures);
@@ -289,7 +288,7 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
         return;
     };
     let done = {
-        let shared = Arc::clone(shared);
+        let shared = TryArc::clone(shared);
         move |c: Completion<'_>| send_answered(&shared, id, c)
     };
     let sent = packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done);

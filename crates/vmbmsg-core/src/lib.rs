@@ -42,9 +42,9 @@ mod packet;
 pub mod sim;
 mod stats;
 pub mod sync;
+mod try_arc;
 mod waiting;
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -58,7 +58,8 @@ use crate::notify::NotifyQueue;
 use crate::packet::Handler;
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use crate::sync::{Rundown, SpinLock};
+use crate::sync::{Rundown, RundownRef, SpinLock};
+use crate::try_arc::TryArc;
 use crate::waiting::{CancelWaiting, WaitingRequests};
 
 pub use crate::waiting::CancelToken;
@@ -302,9 +303,9 @@ impl<P: Platform> Shared<P> {
         self.version.store(0, Ordering::Release);
         self.set_state(ChannelState::CLOSED);
         self.send_gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
-        while self.send_gate.load(Ordering::Acquire) != GATE_CLOSED {
-            sync::relax();
-        }
+        // The kernel's way to wait for a rundown: a few spins, then sleeps that let the sender
+        // run (on a one-vCPU guest it may be the thread this one preempted).
+        sync::wait_until(|| self.send_gate.load(Ordering::Acquire) == GATE_CLOSED);
     }
 
     /// Completes every parked RECV request with `status`.
@@ -334,7 +335,7 @@ impl<P: Platform> CancelWaiting<P::Request> for Shared<P> {
 
 /// One vmbmsg device.
 pub struct Core<P: Platform> {
-    shared: Arc<Shared<P>>,
+    shared: TryArc<Shared<P>>,
     channel: Rundown<Channel<Handler<P>>>,
 }
 
@@ -361,12 +362,12 @@ impl<P: Platform> Core<P> {
 
     /// A device with no channel yet.
     ///
-    /// All the memory the packet path needs is allocated here (fallibly); only the small
-    /// shared-state header goes through the infallible `Arc::new`.
+    /// All the memory the packet path needs is allocated here, every allocation fallibly (the
+    /// shared state too: [`TryArc`](crate::try_arc)).
     ///
     /// # Errors
-    /// `STATUS_INSUFFICIENT_RESOURCES` when the notification queue or the reply buffers cannot
-    /// be allocated.
+    /// `STATUS_INSUFFICIENT_RESOURCES` when the notification queue, the reply buffers or the
+    /// shared state cannot be allocated.
     ///
     /// # IRQL
     /// PASSIVE_LEVEL.
@@ -384,7 +385,7 @@ impl<P: Platform> Core<P> {
             let buf = ReplyBuffer::try_from(buf.into_boxed_slice()).map_err(|_| NO_MEMORY)?;
             replies.push(buf);
         }
-        let shared = Arc::new(Shared {
+        let shared = TryArc::try_new(Shared {
             platform,
             config,
             stats: Stats::new(),
@@ -400,7 +401,8 @@ impl<P: Platform> Core<P> {
             next_id: AtomicU64::new(1),
             going_down: AtomicBool::new(false),
             send_gate: AtomicU32::new(GATE_CLOSED),
-        });
+        })
+        .map_err(|_| NO_MEMORY)?;
         Ok(Self {
             shared,
             channel: Rundown::new(),
@@ -485,8 +487,9 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// The channel, if it is up, for one IOCTL's use.
-    fn channel(&self) -> Option<sync::Arc<Channel<Handler<P>>>> {
+    /// The channel, if it is up, for one IOCTL's use: `channel_down` waits until the returned
+    /// reference is dropped.
+    fn channel(&self) -> Option<RundownRef<'_, Channel<Handler<P>>>> {
         self.channel.get()
     }
 

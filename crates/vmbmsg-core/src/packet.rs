@@ -1,7 +1,6 @@
 //! The packet-processing callback (`on_packet`), negotiation, and the channel's state
 //! callbacks: the [`kmcl::ChannelHandler`] of the driver.
 
-use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
 use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
@@ -15,15 +14,16 @@ use vmbmsg_proto::wire::{
 
 use crate::notify::PushError;
 use crate::stats::bump;
+use crate::try_arc::TryArc;
 use crate::{IoRequest, Platform, ReplyBuffer, Shared};
 
 /// The driver's channel handler: a view of the device's shared state.
 pub(crate) struct Handler<P: Platform> {
-    shared: Arc<Shared<P>>,
+    shared: TryArc<Shared<P>>,
 }
 
 impl<P: Platform> Handler<P> {
-    pub(crate) fn new(shared: Arc<Shared<P>>) -> Self {
+    pub(crate) fn new(shared: TryArc<Shared<P>>) -> Self {
         Self { shared }
     }
 }

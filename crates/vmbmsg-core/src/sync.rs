@@ -83,6 +83,27 @@ mod imp {
         }
     }
 
+    /// Gives the processor away for about a millisecond (`KeDelayExecutionThread`, a
+    /// non-alertable kernel-mode wait: the scheduler runs whatever is ready, on a one-vCPU
+    /// guest the very thread being waited for).
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL (APC_LEVEL at most), which every caller guarantees.
+    pub fn sleep_a_little() {
+        // Relative, in 100 ns units: 1 ms (the timer rounds it up to its resolution).
+        let mut interval = wdk_sys::LARGE_INTEGER { QuadPart: -10_000 };
+        // SAFETY: `interval` is a valid relative timeout; a kernel-mode, non-alertable wait at
+        // PASSIVE_LEVEL (documented on every caller) cannot be interrupted by user APCs. The
+        // status is always STATUS_SUCCESS for such a wait.
+        let _ = unsafe {
+            wdk_sys::ntddk::KeDelayExecutionThread(
+                wdk_sys::_MODE::KernelMode as wdk_sys::KPROCESSOR_MODE,
+                0,
+                &raw mut interval,
+            )
+        };
+    }
+
     /// Nanoseconds from a monotonic clock.
     pub fn now_ns() -> u64 {
         let mut freq = wdk_sys::LARGE_INTEGER::default();
@@ -178,6 +199,11 @@ mod imp {
         }
     }
 
+    /// The Windows build's `KeDelayExecutionThread` of about a millisecond.
+    pub fn sleep_a_little() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
     /// Nanoseconds from a monotonic clock.
     pub fn now_ns() -> u64 {
         static START: OnceLock<Instant> = OnceLock::new();
@@ -221,6 +247,11 @@ mod imp {
         let start = START.get_or_init(Instant::now);
         u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
+
+    /// Under loom a wait must yield, or the model never schedules the thread it waits for.
+    pub fn sleep_a_little() {
+        loom::thread::yield_now();
+    }
 }
 
 /// The atomics of the structures shared between the packet callback and the IOCTL paths:
@@ -232,11 +263,6 @@ pub(crate) mod atomic {
     #[cfg(loom)]
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 }
-
-#[cfg(not(loom))]
-pub(crate) use alloc::sync::Arc;
-#[cfg(loom)]
-pub(crate) use loom::sync::Arc;
 
 /// A lock usable from PASSIVE_LEVEL up to DISPATCH_LEVEL.
 pub struct SpinLock<T>(imp::Lock<T>);
@@ -300,80 +326,197 @@ impl<T> core::fmt::Debug for SpinGuard<'_, T> {
     }
 }
 
-/// Lets another thread run while waiting for a short-held resource.
+/// How many times [`wait_until`] checks its condition back to back, with a processor pause in
+/// between, before it starts sleeping: what it waits for (a send returning, a short IOCTL path)
+/// normally ends within these few microseconds.
+const SPINS_BEFORE_SLEEPING: u32 = 64;
+
+/// Waits until `done()` is true, the way the kernel waits for a rundown (the wait of
+/// `ExWaitForRundownProtectionRelease`): briefly spinning, then giving the processor away
+/// about a millisecond at a time (`KeDelayExecutionThread` on Windows, a sleep elsewhere, a
+/// yield under loom), so that on a one-vCPU guest the thread being waited for runs. Never a
+/// busy loop of unbounded length.
 ///
 /// # IRQL
-/// PASSIVE_LEVEL (it may yield the processor).
-pub fn relax() {
-    #[cfg(all(not(windows), not(loom)))]
-    {
-        extern crate std;
-        std::thread::yield_now();
+/// PASSIVE_LEVEL.
+pub fn wait_until(mut done: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < SPINS_BEFORE_SLEEPING && !cfg!(loom) {
+            spins += 1;
+            core::hint::spin_loop();
+        } else {
+            imp::sleep_a_little();
+        }
     }
-    // A spin loop under loom must yield, or the model never schedules the thread it waits for.
-    #[cfg(loom)]
-    loom::thread::yield_now();
-    #[cfg(windows)]
-    core::hint::spin_loop();
 }
 
-/// A slot for at most one value that callers borrow by reference count for short uses, and
-/// that its owner takes back after waiting for every borrow to end: the driver's channel,
-/// borrowed by the IOCTL paths around an allocate-and-send and taken by `channel_down` before
-/// `VmbChannelDisable` (like `EX_RUNDOWN_REF` around a pointer).
-pub(crate) struct Rundown<T> {
-    slot: SpinLock<Option<Arc<T>>>,
-}
+pub(crate) use rundown::{Rundown, RundownRef};
 
-impl<T> Rundown<T> {
-    /// An empty slot.
-    pub(crate) fn new() -> Self {
-        Self {
-            slot: SpinLock::new(None),
+mod rundown {
+    // UNSAFETY: the slot's value lives in an `UnsafeCell` guarded by the rundown word, as a
+    // kernel `EX_RUNDOWN_REF` guards what it protects.
+    #![cfg_attr(
+        not(windows),
+        expect(unsafe_code, reason = "the value cell of the rundown-protected slot")
+    )]
+
+    /// [`Rundown::state`]'s bit saying no new reference is granted; the other bits count them.
+    const RUNDOWN_CLOSED: u32 = 1 << 31;
+
+    /// A slot for at most one value that callers borrow by reference count for short uses, and that
+    /// its owner takes back after waiting for every borrow to end: the driver's channel, borrowed
+    /// by the IOCTL paths around an allocate-and-send and taken by `channel_down` before
+    /// `VmbChannelDisable`. An `EX_RUNDOWN_REF` around the value, in one word (the closed bit and
+    /// the count), with the value stored in place: nothing is allocated, so nothing can fail.
+    pub(crate) struct Rundown<T> {
+        state: super::atomic::AtomicU32,
+        value: super::cell::Cell<Option<T>>,
+    }
+
+    // SAFETY: the value is written only while the slot is closed with no reference out (`set`,
+    // `take_and_wait`, serialised by their callers) and read only through `RundownRef`s, which
+    // exist only while it is open; so `&Rundown` gives shared access to `T` across threads (`T:
+    // Sync`) and moves it between threads (`T: Send`).
+    unsafe impl<T: Send + Sync> Sync for Rundown<T> {}
+    // SAFETY: as above.
+    unsafe impl<T: Send> Send for Rundown<T> {}
+
+    /// A borrow of the value in a [`Rundown`]: while it exists, the owner's
+    /// [`take_and_wait`](Rundown::take_and_wait) does not return.
+    pub(crate) struct RundownRef<'a, T> {
+        rundown: &'a Rundown<T>,
+        value: &'a T,
+    }
+
+    impl<T> Rundown<T> {
+        /// An empty, closed slot.
+        pub(crate) fn new() -> Self {
+            Self {
+                state: super::atomic::AtomicU32::new(RUNDOWN_CLOSED),
+                value: super::cell::Cell::new(None),
+            }
+        }
+
+        /// Whether the slot holds a value (is open).
+        ///
+        /// # IRQL
+        /// Any.
+        pub(crate) fn is_set(&self) -> bool {
+            self.state.load(super::atomic::Ordering::Acquire) & RUNDOWN_CLOSED == 0
+        }
+
+        /// Puts `value` in the slot and opens it. The caller serialises `set` and `take_and_wait`
+        /// (they are the channel's up and down, PnP-serialised) and has checked
+        /// [`is_set`](Self::is_set): the slot is closed, so no reference exists.
+        ///
+        /// # IRQL
+        /// ≤ DISPATCH_LEVEL.
+        pub(crate) fn set(&self, value: T) {
+            // SAFETY: closed with no reference out (caller), and no concurrent `set` or
+            // `take_and_wait` (caller): nothing else accesses the value.
+            self.value.with_mut(|v| unsafe { *v = Some(value) });
+            self.state
+                .fetch_and(!RUNDOWN_CLOSED, super::atomic::Ordering::Release);
+        }
+
+        /// A reference to the value for a short, non-blocking use; [`take_and_wait`](Self::take_and_wait)
+        /// waits for it to be dropped. `None` when the slot is empty or being emptied.
+        ///
+        /// # IRQL
+        /// ≤ DISPATCH_LEVEL.
+        pub(crate) fn get(&self) -> Option<RundownRef<'_, T>> {
+            let mut current = self.state.load(super::atomic::Ordering::Relaxed);
+            loop {
+                if current & RUNDOWN_CLOSED != 0 {
+                    return None;
+                }
+                match self.state.compare_exchange_weak(
+                    current,
+                    current + 1,
+                    super::atomic::Ordering::Acquire,
+                    super::atomic::Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => current = now,
+                }
+            }
+            // SAFETY: the reference just taken keeps the slot open and `take_and_wait` waiting,
+            // so the value stays set and only shared for as long as the `RundownRef` (which gives
+            // the reference back when dropped) borrows it.
+            let value = self.value.with(|v| unsafe { (*v).as_ref() });
+            match value {
+                Some(value) => Some(RundownRef {
+                    rundown: self,
+                    value,
+                }),
+                // Never: `set` writes the value before it opens the slot. Give the reference back.
+                None => {
+                    self.state.fetch_sub(1, super::atomic::Ordering::Release);
+                    None
+                }
+            }
+        }
+
+        /// Closes the slot, so that [`get`](Self::get) returns `None` from now on, waits until every
+        /// reference taken before is dropped ([`wait_until`]), and returns the value.
+        ///
+        /// # IRQL
+        /// PASSIVE_LEVEL.
+        pub(crate) fn take_and_wait(&self) -> Option<T> {
+            let before = self
+                .state
+                .fetch_or(RUNDOWN_CLOSED, super::atomic::Ordering::AcqRel);
+            if before & RUNDOWN_CLOSED != 0 {
+                return None;
+            }
+            super::wait_until(|| {
+                self.state.load(super::atomic::Ordering::Acquire) == RUNDOWN_CLOSED
+            });
+            // SAFETY: closed with no reference out (just waited), and no concurrent `set` or
+            // `take_and_wait` (callers serialise them): nothing else accesses the value.
+            self.value.with_mut(|v| unsafe { (*v).take() })
         }
     }
 
-    /// Whether the slot holds a value.
-    ///
-    /// # IRQL
-    /// ≤ DISPATCH_LEVEL.
-    pub(crate) fn is_set(&self) -> bool {
-        self.slot.lock().is_some()
+    impl<T> core::ops::Deref for RundownRef<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.value
+        }
     }
 
-    /// Puts `value` in the slot (replacing nothing: the caller checked [`is_set`](Self::is_set)
-    /// under its own serialisation).
-    ///
-    /// # IRQL
-    /// ≤ DISPATCH_LEVEL.
-    pub(crate) fn set(&self, value: T) {
-        *self.slot.lock() = Some(Arc::new(value));
+    impl<T> Drop for RundownRef<'_, T> {
+        fn drop(&mut self) {
+            self.rundown
+                .state
+                .fetch_sub(1, super::atomic::Ordering::Release);
+        }
     }
+}
 
-    /// A reference to the value for a short, non-blocking use; [`take_and_wait`](Self::take_and_wait)
-    /// waits for it to be dropped.
-    ///
-    /// # IRQL
-    /// ≤ DISPATCH_LEVEL.
-    pub(crate) fn get(&self) -> Option<Arc<T>> {
-        self.slot.lock().clone()
-    }
+/// `UnsafeCell`, or loom's (which checks the accesses) in the loom build.
+pub(crate) mod cell {
+    #[cfg(loom)]
+    pub(crate) use loom::cell::UnsafeCell as Cell;
 
-    /// Empties the slot, so that [`get`](Self::get) returns `None` from now on, then waits
-    /// until every reference taken before is dropped and returns the value.
-    ///
-    /// # IRQL
-    /// PASSIVE_LEVEL (it spins with [`relax`]).
-    pub(crate) fn take_and_wait(&self) -> Option<T> {
-        let mut shared = self.slot.lock().take()?;
-        loop {
-            match Arc::try_unwrap(shared) {
-                Ok(value) => return Some(value),
-                Err(still_shared) => {
-                    shared = still_shared;
-                    relax();
-                }
-            }
+    /// `core::cell::UnsafeCell` with loom's `with` / `with_mut` API.
+    #[cfg(not(loom))]
+    #[derive(Debug)]
+    pub(crate) struct Cell<T>(core::cell::UnsafeCell<T>);
+
+    #[cfg(not(loom))]
+    impl<T> Cell<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            Self(core::cell::UnsafeCell::new(value))
+        }
+
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
         }
     }
 }

@@ -27,13 +27,19 @@
 //! The table grows with `Vec::try_reserve_exact`, outside its lock, and only grows: it holds
 //! at most as many entries as PING and SEND requests were ever waiting at once.
 
-use alloc::sync::Arc;
+// UNSAFETY: the cancel token erases its owner's type by hand (a pointer and two functions),
+// because `TryArc` cannot coerce to `dyn` on stable Rust.
+#![expect(unsafe_code, reason = "the type-erased owner of CancelToken")]
+
 use alloc::vec::Vec;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
 
 use kmcl::NtStatus;
 
 use crate::IoRequest;
 use crate::sync::SpinLock;
+use crate::try_arc::TryArc;
 
 /// The table's first capacity when it grows from empty.
 const FIRST_CAPACITY: usize = 8;
@@ -53,13 +59,64 @@ pub(crate) trait CancelWaiting<R>: Send + Sync {
 /// `mark_cancelable` failed). Dropping it does nothing else. It is neither `Clone` nor `Copy`:
 /// one cancellation per marking.
 pub struct CancelToken<R> {
-    owner: Arc<dyn CancelWaiting<R>>,
+    /// One reference of a `TryArc<S>` (`TryArc::into_raw`) of the owner type `ops` was made
+    /// for.
+    owner: NonNull<()>,
+    ops: &'static TokenOps,
     key: u64,
+    _request: PhantomData<fn(R)>,
 }
 
+/// What a [`CancelToken`] does with its erased owner.
+struct TokenOps {
+    /// `CancelWaiting::cancel_waiting` on the owner.
+    cancel: unsafe fn(NonNull<()>, u64),
+    /// Gives the owner reference back (drops the `TryArc`).
+    release: unsafe fn(NonNull<()>),
+}
+
+/// The [`TokenOps`] of owner type `S` for requests `R`, as a constant (promoted to `'static`).
+trait Ops<R> {
+    const OPS: TokenOps;
+}
+
+impl<R, S: CancelWaiting<R>> Ops<R> for S {
+    const OPS: TokenOps = TokenOps {
+        cancel: cancel_owner::<R, S>,
+        release: release_owner::<S>,
+    };
+}
+
+/// # Safety
+/// `owner` is a given-up reference of a `TryArc<S>` that stays given up during the call.
+unsafe fn cancel_owner<R, S: CancelWaiting<R>>(owner: NonNull<()>, key: u64) {
+    // SAFETY: caller's contract.
+    unsafe { TryArc::<S>::value_of(owner) }.cancel_waiting(key);
+}
+
+/// # Safety
+/// `owner` is a given-up reference of a `TryArc<S>`, taken back here once.
+unsafe fn release_owner<S>(owner: NonNull<()>) {
+    // SAFETY: caller's contract.
+    drop(unsafe { TryArc::<S>::from_raw(owner) });
+}
+
+// SAFETY: the owner is `Send + Sync` (`CancelWaiting` requires both, and a `TryArc` of it is
+// both), and the token only calls its `&self` method or drops the reference.
+unsafe impl<R> Send for CancelToken<R> {}
+// SAFETY: as above; `cancel` consumes the token, `&CancelToken` exposes nothing.
+unsafe impl<R> Sync for CancelToken<R> {}
+
 impl<R> CancelToken<R> {
-    pub(crate) fn new(owner: Arc<dyn CancelWaiting<R>>, key: u64) -> Self {
-        Self { owner, key }
+    /// A token that cancels through `owner` (one reference of it, given back when the token is
+    /// used or dropped) the request waiting under `key`.
+    pub(crate) fn new<S: CancelWaiting<R>>(owner: TryArc<S>, key: u64) -> Self {
+        Self {
+            owner: TryArc::into_raw(owner),
+            ops: &<S as Ops<R>>::OPS,
+            key,
+            _request: PhantomData,
+        }
     }
 
     /// The request's caller cancelled it: the core takes it back and completes it with
@@ -72,7 +129,17 @@ impl<R> CancelToken<R> {
     /// from [`IoRequest::mark_cancelable`] or [`IoRequest::unmark_cancelable`], which run with
     /// that lock held.
     pub fn cancel(self) {
-        self.owner.cancel_waiting(self.key);
+        // SAFETY: `owner` is the given-up reference `new` stored with these ops; `self` keeps it
+        // given up until it is dropped, after this call.
+        unsafe { (self.ops.cancel)(self.owner, self.key) };
+    }
+}
+
+impl<R> Drop for CancelToken<R> {
+    fn drop(&mut self) {
+        // SAFETY: `owner` is the given-up reference `new` stored with these ops, given back
+        // exactly once, here.
+        unsafe { (self.ops.release)(self.owner) };
     }
 }
 
@@ -310,7 +377,10 @@ mod tests {
     }
 
     fn token(key: u64) -> CancelToken<TestRequest> {
-        CancelToken::new(Arc::new(Nobody), key)
+        match crate::try_arc::TryArc::try_new(Nobody) {
+            Ok(owner) => CancelToken::new(owner, key),
+            Err(_) => panic!("test allocation"),
+        }
     }
 
     fn request(log: &Arc<Log>, id: u64) -> TestRequest {
