@@ -29,6 +29,7 @@ use kmcl_sys::{
 use ntstatus::NtStatus;
 
 use crate::handle::{self, Kind};
+use crate::irql::ModelCode;
 use crate::raw::{self, GuestBufOut, GuestBytes, GuestInOut, GuestOut};
 use crate::violation::{Violation, ViolationKind as V, record_orphan};
 use crate::world::{External, InitOp, PacketKey, Retire, World};
@@ -166,6 +167,7 @@ pub unsafe extern "C" fn VmbChannelAllocate(
     is_server: BOOLEAN,
     channel: *mut VMBCHANNEL,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelAllocate";
     // SAFETY: `_Out_ VMBCHANNEL *Channel`: NULL or writable during the call.
     let out = unsafe { GuestOut::new(channel) };
@@ -208,6 +210,7 @@ pub unsafe extern "C" fn VmbChannelAllocate(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelCleanup(channel: VMBCHANNEL) {
+    let _model = ModelCode::enter();
     if let Some((w, s, h)) = self::channel("VmbChannelCleanup", channel) {
         w.cleanup(s, h);
     }
@@ -222,6 +225,7 @@ pub unsafe extern "C" fn VmbChannelCleanup(channel: VMBCHANNEL) {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelEnable(channel: VMBCHANNEL) -> NTSTATUS {
+    let _model = ModelCode::enter();
     self::channel("VmbChannelEnable", channel)
         .map_or(NtStatus::STATUS_INVALID_PARAMETER_1, |(w, s, h)| {
             w.enable(s, h)
@@ -236,6 +240,7 @@ pub unsafe extern "C" fn VmbChannelEnable(channel: VMBCHANNEL) -> NTSTATUS {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelDisable(channel: VMBCHANNEL) {
+    let _model = ModelCode::enter();
     if let Some((w, s, h)) = self::channel("VmbChannelDisable", channel) {
         w.disable(s, h);
     }
@@ -248,6 +253,7 @@ pub unsafe extern "C" fn VmbChannelDisable(channel: VMBCHANNEL) {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelPause(channel: VMBCHANNEL) {
+    let _model = ModelCode::enter();
     if let Some((w, s, h)) = self::channel("VmbChannelPause", channel) {
         w.pause(s, h);
     }
@@ -260,6 +266,7 @@ pub unsafe extern "C" fn VmbChannelPause(channel: VMBCHANNEL) {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelStart(channel: VMBCHANNEL) {
+    let _model = ModelCode::enter();
     if let Some((w, s, h)) = self::channel("VmbChannelStart", channel) {
         w.start(s, h);
     }
@@ -285,6 +292,7 @@ pub unsafe extern "C" fn VmbChannelInitSetMaximumPacketSize(
     channel: VMBCHANNEL,
     packet_size: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetMaximumPacketSize", channel, || {
         InitOp::MaxPacketSize(packet_size)
     })
@@ -301,6 +309,7 @@ pub unsafe extern "C" fn VmbChannelInitSetMaximumExternalData(
     data_size: UINT32,
     chain_length: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetMaximumExternalData", channel, || {
         InitOp::MaxExternalData(data_size, chain_length)
     })
@@ -316,6 +325,7 @@ pub unsafe extern "C" fn VmbChannelInitSetClientContextSize(
     channel: VMBCHANNEL,
     context_size: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetClientContextSize", channel, || {
         InitOp::ClientContextSize(context_size)
     })
@@ -332,6 +342,7 @@ pub unsafe extern "C" fn VmbChannelInitSetProcessPacketCallbacks(
     process_packet: PFN_VMB_CHANNEL_PROCESS_PACKET,
     processing_complete: PFN_VMB_CHANNEL_PROCESSING_COMPLETE,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetProcessPacketCallbacks", channel, || {
         InitOp::ProcessPacket(process_packet, processing_complete)
     })
@@ -348,6 +359,7 @@ pub unsafe extern "C" fn VmbChannelInitSetStateChangeCallbacks(
     channel: VMBCHANNEL,
     callbacks: PVMB_CHANNEL_STATE_CHANGE_CALLBACKS,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetStateChangeCallbacks", channel, || {
         // SAFETY: `_In_` pointer: NULL or readable; Version and Size come first (§4.1).
         let header = unsafe { raw::read_in(callbacks.cast_const().cast::<[u32; 2]>()) };
@@ -379,6 +391,7 @@ pub unsafe extern "C" fn VmbChannelInitSetFriendlyName(
     channel: VMBCHANNEL,
     name: PCUNICODE_STRING,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetFriendlyName", channel, || {
         // SAFETY: `_In_ PCUNICODE_STRING`: NULL or readable.
         let us: Option<UNICODE_STRING> = unsafe { raw::read_in(name) };
@@ -403,6 +416,7 @@ pub unsafe extern "C" fn VmbChannelInitSetFriendlyName(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelInitSetFlags(channel: VMBCHANNEL, flags: UINT32) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbChannelInitSetFlags", channel, || InitOp::Flags(flags))
 }
 
@@ -417,6 +431,7 @@ pub unsafe extern "C" fn VmbClientChannelInitSetRingBufferPageCount(
     incoming_page_count: UINT32,
     outgoing_page_count: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init(
         "VmbClientChannelInitSetRingBufferPageCount",
         channel,
@@ -437,6 +452,7 @@ pub unsafe extern "C" fn VmbClientChannelInitSetTargetPnp(
     interface_instance: LPCGUID,
     pnp_failure: PFN_VMB_CHANNEL_PNP_FAILURE,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     init("VmbClientChannelInitSetTargetPnp", channel, || {
         // SAFETY: `_In_ LPCGUID`: NULL or readable.
         let ty: Option<GUID> = unsafe { raw::read_in(interface_type) };
@@ -459,6 +475,7 @@ pub unsafe extern "C" fn VmbChannelSetIncomingProcessingAtPassive(
     channel: VMBCHANNEL,
     require_passive: BOOLEAN,
 ) {
+    let _model = ModelCode::enter();
     let _ = init("VmbChannelSetIncomingProcessingAtPassive", channel, || {
         InitOp::IncomingAtPassive(require_passive != 0)
     });
@@ -473,6 +490,7 @@ pub unsafe extern "C" fn VmbChannelSetIncomingProcessingAtPassive(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelSetTransactionQuota(channel: VMBCHANNEL, quota: UINT32) {
+    let _model = ModelCode::enter();
     if let Some((w, s, h)) = self::channel("VmbChannelSetTransactionQuota", channel) {
         w.set_quota(s, h, quota);
     }
@@ -489,6 +507,7 @@ pub unsafe extern "C" fn VmbChannelSetInterruptLatency(
     latency: UINT16,
     original_latency: PUINT16,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     // SAFETY: `_Out_ PUINT16`: NULL or writable during the call.
     let out = unsafe { GuestOut::new(original_latency) };
     let Some((w, s, h)) = self::channel("VmbChannelSetInterruptLatency", channel) else {
@@ -513,6 +532,7 @@ pub unsafe extern "C" fn VmbChannelSetInterruptLatency(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelGetInterfaceInstance(channel: VMBCHANNEL, instance: LPGUID) {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelGetInterfaceInstance";
     // SAFETY: `_Out_ LPGUID`: NULL or writable during the call.
     let out = unsafe { GuestOut::new(instance) };
@@ -535,6 +555,7 @@ pub unsafe extern "C" fn VmbChannelGetInterfaceInstance(channel: VMBCHANNEL, ins
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelSetPointer(channel: VMBCHANNEL, pointer: PVOID) {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelSetPointer";
     if let Some((w, s, h)) = self::channel(F, channel) {
         w.set_pointer(F, s, h, pointer.expose_provenance());
@@ -548,6 +569,7 @@ pub unsafe extern "C" fn VmbChannelSetPointer(channel: VMBCHANNEL, pointer: PVOI
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelGetPointer(channel: VMBCHANNEL) -> PVOID {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelGetPointer";
     self::channel(F, channel).map_or(ptr::null_mut(), |(w, s, h)| {
         ptr::with_exposed_provenance_mut(w.get_pointer(F, s, h))
@@ -567,6 +589,7 @@ pub unsafe extern "C" fn VmbChannelPacketComplete(
     buffer: PVOID,
     buf_size: UINT32,
 ) {
+    let _model = ModelCode::enter();
     // SAFETY: `_In_reads_bytes_opt_(BufSize)`: NULL or readable for `buf_size` bytes.
     let response = unsafe { GuestBytes::new(buffer.cast_const(), buf_size) };
     if let Some((w, t, h)) = token("VmbChannelPacketComplete", packet) {
@@ -581,6 +604,7 @@ pub unsafe extern "C" fn VmbChannelPacketComplete(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelPacketFail(packet: VMBPACKETCOMPLETION) {
+    let _model = ModelCode::enter();
     if let Some((w, t, h)) = token("VmbChannelPacketFail", packet) {
         w.retire_incoming(Retire::Fail, t, h, &GuestBytes::empty());
     }
@@ -594,6 +618,7 @@ pub unsafe extern "C" fn VmbChannelPacketFail(packet: VMBPACKETCOMPLETION) {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelPacketDeferToPassive(packet: VMBPACKETCOMPLETION) {
+    let _model = ModelCode::enter();
     if let Some((w, t, h)) = token("VmbChannelPacketDeferToPassive", packet) {
         w.retire_incoming(Retire::Defer, t, h, &GuestBytes::empty());
     }
@@ -611,6 +636,7 @@ pub unsafe extern "C" fn VmbChannelPacketGetExternalData(
     flags: UINT32,
     mdl: *mut PMDL,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelPacketGetExternalData";
     // SAFETY: `_Out_ PMDL *Mdl`: NULL or writable during the call.
     let out = unsafe { GuestOut::new(mdl) };
@@ -640,6 +666,7 @@ pub unsafe extern "C" fn VmbChannelPacketGetExternalData(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelSizeofPacket(channel: VMBCHANNEL) -> UINT32 {
+    let _model = ModelCode::enter();
     self::channel("VmbChannelSizeofPacket", channel).map_or(0, |(w, s, h)| w.sizeof_packet(s, h))
 }
 
@@ -650,6 +677,7 @@ pub unsafe extern "C" fn VmbChannelSizeofPacket(channel: VMBCHANNEL) -> UINT32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbPacketAllocate(channel: VMBCHANNEL) -> VMBPACKET {
+    let _model = ModelCode::enter();
     let Some((w, s, h)) = self::channel("VmbPacketAllocate", channel) else {
         return ptr::null_mut();
     };
@@ -668,6 +696,7 @@ pub unsafe extern "C" fn VmbPacketInitialize(
     packet: VMBPACKET,
     byte_count: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbPacketInitialize";
     let Some((w, s, h)) = self::channel(F, channel) else {
         return NtStatus::STATUS_INVALID_PARAMETER_1.0;
@@ -698,6 +727,7 @@ pub unsafe extern "C" fn VmbPacketInitialize(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbPacketFree(packet: VMBPACKET) {
+    let _model = ModelCode::enter();
     if let Some((w, k, h)) = self::packet("VmbPacketFree", packet) {
         w.packet_free(k, h);
     }
@@ -713,6 +743,7 @@ pub unsafe extern "C" fn VmbPacketSetCompletionRoutine(
     packet: VMBPACKET,
     routine: PFN_VMB_PACKET_COMPLETION_ROUTINE,
 ) {
+    let _model = ModelCode::enter();
     if let Some((w, k, h)) = self::packet("VmbPacketSetCompletionRoutine", packet) {
         w.packet_set_routine(k, h, routine);
     }
@@ -731,6 +762,7 @@ pub unsafe extern "C" fn VmbPacketSend(
     external_data_mdl: PMDL,
     flags: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbPacketSend";
     // SAFETY: `_In_reads_bytes_(BufferLength)`: readable for `buffer_length` bytes.
     let buf = unsafe { GuestBytes::new(buffer.cast_const(), buffer_length) };
@@ -764,6 +796,7 @@ pub unsafe extern "C" fn VmbPacketSendWithExternalMdl(
     mdl_length: UINT32,
     flags: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbPacketSendWithExternalMdl";
     // SAFETY: `_In_reads_bytes_(BufferLength)`: readable for `buffer_length` bytes.
     let buf = unsafe { GuestBytes::new(buffer.cast_const(), buffer_length) };
@@ -800,6 +833,7 @@ pub unsafe extern "C" fn VmbPacketSendWithExternalPfns(
     pfn_length: UINT32,
     flags: UINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbPacketSendWithExternalPfns";
     // SAFETY: `_In_reads_bytes_(BufferLength)`: readable for `buffer_length` bytes.
     let buf = unsafe { GuestBytes::new(buffer.cast_const(), buffer_length) };
@@ -838,6 +872,7 @@ pub unsafe extern "C" fn VmbChannelSendSynchronousRequest(
     completion_buffer_size: PUINT32,
     timeout: PLARGE_INTEGER,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelSendSynchronousRequest";
     // SAFETY: `_In_reads_bytes_(BufferSize)`: readable for `buffer_size` bytes.
     let buf = unsafe { GuestBytes::new(buffer.cast_const(), buffer_size) };
@@ -884,6 +919,7 @@ pub unsafe extern "C" fn VmbChannelSendSynchronousRequest(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbPacketGetChannel(packet: VMBPACKET) -> VMBCHANNEL {
+    let _model = ModelCode::enter();
     let Some((w, k, h)) = self::packet("VmbPacketGetChannel", packet) else {
         return ptr::null_mut();
     };
@@ -897,6 +933,7 @@ pub unsafe extern "C" fn VmbPacketGetChannel(packet: VMBPACKET) -> VMBCHANNEL {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbPacketSetPointer(packet: VMBPACKET, pointer: PVOID) {
+    let _model = ModelCode::enter();
     const F: &str = "VmbPacketSetPointer";
     if let Some((w, k, h)) = self::packet(F, packet) {
         w.packet_pointer(F, k, h, Some(pointer.expose_provenance()));
@@ -910,6 +947,7 @@ pub unsafe extern "C" fn VmbPacketSetPointer(packet: VMBPACKET, pointer: PVOID) 
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbPacketGetPointer(packet: VMBPACKET) -> PVOID {
+    let _model = ModelCode::enter();
     const F: &str = "VmbPacketGetPointer";
     self::packet(F, packet).map_or(ptr::null_mut(), |(w, k, h)| {
         ptr::with_exposed_provenance_mut(w.packet_pointer(F, k, h, None))
@@ -931,6 +969,7 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromBuffer(
     byte_count: UINT32,
     gpadl_handle: PUINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelCreateGpadlFromBuffer";
     // SAFETY: `_In_reads_bytes_(ByteCount)`: readable for `byte_count` bytes.
     let buf = unsafe { GuestBytes::new(buffer.cast_const(), byte_count) };
@@ -970,6 +1009,7 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromMdl(
     data_length: UINT32,
     gpadl_handle: PUINT32,
 ) -> NTSTATUS {
+    let _model = ModelCode::enter();
     const F: &str = "VmbChannelCreateGpadlFromMdl";
     // SAFETY: `_Out_ PUINT32`: NULL or writable during the call.
     let out = unsafe { GuestOut::new(gpadl_handle) };
@@ -1013,6 +1053,7 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromMdl(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelDeleteGpadl(channel: VMBCHANNEL, gpadl_handle: UINT32) {
+    let _model = ModelCode::enter();
     if let Some((w, s, h)) = self::channel("VmbChannelDeleteGpadl", channel) {
         w.gpadl_delete(s, h, gpadl_handle);
     }

@@ -536,7 +536,10 @@ impl Host {
         let world = Arc::clone(&self.world);
         let thread = std::thread::Builder::new()
             .name(format!("kmcl-model-open-{}", self.world.id))
-            .spawn(move || world.open_sequence());
+            .spawn(move || {
+                let _model = crate::irql::ModelCode::enter();
+                world.open_sequence()
+            });
         OpenTask {
             thread: thread.ok(),
         }

@@ -34,6 +34,7 @@ use ntstatus::NtStatus;
 
 use crate::exports;
 use crate::handle::{self, Kind};
+use crate::irql::ModelCode;
 use crate::violation::{Violation, ViolationKind as V, record_orphan};
 
 /// The interface bookkeeping of one world.
@@ -109,6 +110,7 @@ pub unsafe fn query_interface(
     interface_specific_data: PVOID,
 ) -> NtStatus {
     const F: &str = "IRP_MN_QUERY_INTERFACE";
+    let _model = ModelCode::enter();
     let _ = interface_specific_data; // KMCL defines none (dxgkrnl passes NULL).
     let dh = device.addr();
     let Some(w) = world_of(dh) else {
@@ -172,6 +174,7 @@ pub unsafe fn query_interface(
 
 /// The table's `InterfaceReference`.
 unsafe extern "C" fn interface_reference(context: PVOID) {
+    let _model = ModelCode::enter();
     let h = context.addr();
     match world_of(h) {
         Some(w) => {
@@ -196,6 +199,7 @@ unsafe extern "C" fn interface_reference(context: PVOID) {
 
 /// The table's `InterfaceDereference`.
 unsafe extern "C" fn interface_dereference(context: PVOID) {
+    let _model = ModelCode::enter();
     let h = context.addr();
     match world_of(h) {
         Some(w) => {
@@ -230,6 +234,7 @@ unsafe extern "C" fn vmb_channel_get_mmio_space(
     address: *mut u64,
     size: *mut u64,
 ) {
+    let _model = ModelCode::enter();
     let (a, s) = exports::mmio_space(channel);
     if !address.is_null() {
         // SAFETY: writable for one u64 (caller).

@@ -22,6 +22,44 @@ pub enum Irql {
 thread_local! {
     static IRQL: Cell<Irql> = const { Cell::new(Irql::Passive) };
     static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+    /// Non-zero while the thread runs model code: inside a KMCL export, or on a thread the
+    /// model owns outside a guest callback.
+    static MODEL_DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Guest callbacks the thread is inside (a plain counter, readable from an allocator).
+    static CALLBACK_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread runs guest code rather than the model's: false inside a KMCL
+/// function (plain or through the interface table) and on the model's own threads, except
+/// inside the guest callbacks they call. Readable from a global allocator (it allocates
+/// nothing and takes no lock), so that a test can fail the guest's allocations and only
+/// those: the model itself allocates infallibly, as a test harness may.
+#[must_use]
+pub fn in_guest_code() -> bool {
+    MODEL_DEPTH.with(Cell::get) == 0
+}
+
+/// Whether the calling thread is inside a guest callback the model called (packet, state
+/// change, completion routine) and not back in the model. Readable from a global allocator.
+#[must_use]
+pub fn in_guest_callback() -> bool {
+    in_guest_code() && CALLBACK_DEPTH.with(Cell::get) > 0
+}
+
+/// Marks the calling thread as running model code until dropped (nests).
+pub(crate) struct ModelCode(());
+
+impl ModelCode {
+    pub(crate) fn enter() -> Self {
+        MODEL_DEPTH.with(|d| d.set(d.get().saturating_add(1)));
+        Self(())
+    }
+}
+
+impl Drop for ModelCode {
+    fn drop(&mut self) {
+        MODEL_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
 }
 
 /// The IRQL the calling thread is at (PASSIVE unless inside [`with_irql`] or a model callback
@@ -96,8 +134,18 @@ pub(crate) fn in_callback<R>(frame: Frame, irql: Irql, f: impl FnOnce() -> R) ->
             });
         }
     }
+    /// Back to the model's depth (and one callback less) when the guest callback returns.
+    struct Leave(u32);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            CALLBACK_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+            MODEL_DEPTH.with(|d| d.set(self.0));
+        }
+    }
     FRAMES.with(|s| s.borrow_mut().push(frame));
     let _pop = Pop;
+    let _leave = Leave(MODEL_DEPTH.with(|d| d.replace(0)));
+    CALLBACK_DEPTH.with(|d| d.set(d.get().saturating_add(1)));
     with_irql(irql, f)
 }
 

@@ -69,7 +69,7 @@ pub use host::{
     OpenTask, ViolationGuard, connected, connected_with,
 };
 pub use interface::query_interface;
-pub use irql::{Irql, current_irql, with_irql};
+pub use irql::{Irql, current_irql, in_guest_callback, in_guest_code, with_irql};
 pub use mdl::{mdl_bytes, mdl_create, mdl_free};
 pub use ntstatus::NtStatus;
 pub use transport::{RingSnapshot, TransportStats};

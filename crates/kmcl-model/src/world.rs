@@ -679,7 +679,10 @@ impl World {
             let world = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .name(format!("kmcl-model-dpc-{}-{i}", self.id))
-                .spawn(move || world.delivery_loop());
+                .spawn(move || {
+                    let _model = crate::irql::ModelCode::enter();
+                    world.delivery_loop();
+                });
             if let Ok(t) = spawned {
                 workers.push(t);
             }
@@ -1953,7 +1956,11 @@ impl World {
                         // SAFETY: the view's words stay allocated until the scope ends (the
                         // view is poisoned and quarantined only after it); meanwhile only
                         // the guest reads them, through the raw pointer it was given.
-                        s.spawn(move || unsafe { crate::raw::scribble(words, stop_ref) });
+                        s.spawn(move || {
+                            let _model = crate::irql::ModelCode::enter();
+                            // SAFETY: see above.
+                            unsafe { crate::raw::scribble(words, stop_ref) }
+                        });
                         deliver();
                         stop.store(true, std::sync::atomic::Ordering::Release);
                     });

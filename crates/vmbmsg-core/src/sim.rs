@@ -303,8 +303,11 @@ impl Default for SimConfig {
     }
 }
 
-/// The answer the simulated host gives to one guest packet (`None`: answer later or never).
-fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
+/// The answer the simulated host gives to one guest packet under `config` (`None`: answer
+/// later or never): what [`Simulation`]'s host responder sends, for harnesses that drive a
+/// [`Core`] themselves.
+#[must_use]
+pub fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
     let message = match parse_guest_message(&packet.payload) {
         Ok(m) => m,
         Err(e) => {
