@@ -291,6 +291,7 @@ fn run(fail_at: u64) -> u64 {
         max_parked_recv: 2,
         reply_buffers: 2,
         ring_pages: 8,
+        ..CoreConfig::default()
     };
     let lib = library(&run.host);
 

@@ -313,6 +313,7 @@ impl Peer {
                 max_parked_recv: usize::from(cfg.max_parked_recv % 5),
                 reply_buffers: usize::from(cfg.reply_buffers % 5),
                 ring_pages: 32,
+                ..CoreConfig::default()
             },
         )
         .expect("core");

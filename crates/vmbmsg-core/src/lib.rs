@@ -50,7 +50,7 @@ use core::time::Duration;
 
 use kmcl::{Channel, ChannelBuilder};
 use vmbmsg_proto::ioctl::ChannelState;
-use vmbmsg_proto::wire::{MAX_MESSAGE, MAX_PAYLOAD};
+use vmbmsg_proto::wire::MAX_MESSAGE;
 
 pub use kmcl::{Library, NtStatus, ParentDevice};
 
@@ -153,19 +153,28 @@ pub trait Platform: Send + Sync + 'static {
     fn parked_recv_count(&self) -> usize;
 }
 
-/// Tunables of a [`Core`]. The defaults are what the driver uses.
+/// Tunables of a [`Core`]. The defaults are what the driver uses; [`memory`](Self::memory)
+/// says what they cost in non-paged memory.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// How long `post_started` waits for the host's NEGOTIATE reply.
     pub negotiate_timeout: Duration,
-    /// Notifications kept for user mode while no RECV request is parked.
+    /// Notifications kept for user mode while no RECV request is parked (at most).
     pub notify_depth: usize,
+    /// The bytes those notifications may take together: the queue's memory. A notification
+    /// that does not fit is dropped and counted (the host gets `QUEUE_FULL_STATUS`).
+    pub notify_bytes: usize,
     /// RECV requests that may be parked at once.
     pub max_parked_recv: usize,
     /// ECHO reply buffers (at most this many ECHO packets are answered concurrently; beyond
-    /// that one is completed with `STATUS_INSUFFICIENT_RESOURCES`, never allocated for).
+    /// that one is completed with `STATUS_INSUFFICIENT_RESOURCES`, never allocated for). More
+    /// than [`concurrent_deliveries`](Self::concurrent_deliveries) is never used: a reply is
+    /// written and sent inside the delivery of its ECHO.
     pub reply_buffers: usize,
-    /// Ring size of each direction, in 4 KiB pages.
+    /// Packets KMCL may deliver at once before one is handed back for PASSIVE_LEVEL
+    /// (`kmcl::ChannelBuilder::concurrent_deliveries`): the channel's bounce buffers.
+    pub concurrent_deliveries: u32,
+    /// Ring size of each direction, in 4 KiB pages (KMCL allocates the rings).
     pub ring_pages: u32,
 }
 
@@ -174,9 +183,59 @@ impl Default for CoreConfig {
         Self {
             negotiate_timeout: Duration::from_secs(5),
             notify_depth: 32,
+            notify_bytes: 64 * 1024,
             max_parked_recv: 16,
-            reply_buffers: 16,
+            reply_buffers: 4,
+            concurrent_deliveries: 4,
             ring_pages: 32,
+        }
+    }
+}
+
+/// What a device's memory is made of, in bytes of non-paged pool (docs/design.md, "Memory per
+/// device").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// The notification queue: its bytes and its per-message bookkeeping.
+    pub notify_queue: usize,
+    /// The ECHO reply buffers, one maximum-size message each.
+    pub reply_buffers: usize,
+    /// kmcl's bounce buffers, one maximum-size packet each (rounded up to cache lines).
+    pub bounce_buffers: usize,
+    /// The driver's share, everything above plus the fixed-size state.
+    pub driver_total: usize,
+    /// The two rings KMCL allocates for the channel (not the driver's allocation, but the
+    /// device's cost).
+    pub rings: usize,
+}
+
+impl CoreConfig {
+    /// The non-paged memory a device with this configuration holds while its channel is up.
+    /// Nothing grows with traffic: the per-request table grows with concurrently waiting PING
+    /// and SEND requests only, a few words each.
+    #[must_use]
+    pub fn memory(&self) -> Memory {
+        let notify_queue = self
+            .notify_bytes
+            .saturating_add(self.notify_depth.saturating_mul(3 * size_of::<u64>()));
+        let reply_buffers = self.reply_buffers.saturating_mul(MAX_MESSAGE);
+        let slot = MAX_MESSAGE.next_multiple_of(64);
+        let bounce_buffers = usize::try_from(self.concurrent_deliveries)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(slot);
+        let fixed = 4096; // the shared state, the channel's context, the table headers
+        let rings = usize::try_from(self.ring_pages)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(2 * 4096);
+        Memory {
+            notify_queue,
+            reply_buffers,
+            bounce_buffers,
+            driver_total: notify_queue
+                .saturating_add(reply_buffers)
+                .saturating_add(bounce_buffers)
+                .saturating_add(fixed),
+            rings,
         }
     }
 }
@@ -373,7 +432,7 @@ impl<P: Platform> Core<P> {
     /// PASSIVE_LEVEL.
     pub fn with_config(platform: P, config: CoreConfig) -> Result<Self, NtStatus> {
         const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
-        let queue = NotifyQueue::try_new(config.notify_depth, MAX_PAYLOAD).ok_or(NO_MEMORY)?;
+        let queue = NotifyQueue::try_new(config.notify_depth, config.notify_bytes).ok_or(NO_MEMORY)?;
         let mut replies = Vec::new();
         replies
             .try_reserve_exact(config.reply_buffers)
@@ -461,6 +520,7 @@ impl<P: Platform> Core<P> {
         // MAX_MESSAGE is a small constant (16 408).
         let max = u32::try_from(MAX_MESSAGE).map_err(|_| NtStatus::STATUS_INTERNAL_ERROR)?;
         builder.max_packet_size(max)?;
+        builder.concurrent_deliveries(self.shared.config.concurrent_deliveries)?;
         let pages = self.shared.config.ring_pages;
         builder.ring_pages(pages, pages)?;
         builder.friendly_name("vmbmsg")?;
@@ -532,5 +592,23 @@ impl<P: Platform> Core<P> {
 impl<P: Platform> Drop for Core<P> {
     fn drop(&mut self) {
         self.channel_down();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod memory_tests {
+    use super::{CoreConfig, MAX_MESSAGE};
+
+    /// The budget docs/design.md states for the default configuration ("Memory per device"):
+    /// before, 32 maximum-size notification slots and 16 reply buffers took about 768 KiB of
+    /// non-paged pool per device, allocated at device add.
+    #[test]
+    fn the_default_device_holds_under_208_kib_of_its_own_non_paged_memory() {
+        let m = CoreConfig::default().memory();
+        assert_eq!(m.notify_queue, 64 * 1024 + 32 * 24);
+        assert_eq!(m.reply_buffers, 4 * MAX_MESSAGE);
+        assert_eq!(m.bounce_buffers, 4 * MAX_MESSAGE.next_multiple_of(64));
+        assert!(m.driver_total < 208 * 1024, "{m:?}");
+        assert_eq!(m.rings, 256 * 1024);
     }
 }
