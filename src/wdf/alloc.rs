@@ -75,7 +75,7 @@ unsafe impl GlobalAlloc for PoolAllocator {
         let aligned = block.wrapping_add(offset);
         // SAFETY: `aligned - 8 .. aligned` lies inside the block (offset >= 16) and is
         // 8-aligned (both `aligned` and the block are 16-aligned).
-        unsafe { aligned.cast::<*mut u8>().sub(1).write(block) };
+        unsafe { aligned.cast::<*mut u8>().wrapping_sub(1).write(block) };
         aligned
     }
 
@@ -84,7 +84,7 @@ unsafe impl GlobalAlloc for PoolAllocator {
             ptr
         } else {
             // SAFETY: `alloc` wrote the block's start just before `ptr` for this layout.
-            unsafe { ptr.cast::<*mut u8>().sub(1).read() }
+            unsafe { ptr.cast::<*mut u8>().wrapping_sub(1).read() }
         };
         // SAFETY: `block` came from `ExAllocatePoolWithTag` with `TAG` and is freed once.
         unsafe { wdk_sys::ntddk::ExFreePoolWithTag(block.cast(), TAG) };

@@ -90,6 +90,7 @@
     reason = "the KMDF shell is the FFI boundary; see the UNSAFETY comment"
 )]
 
+#[cfg(not(test))]
 mod alloc;
 mod device;
 mod driver;

@@ -356,10 +356,7 @@ pub(crate) use rundown::{Rundown, RundownRef};
 mod rundown {
     // UNSAFETY: the slot's value lives in an `UnsafeCell` guarded by the rundown word, as a
     // kernel `EX_RUNDOWN_REF` guards what it protects.
-    #![cfg_attr(
-        not(windows),
-        expect(unsafe_code, reason = "the value cell of the rundown-protected slot")
-    )]
+    #![expect(unsafe_code, reason = "the value cell of the rundown-protected slot")]
 
     /// [`Rundown::state`]'s bit saying no new reference is granted; the other bits count them.
     const RUNDOWN_CLOSED: u32 = 1 << 31;
