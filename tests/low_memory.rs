@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use kmcl_model::{Host, ModelConfig};
 use vmbmsg_core::sim::{SimConfig, answer};
-use vmbmsg_core::{CancelToken, Core, CoreConfig, IoRequest, Library, NtStatus, ParentDevice, Platform};
+use vmbmsg_core::{
+    CancelToken, Core, CoreConfig, IoRequest, Library, NtStatus, ParentDevice, Platform,
+};
 use vmbmsg_proto::ioctl::{
     ChannelState, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND,
     InfoOut, NOT_READY_STATUS, PingOut, RECV_OUT_MAX, SendIn, SendOut, write_send_input,
@@ -49,8 +51,7 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 /// KMCL function or on a model thread outside a guest callback), and either inside a callback
 /// the model called or inside the test's own call into the driver.
 fn drivers() -> bool {
-    kmcl_model::in_guest_code()
-        && (kmcl_model::in_guest_callback() || IN_DRIVER.with(Cell::get))
+    kmcl_model::in_guest_code() && (kmcl_model::in_guest_callback() || IN_DRIVER.with(Cell::get))
 }
 
 struct Counting;
@@ -168,7 +169,11 @@ impl Platform for Plat {
         }
     }
     fn next_parked_recv(&self) -> Option<Req> {
-        self.parked.lock().unwrap().iter_mut().find_map(Option::take)
+        self.parked
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .find_map(Option::take)
     }
     fn parked_recv_count(&self) -> usize {
         self.parked.lock().unwrap().iter().flatten().count()
@@ -208,7 +213,10 @@ impl Run {
     fn wait_done(&self, id: usize) -> NtStatus {
         let deadline = std::time::Instant::now() + T;
         while self.outcomes.times[id].load(Ordering::SeqCst) == 0 {
-            assert!(std::time::Instant::now() < deadline, "request {id} never completed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {id} never completed"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         NtStatus(self.outcomes.status[id].load(Ordering::SeqCst) as u32 as i32)
@@ -247,8 +255,14 @@ fn clean(status: NtStatus) -> bool {
 /// kind (an error status counts: it is what a driver out of memory answers).
 fn host_traffic(host: &Host) {
     for (kind, message) in [
-        (MessageKind::ECHO, HostMessage::echo(PROTOCOL_V1, 1, b"echo in low memory")),
-        (MessageKind::NOTIFY, HostMessage::notify(PROTOCOL_V1, 2, b"notify in low memory")),
+        (
+            MessageKind::ECHO,
+            HostMessage::echo(PROTOCOL_V1, 1, b"echo in low memory"),
+        ),
+        (
+            MessageKind::NOTIFY,
+            HostMessage::notify(PROTOCOL_V1, 2, b"notify in low memory"),
+        ),
     ] {
         let mut buf = vec![0; message.encoded_len()];
         let n = message.write(&mut buf).unwrap();
@@ -256,9 +270,15 @@ fn host_traffic(host: &Host) {
         let Ok(txn) = host.send(&buf, true) else {
             continue; // not open: nothing was accepted, nothing to complete
         };
-        let done = host.wait_completion(txn, T).expect("every host packet is completed");
-        let reply = parse_reply(&done.payload, kind, message.id).expect("the completion is a reply");
-        assert!(matches!(reply.body, ReplyBody::Echo { .. } | ReplyBody::Empty));
+        let done = host
+            .wait_completion(txn, T)
+            .expect("every host packet is completed");
+        let reply =
+            parse_reply(&done.payload, kind, message.id).expect("the completion is a reply");
+        assert!(matches!(
+            reply.body,
+            ReplyBody::Echo { .. } | ReplyBody::Empty
+        ));
     }
 }
 
@@ -319,7 +339,12 @@ fn run(fail_at: u64) -> u64 {
         // Traffic, whatever state the channel is in.
         let info = run.ioctl(core, IOCTL_VMBMSG_GET_INFO, vec![], size_of::<InfoOut>());
         let ping = run.ioctl(core, IOCTL_VMBMSG_PING, vec![], size_of::<PingOut>());
-        let send = run.ioctl(core, IOCTL_VMBMSG_SEND, send_in(b"hello"), size_of::<SendOut>());
+        let send = run.ioctl(
+            core,
+            IOCTL_VMBMSG_SEND,
+            send_in(b"hello"),
+            size_of::<SendOut>(),
+        );
         let recv = run.ioctl(core, IOCTL_VMBMSG_RECV, vec![], RECV_OUT_MAX);
         for id in [info, ping, send] {
             let status = run.wait_done(id);
@@ -372,7 +397,11 @@ fn run(fail_at: u64) -> u64 {
         );
     }
     let s = run.host.stats();
-    assert_eq!((s.packets_allocated, s.packets_in_flight), (0, 0), "fail_at {fail_at}");
+    assert_eq!(
+        (s.packets_allocated, s.packets_in_flight),
+        (0, 0),
+        "fail_at {fail_at}"
+    );
     assert_eq!(s.incoming_outstanding, 0, "fail_at {fail_at}");
     assert_eq!(run.host.interface_references(), 0, "fail_at {fail_at}");
     run.host.assert_no_violations();

@@ -452,17 +452,24 @@ pub unsafe extern "C" fn VmbClientChannelInitSetTargetPnp(
     interface_instance: LPCGUID,
     pnp_failure: PFN_VMB_CHANNEL_PNP_FAILURE,
 ) -> NTSTATUS {
+    const F: &str = "VmbClientChannelInitSetTargetPnp";
     let _model = ModelCode::enter();
-    init("VmbClientChannelInitSetTargetPnp", channel, || {
-        // SAFETY: `_In_ LPCGUID`: NULL or readable.
-        let ty: Option<GUID> = unsafe { raw::read_in(interface_type) };
-        // SAFETY: `_In_opt_ LPCGUID`: NULL or readable.
-        let inst: Option<GUID> = unsafe { raw::read_in(interface_instance) };
+    // SAFETY: `_In_ LPCGUID`: NULL or readable.
+    let ty: Option<GUID> = unsafe { raw::read_in(interface_type) };
+    // SAFETY: `_In_opt_ LPCGUID`: NULL or readable.
+    let inst: Option<GUID> = unsafe { raw::read_in(interface_instance) };
+    let status = init(F, channel, || {
         ty.map_or(
             InitOp::Invalid(NtStatus::STATUS_INVALID_PARAMETER_2),
             |ty| InitOp::Target(ty, inst, pnp_failure),
         )
-    })
+    });
+    if let (true, Some(ty), Some((w, _, h))) =
+        (NtStatus(status).is_success(), ty, self::channel(F, channel))
+    {
+        w.check_target(F, h, &ty, inst.as_ref());
+    }
+    status
 }
 
 /// Delivers ProcessPacket and ProcessingComplete at PASSIVE_LEVEL. Only before Enable [inf].

@@ -156,6 +156,18 @@ pub(crate) fn world(id: u32) -> Option<Arc<World>> {
         .and_then(Weak::upgrade)
 }
 
+/// The live worlds of VM `vm` (the offers of one VMBus).
+pub(crate) fn vm_worlds(vm: u32) -> Vec<Arc<World>> {
+    WORLDS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .worlds
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter(|w| w.vm == vm)
+        .collect()
+}
+
 /// Caller-memory packets (`VmbPacketInitialize`): address -> world id.
 static CALLER_PACKETS: Mutex<BTreeMap<usize, u32>> = Mutex::new(BTreeMap::new());
 

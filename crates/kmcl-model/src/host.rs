@@ -443,12 +443,45 @@ pub fn connected() -> Host {
     connected_with(ModelConfig::default())
 }
 
-/// A world with `config`.
+/// A world with `config`, the one channel offer of a VM of its own.
 #[must_use]
 pub fn connected_with(config: ModelConfig) -> Host {
-    let world = handle::register_world(|id| World::new(id, config));
-    world.start_workers();
-    Host { world }
+    Vm::new().offer(config)
+}
+
+/// A guest VM whose VMBus may offer several channels, each a world of its own (its own
+/// [`Host`], parent device and interface table) with the same or different interface types.
+/// Offers of one VM see each other only through `VmbClientChannelInitSetTargetPnp`, the PnP
+/// lookup by GUID ([`ViolationKind::AmbiguousTarget`](crate::ViolationKind::AmbiguousTarget)).
+#[derive(Debug)]
+pub struct Vm {
+    id: u32,
+}
+
+impl Vm {
+    /// A VM with no offers yet.
+    #[must_use]
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A channel offer of this VM, with `config` (give two offers of one type different
+    /// `interface_instance`s, as Hyper-V does).
+    #[must_use]
+    pub fn offer(&self, config: ModelConfig) -> Host {
+        let world = handle::register_world(|id| World::new(id, self.id, config));
+        world.start_workers();
+        Host { world }
+    }
+}
+
+impl Default for Vm {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Host {

@@ -66,7 +66,7 @@ mod world;
 pub use host::{
     ChannelState, DEFAULT_INTERFACE_INSTANCE, DEFAULT_INTERFACE_TYPE, DeliveryMode, FaultPlan,
     GuestCompletion, GuestPacket, Host, HostSendError, HostStats, HostTxn, ModelConfig, OpenError,
-    OpenTask, ViolationGuard, connected, connected_with,
+    OpenTask, ViolationGuard, Vm, connected, connected_with,
 };
 pub use interface::query_interface;
 pub use irql::{Irql, current_irql, in_guest_callback, in_guest_code, with_irql};

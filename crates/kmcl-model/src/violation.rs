@@ -89,6 +89,9 @@ pub enum ViolationKind {
     /// A query for `KMCL_CLIENT_INTERFACE_TYPE` whose size or version is not
     /// `KMCL_CLIENT_INTERFACE_V1`'s (the model serves V1 only).
     InterfaceQueryMismatch,
+    /// `VmbClientChannelInitSetTargetPnp` with no interface instance while the VM offers
+    /// several channels of that type: the channel may bind another device's offer.
+    AmbiguousTarget,
 }
 
 impl ViolationKind {
@@ -129,6 +132,7 @@ impl ViolationKind {
         Self::InterfaceReleasedTwice,
         Self::InterfaceNotReleased,
         Self::InterfaceQueryMismatch,
+        Self::AmbiguousTarget,
     ];
 }
 

@@ -557,6 +557,9 @@ impl State {
 /// One world.
 pub(crate) struct World {
     pub(crate) id: u32,
+    /// The VM whose VMBus offers this world's channel (`Vm`): the offers a PnP lookup by GUID
+    /// (`VmbClientChannelInitSetTargetPnp`) can find.
+    pub(crate) vm: u32,
     pub(crate) cfg: ModelConfig,
     pub(crate) faults: FaultPlan,
     st: Mutex<State>,
@@ -575,9 +578,10 @@ pub(crate) struct World {
 type Guard<'a> = MutexGuard<'a, State>;
 
 impl World {
-    pub(crate) fn new(id: u32, cfg: ModelConfig) -> Arc<Self> {
+    pub(crate) fn new(id: u32, vm: u32, cfg: ModelConfig) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             id,
+            vm,
             cfg,
             faults: FaultPlan::default(),
             st: Mutex::new(State::default()),
@@ -596,6 +600,39 @@ impl World {
     /// The client interface table's bookkeeping.
     pub(crate) fn interface(&self) -> &InterfaceState {
         &self.iface
+    }
+
+    /// `VmbClientChannelInitSetTargetPnp(type, instance)` on a channel of this world: "KMCL
+    /// will use PnP to find the vmbus PDO corresponding to the provided interface" and, with no
+    /// instance, "any instance with the provided type will be accepted" (header). When the VM
+    /// offers more than one channel of that type and no instance is given, which offer the
+    /// channel gets is up to PnP, so two devices may end up with the same offer or each other's:
+    /// recorded as [`V::AmbiguousTarget`]. The model itself keeps binding the offer of the
+    /// channel's own parent device (it does not move channels between worlds).
+    pub(crate) fn check_target(
+        &self,
+        func: &'static str,
+        h: usize,
+        ty: &sys::GUID,
+        instance: Option<&sys::GUID>,
+    ) {
+        let offers: Vec<sys::GUID> = handle::vm_worlds(self.vm)
+            .iter()
+            .filter(|w| guid_eq(&w.cfg.interface_type, ty))
+            .map(|w| w.cfg.interface_instance)
+            .collect();
+        if instance.is_none() && offers.len() > 1 {
+            self.record(
+                V::AmbiguousTarget,
+                func,
+                h,
+                format!(
+                    "no interface instance, and the VM offers {} channels of this type: PnP may \
+                     bind any of them",
+                    offers.len()
+                ),
+            );
+        }
     }
 
     /// Records [`V::InterfaceUseAfterRelease`] for a KMCL call made while the guest holds no

@@ -432,7 +432,8 @@ impl<P: Platform> Core<P> {
     /// PASSIVE_LEVEL.
     pub fn with_config(platform: P, config: CoreConfig) -> Result<Self, NtStatus> {
         const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
-        let queue = NotifyQueue::try_new(config.notify_depth, config.notify_bytes).ok_or(NO_MEMORY)?;
+        let queue =
+            NotifyQueue::try_new(config.notify_depth, config.notify_bytes).ok_or(NO_MEMORY)?;
         let mut replies = Vec::new();
         replies
             .try_reserve_exact(config.reply_buffers)
@@ -501,9 +502,10 @@ impl<P: Platform> Core<P> {
         self.shared.stats.snapshot()
     }
 
-    /// Allocates, configures and enables the VMBus channel under `parent`, through `library`
-    /// (the device's KMCL; the channel keeps its own reference on it). Returns once the
-    /// channel is enabled; it opens (and negotiates) when the host opens it.
+    /// Allocates, configures and enables the VMBus channel of the VMBus device under `parent`
+    /// (this device's own offer: no lookup by GUID), through `library` (the device's KMCL; the
+    /// channel keeps its own reference on it). Returns once the channel is enabled; it opens
+    /// (and negotiates) when the host opens it.
     ///
     /// # Errors
     /// `STATUS_INVALID_DEVICE_STATE` if the channel is already up; KMCL's status if the
@@ -524,16 +526,15 @@ impl<P: Platform> Core<P> {
         let pages = self.shared.config.ring_pages;
         builder.ring_pages(pages, pages)?;
         builder.friendly_name("vmbmsg")?;
-        let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
-        builder.target(
-            kmcl::Guid {
-                data1: ty.data1,
-                data2: ty.data2,
-                data3: ty.data3,
-                data4: ty.data4,
-            },
-            None,
-        )?;
+        // No `target()` (VmbClientChannelInitSetTargetPnp): this device is the function driver
+        // of one VMBus child PDO (one per offer, instance path VMBUS\{type}\{instance}), and
+        // `parent` is its own FDO on that PDO's stack, so KMCL binds exactly that offer. With
+        // TargetPnp, "KMCL will use PnP to find the vmbus PDO corresponding to the provided
+        // interface", and without an instance "any instance with the provided type will be
+        // accepted" (vmbuskernelmodeclientlibapi.h): two offers of our type could bind the
+        // same device twice or cross over. The in-box vpci.sys, a function driver on its VMBus
+        // child PDO, allocates its channel in device add without TargetPnp either (MSRC,
+        // "Fuzzing para-virtualized devices in Hyper-V", 2019). tests/binding.rs.
         self.shared.set_state(ChannelState::WAITING_FOR_HOST);
         match builder.enable() {
             Ok(channel) => {

@@ -188,18 +188,30 @@ mod tests {
         assert_eq!(q.push(4, b"d"), Err(PushError::Full), "depth");
         assert_eq!(q.front(), Some((1, &b"a"[..])));
         q.pop_front();
-        assert_eq!(q.push(4, b"dddd"), Err(PushError::Full), "bytes: 2+3 used, 4 do not fit");
+        assert_eq!(
+            q.push(4, b"dddd"),
+            Err(PushError::Full),
+            "bytes: 2+3 used, 4 do not fit"
+        );
         assert_eq!(q.push(4, b"dd"), Ok(()), "fits after ccc");
         assert_eq!(q.push(9, b"123456789"), Err(PushError::TooLarge));
         assert_eq!(
             drain(&mut q),
-            [(2, b"bb".to_vec()), (3, b"ccc".to_vec()), (4, b"dd".to_vec())]
+            [
+                (2, b"bb".to_vec()),
+                (3, b"ccc".to_vec()),
+                (4, b"dd".to_vec())
+            ]
         );
         assert_eq!(q.push(6, b""), Ok(()), "empty messages are messages too");
         assert_eq!(q.front(), Some((6, &b""[..])));
         assert_eq!(q.clear(), 1);
         assert!(q.front().is_none());
-        assert_eq!(q.push(7, b"12345678"), Ok(()), "an empty ring takes a full-size message");
+        assert_eq!(
+            q.push(7, b"12345678"),
+            Ok(()),
+            "an empty ring takes a full-size message"
+        );
     }
 
     #[test]
@@ -208,14 +220,26 @@ mod tests {
         q.push(1, b"aaaa").unwrap();
         q.push(2, b"bbbb").unwrap();
         q.pop_front(); // free [0, 4)
-        assert_eq!(q.push(3, b"ccc"), Ok(()), "wraps to the start (2 left at the end)");
+        assert_eq!(
+            q.push(3, b"ccc"),
+            Ok(()),
+            "wraps to the start (2 left at the end)"
+        );
         assert_eq!(q.push(4, b"d"), Ok(()), "fills the start up to the oldest");
-        assert_eq!(q.push(5, b"e"), Err(PushError::Full), "nothing free between them");
+        assert_eq!(
+            q.push(5, b"e"),
+            Err(PushError::Full),
+            "nothing free between them"
+        );
         q.pop_front(); // bbbb leaves: not wrapped any more
         assert_eq!(q.push(5, b"eeee"), Ok(()));
         assert_eq!(
             drain(&mut q),
-            [(3, b"ccc".to_vec()), (4, b"d".to_vec()), (5, b"eeee".to_vec())]
+            [
+                (3, b"ccc".to_vec()),
+                (4, b"d".to_vec()),
+                (5, b"eeee".to_vec())
+            ]
         );
     }
 
@@ -239,7 +263,9 @@ mod tests {
                 }
             } else {
                 let len = usize::try_from(seed % 40).unwrap();
-                let msg: Vec<u8> = (0..len).map(|i| (seq as u8).wrapping_add(i as u8)).collect();
+                let msg: Vec<u8> = (0..len)
+                    .map(|i| (seq as u8).wrapping_add(i as u8))
+                    .collect();
                 if q.push(seq, &msg).is_ok() {
                     model.push_back((seq, msg));
                 }

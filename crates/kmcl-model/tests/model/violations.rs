@@ -686,3 +686,35 @@ fn violation_interface_query_mismatch() {
     host.remove_device();
     host.assert_no_violations();
 }
+
+#[test]
+fn violation_ambiguous_target() {
+    let vm = kmcl_model::Vm::new();
+    let offer = |data1| ModelConfig {
+        interface_instance: sys::GUID {
+            Data1: data1,
+            ..kmcl_model::DEFAULT_INTERFACE_INSTANCE
+        },
+        ..Default::default()
+    };
+    let (a, b) = (vm.offer(offer(1)), vm.offer(offer(2)));
+    let ty = kmcl_model::DEFAULT_INTERFACE_TYPE;
+    // With an instance, or with one offer of the type, there is nothing to choose from.
+    let ch = allocate(a.parent_device()).expect("allocate");
+    let inst = a.config().interface_instance;
+    assert_eq!(
+        set_target(ch, Some(&ty), Some(&inst)),
+        NtStatus::STATUS_SUCCESS
+    );
+    a.assert_no_violations();
+    // Type only, with two offers of it: PnP may bind either.
+    assert_eq!(set_target(ch, Some(&ty), None), NtStatus::STATUS_SUCCESS);
+    expect_one(&a, V::AmbiguousTarget, "VmbClientChannelInitSetTargetPnp");
+    cleanup(ch);
+    let lone = connected();
+    let ch = allocate(lone.parent_device()).expect("allocate");
+    assert_eq!(set_target(ch, Some(&ty), None), NtStatus::STATUS_SUCCESS);
+    cleanup(ch);
+    lone.assert_no_violations();
+    b.assert_no_violations();
+}
