@@ -178,6 +178,8 @@ impl Platform for Plat {
     fn parked_recv_count(&self) -> usize {
         self.parked.lock().unwrap().iter().flatten().count()
     }
+    /// No host close in these runs (the host never closes the channel here).
+    fn channel_closed_by_host(&self) {}
 }
 
 // ---- one run -----------------------------------------------------------------------------------

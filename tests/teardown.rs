@@ -24,7 +24,12 @@ fn rescind_with_recv_parked_and_ping_in_flight() {
     assert_eq!(sim.host().stats().packets_in_flight, 1);
 
     sim.host().rescind();
-    assert_eq!(sim.core().state(), ChannelState::CLOSED);
+    // CLOSED, or already enabled again by the driver's work item (tests/host_close.rs).
+    let state = sim.core().state();
+    assert!(
+        state == ChannelState::CLOSED || state == ChannelState::WAITING_FOR_HOST,
+        "{state:?}"
+    );
     assert_eq!(recv.wait(T).unwrap().status, NOT_READY_STATUS);
     assert_eq!(ping.wait(T).unwrap().status, NtStatus::STATUS_CANCELLED);
     // New requests see the closed channel at once.

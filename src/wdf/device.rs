@@ -10,8 +10,9 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use wdk::paged_code;
 use wdk_sys::{
     _WDF_EXECUTION_LEVEL, _WDF_SYNCHRONIZATION_SCOPE, GUID, NTSTATUS, PWDFDEVICE_INIT,
-    WDF_OBJECT_ATTRIBUTES, WDF_OBJECT_CONTEXT_TYPE_INFO, WDF_PNPPOWER_EVENT_CALLBACKS, WDFDEVICE,
-    WDFOBJECT, call_unsafe_wdf_function_binding,
+    WDF_OBJECT_ATTRIBUTES, WDF_OBJECT_CONTEXT_TYPE_INFO, WDF_PNPPOWER_EVENT_CALLBACKS,
+    WDF_WORKITEM_CONFIG, WDFDEVICE, WDFOBJECT, WDFWORKITEM, WDFWORKITEM__,
+    call_unsafe_wdf_function_binding,
 };
 
 use super::queue::{self, WdfPlatform};
@@ -33,6 +34,11 @@ pub(super) struct DeviceContext {
     /// again once the device is being destroyed (the queue is gone by then). Read by
     /// [`WdfPlatform`].
     parked_queue: AtomicPtr<c_void>,
+    /// The work item that enables the channel again after the host closed it
+    /// ([`evt_restart_work_item`]): null until device add creates it, and null again from the
+    /// device's cleanup callback on (no restart is queued once the teardown began). Read by
+    /// [`WdfPlatform`].
+    restart_work: AtomicPtr<c_void>,
     /// True while `core` holds a value: set once it has been written, cleared before it is
     /// dropped.
     core_live: AtomicBool,
@@ -327,13 +333,28 @@ pub(super) unsafe fn create(mut device_init: PWDFDEVICE_INIT) -> NtStatus {
         .parked_queue
         .store(parked_queue.cast::<c_void>(), Ordering::Release);
 
-    // SAFETY: the cell is this device's context field, and the platform will live in the core
-    // stored in that same context, so the cell outlives it. It holds the device's live manual
-    // queue until KMDF deletes the queue, which happens only while the device itself is being
-    // deleted, when nothing that could call the platform runs (no I/O callback, no channel:
-    // `channel_down` ran in `evt_self_managed_io_suspend`); `evt_device_destroy` then empties it
-    // before the core's teardown, the one later caller.
-    let platform = unsafe { WdfPlatform::new(NonNull::from(&context.parked_queue)) };
+    // The restart work item (`Platform::channel_closed_by_host`): parented to the device, so
+    // KMDF deletes it with the device; the cleanup callback flushes it first.
+    // SAFETY: `device` is live and created by `create`. PASSIVE_LEVEL.
+    let restart_work = match unsafe { create_restart_work_item(device) } {
+        Ok(item) => item,
+        Err(status) => return status,
+    };
+    context.restart_work.store(restart_work, Ordering::Release);
+
+    // SAFETY: the cells are this device's context fields, and the platform will live in the
+    // core stored in that same context, so they outlive it. `parked_queue` holds the device's
+    // live manual queue until KMDF deletes the queue, which happens only while the device itself
+    // is being deleted, when nothing that could call the platform runs (no I/O callback, no
+    // channel: `channel_down` ran in `evt_self_managed_io_suspend`); `evt_device_destroy` then
+    // empties it before the core's teardown, the one later caller. `restart_work` holds the
+    // device's live work item until `evt_device_cleanup` empties it, before KMDF deletes it.
+    let platform = unsafe {
+        WdfPlatform::new(
+            NonNull::from(&context.parked_queue),
+            NonNull::from(&context.restart_work),
+        )
+    };
     let core = match Core::new(platform) {
         Ok(core) => core,
         Err(status) => return status,
@@ -360,6 +381,65 @@ pub(super) unsafe fn create(mut device_init: PWDFDEVICE_INIT) -> NtStatus {
             ptr::null(),
         )
     })
+}
+
+/// Creates the device's restart work item: [`evt_restart_work_item`], parented to `device`.
+///
+/// # Safety
+/// `device` is a live device created by [`create`]. PASSIVE_LEVEL.
+unsafe fn create_restart_work_item(device: WDFDEVICE) -> Result<*mut c_void, NtStatus> {
+    // `WDF_WORKITEM_CONFIG_INIT(&config, EvtWorkItemFunc)` (wdfworkitem.h): zero, `Size`, the
+    // callback, `AutomaticSerialization = TRUE`. FALSE here: the device has no synchronization
+    // scope to serialise with (the core serialises the restart with its own lock), and TRUE
+    // would need one (`WdfWorkItemCreate` fails it otherwise, "Using Automatic Synchronization").
+    let mut config = WDF_WORKITEM_CONFIG {
+        Size: const { wdf_size::<WDF_WORKITEM_CONFIG>() },
+        EvtWorkItemFunc: Some(evt_restart_work_item),
+        AutomaticSerialization: 0,
+    };
+    // `WDF_OBJECT_ATTRIBUTES_INIT` plus `ParentObject`: a work item must have a parent (the
+    // device here), whose deletion deletes it.
+    let mut attributes = WDF_OBJECT_ATTRIBUTES {
+        Size: const { wdf_size::<WDF_OBJECT_ATTRIBUTES>() },
+        ExecutionLevel: _WDF_EXECUTION_LEVEL::WdfExecutionLevelInheritFromParent,
+        SynchronizationScope: _WDF_SYNCHRONIZATION_SCOPE::WdfSynchronizationScopeInheritFromParent,
+        ParentObject: device.cast(),
+        ..WDF_OBJECT_ATTRIBUTES::default()
+    };
+    let mut item: WDFWORKITEM = ptr::null_mut();
+    // SAFETY: `config` and `attributes` are valid with their `Size` set and read during the call
+    // only; `item` is a valid out-pointer; `device` is live (caller). <= DISPATCH_LEVEL
+    // (wdfworkitem.h `WdfWorkItemCreate`).
+    let status = NtStatus(unsafe {
+        call_unsafe_wdf_function_binding!(
+            WdfWorkItemCreate,
+            &raw mut config,
+            &raw mut attributes,
+            &raw mut item,
+        )
+    });
+    status.ok()?;
+    Ok(item.cast())
+}
+
+/// The restart work item's `EvtWorkItem`: [`Core::restart_channel`] after the host closed the
+/// channel (queued by [`WdfPlatform::channel_closed_by_host`]). KMDF runs work items at
+/// PASSIVE_LEVEL in a system thread, outside every channel callback, as `restart_channel`
+/// needs.
+///
+/// # Safety
+/// Only the framework calls it, with a work item created by [`create_restart_work_item`].
+unsafe extern "C" fn evt_restart_work_item(item: WDFWORKITEM) {
+    // SAFETY: `item` is the framework's live work item; its parent is the device it was created
+    // with (`WdfWorkItemGetParentObject`, <= DISPATCH_LEVEL).
+    let device: WDFDEVICE =
+        unsafe { call_unsafe_wdf_function_binding!(WdfWorkItemGetParentObject, item) }.cast();
+    // SAFETY: the device outlives its child work item; the core is used only during this call,
+    // which `evt_device_cleanup` waits for (`WdfWorkItemFlush`) before the core can go.
+    if let Some(core) = unsafe { core(device) } {
+        // A failure leaves the device's channel DOWN (GET_INFO shows it) until its next start.
+        let _ = core.restart_channel();
+    }
 }
 
 // ---- PnP and power ---------------------------------------------------------------------------------
@@ -478,6 +558,19 @@ unsafe extern "C" fn evt_device_cleanup(object: WDFOBJECT) {
     let Some(context) = (unsafe { context(object.cast()) }) else {
         return;
     };
+    // No restart from now on: empty the cell the platform queues through, then wait for a
+    // restart that is already queued or running.
+    let restart_work = context.restart_work.swap(ptr::null_mut(), Ordering::AcqRel);
+    if !restart_work.is_null() {
+        // SAFETY: the device's live work item (KMDF deletes it with the device, after this
+        // callback); `WdfWorkItemFlush` waits for a queued or running callback, at PASSIVE.
+        unsafe {
+            call_unsafe_wdf_function_binding!(
+                WdfWorkItemFlush,
+                restart_work.cast::<WDFWORKITEM__>()
+            );
+        }
+    }
     // SAFETY: as above; the core is used only during this callback.
     if let Some(core) = unsafe { core(object.cast()) } {
         core.channel_down();

@@ -184,6 +184,9 @@ pub(crate) struct WdfPlatform {
     /// owns this platform, so it is valid for as long as the platform exists; whenever a method
     /// of the platform runs, the cell holds null or that device's live manual queue.
     parked_queue: NonNull<AtomicPtr<c_void>>,
+    /// Invariant: points at the `restart_work` cell of the same context; it holds null or the
+    /// device's live restart work item.
+    restart_work: NonNull<AtomicPtr<c_void>>,
 }
 
 // SAFETY: the platform is an address of an atomic cell (see the invariant) that stays valid
@@ -278,5 +281,23 @@ impl Platform for WdfPlatform {
             )
         };
         usize::try_from(queued).unwrap_or(usize::MAX)
+    }
+
+    fn channel_closed_by_host(&self) {
+        // SAFETY: the cell outlives the platform (type invariant) and is only read atomically.
+        let cell = unsafe { self.restart_work.as_ref() };
+        let item = cell.load(Ordering::Acquire);
+        if item.is_null() {
+            return; // the device's teardown began: no restart
+        }
+        // SAFETY: the device's live work item (type invariant). `WdfWorkItemEnqueue` queues it
+        // once however often it is called before it runs (wdfworkitem.h; "Using Framework Work
+        // Items"), <= DISPATCH_LEVEL.
+        unsafe {
+            call_unsafe_wdf_function_binding!(
+                WdfWorkItemEnqueue,
+                item.cast::<wdk_sys::WDFWORKITEM__>()
+            );
+        }
     }
 }

@@ -344,6 +344,9 @@ pub enum OpenError {
     OpenedFailed(NtStatus),
     /// The world is shutting down.
     ShutDown,
+    /// The host rescinded its offer ([`Host::rescind`]) and has not offered it again
+    /// ([`Host::reoffer`]).
+    NoOffer,
 }
 
 impl fmt::Display for OpenError {
@@ -353,6 +356,7 @@ impl fmt::Display for OpenError {
             Self::TargetMismatch => f.write_str("the guest's target GUIDs do not match the offer"),
             Self::OpenedFailed(s) => write!(f, "EvtChannelOpened failed with {s}"),
             Self::ShutDown => f.write_str("the world is shutting down"),
+            Self::NoOffer => f.write_str("the host rescinded its offer"),
         }
     }
 }
@@ -665,10 +669,11 @@ impl Host {
         self.world.set_responder(None);
     }
 
-    /// The host closes (rescinds) the open channel: `EvtChannelSuspend` (if running), wait for
-    /// delivered packets, cancel in-flight guest packets, `EvtChannelClosed`; the guest channel
-    /// ends Disabled. Returns when that finished; a no-op if no channel is open. Must not be
-    /// called from a guest callback.
+    /// The host rescinds its offer: the open channel is closed (as [`close`](Self::close)) and
+    /// the offer is gone, so a guest channel enabled again waits until
+    /// [`reoffer`](Self::reoffer) (on Windows the VMBus child device is removed, and its
+    /// driver's device with it). Returns when the close finished; must not be called from a
+    /// guest callback.
     ///
     /// A rescind that arrives while the open sequence is still running (for instance while
     /// `EvtChannelPostStarted` waits for a synchronous request) fails the channel's waiting
@@ -676,6 +681,22 @@ impl Host {
     /// the channel once the open sequence has returned.
     pub fn rescind(&self) {
         self.world.rescind();
+        self.world.set_offered(false);
+    }
+
+    /// The host closes the open channel but keeps its offer (its service restarted, say):
+    /// `EvtChannelSuspend` (if running), wait for delivered packets, cancel in-flight guest
+    /// packets, `EvtChannelClosed`; the guest channel ends Disabled and "must be restarted
+    /// using VmbChannelEnable" (header), after which [`open`](Self::open) opens it again.
+    /// Returns when that finished; a no-op if no channel is open. Must not be called from a
+    /// guest callback.
+    pub fn close(&self) {
+        self.world.rescind();
+    }
+
+    /// The host offers the channel again after a [`rescind`](Self::rescind).
+    pub fn reoffer(&self) {
+        self.world.set_offered(true);
     }
 
     /// The state of the most recently allocated guest channel of this world.

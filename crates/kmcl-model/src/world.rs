@@ -455,6 +455,8 @@ pub(crate) struct State {
     /// A rescind of the open channel is waiting for (or running after) the current transition:
     /// synchronous requests fail at once.
     rescind_pending: bool,
+    /// The host offers the channel ([`Host::rescind`](crate::Host::rescind) withdraws it).
+    withdrawn: bool,
 }
 
 impl Default for State {
@@ -487,6 +489,7 @@ impl Default for State {
             stats: HostStats::default(),
             quarantine: VecDeque::new(),
             rescind_pending: false,
+            withdrawn: false,
         }
     }
 }
@@ -1043,6 +1046,9 @@ impl World {
         if g.shutdown {
             return Err(OpenError::ShutDown);
         }
+        if g.withdrawn {
+            return Err(OpenError::NoOffer);
+        }
         let serial = g
             .channels
             .values()
@@ -1192,6 +1198,11 @@ impl World {
         };
         g = self.close(g, serial, F, false);
         self.end_transition(&mut g, serial);
+    }
+
+    /// Offers the channel again, or withdraws the offer.
+    pub(crate) fn set_offered(&self, offered: bool) {
+        self.lock().withdrawn = !offered;
     }
 
     pub(crate) fn rescind(&self) {

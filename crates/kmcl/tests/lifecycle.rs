@@ -39,7 +39,7 @@ fn rescind_closes_the_channel_and_it_can_be_enabled_again() {
     let rec = Recorder::new(Mode::Echo);
     let channel = enabled(&host, &rec);
     host.open().expect("open");
-    host.rescind();
+    host.close();
     assert_eq!(
         rec.events()[3..],
         [Event::Suspend(Irql::Passive), Event::Closed(Irql::Passive)]

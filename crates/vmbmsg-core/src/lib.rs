@@ -151,6 +151,16 @@ pub trait Platform: Send + Sync + 'static {
     /// # IRQL
     /// ≤ DISPATCH_LEVEL (called with the core's spin lock held).
     fn parked_recv_count(&self) -> usize;
+
+    /// The host closed the channel (not the core's own `channel_down`): a guest channel the
+    /// host closes ends disabled "and must be restarted using VmbChannelEnable"
+    /// (vmbuskernelmodeclientlibapi.h). The platform arranges for
+    /// [`Core::restart_channel`] to run soon, at PASSIVE_LEVEL and outside every channel
+    /// callback (the WDF shell: a `WDFWORKITEM`), and never after the device's teardown began.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL (from `EvtChannelClosed`); must not block.
+    fn channel_closed_by_host(&self);
 }
 
 /// Tunables of a [`Core`]. The defaults are what the driver uses; [`memory`](Self::memory)
@@ -264,6 +274,8 @@ struct Shared<P: Platform> {
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
     /// host's rescind).
     going_down: AtomicBool,
+    /// The host closed the channel and [`Core::restart_channel`] has not enabled it again yet.
+    closed_by_host: AtomicBool,
     /// Who may send to the host: [`GATE_CLOSED`] plus the number of [`SendPermit`]s out
     /// (IOCTL paths between their READY check and the return of their `VmbPacketSend`).
     /// Opened when negotiation succeeds; `EvtChannelSuspend` closes it and waits for the
@@ -396,6 +408,9 @@ impl<P: Platform> CancelWaiting<P::Request> for Shared<P> {
 pub struct Core<P: Platform> {
     shared: TryArc<Shared<P>>,
     channel: Rundown<Channel<Handler<P>>>,
+    /// Serialises bringing the channel up, down and back after a host close (PnP callbacks and
+    /// the platform's restart work item).
+    lifecycle: sync::PassiveLock,
 }
 
 impl<P: Platform> core::fmt::Debug for Core<P> {
@@ -460,12 +475,14 @@ impl<P: Platform> Core<P> {
             waiting: WaitingRequests::new(),
             next_id: AtomicU64::new(1),
             going_down: AtomicBool::new(false),
+            closed_by_host: AtomicBool::new(false),
             send_gate: AtomicU32::new(GATE_CLOSED),
         })
         .map_err(|_| NO_MEMORY)?;
         Ok(Self {
             shared,
             channel: Rundown::new(),
+            lifecycle: sync::PassiveLock::new(),
         })
     }
 
@@ -514,6 +531,7 @@ impl<P: Platform> Core<P> {
     /// # IRQL
     /// PASSIVE_LEVEL.
     pub fn channel_up(&self, library: &Library, parent: ParentDevice) -> Result<(), NtStatus> {
+        let _lifecycle = self.lifecycle.lock();
         if self.channel.is_set() {
             return Err(NtStatus::STATUS_INVALID_DEVICE_STATE);
         }
@@ -563,7 +581,9 @@ impl<P: Platform> Core<P> {
     /// # IRQL
     /// PASSIVE_LEVEL.
     pub fn channel_down(&self) {
+        let _lifecycle = self.lifecycle.lock();
         self.shared.going_down.store(true, Ordering::Release);
+        self.shared.closed_by_host.store(false, Ordering::Release);
         // IOCTL paths hold a reference only around an allocate-and-send, which never blocks.
         if let Some(channel) = self.channel.take_and_wait() {
             drop(channel); // VmbChannelDisable + VmbChannelCleanup
@@ -577,6 +597,44 @@ impl<P: Platform> Core<P> {
             .notify_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
         self.shared.going_down.store(false, Ordering::Release);
+    }
+
+    /// Enables the channel again after the host closed it ([`Platform::channel_closed_by_host`]),
+    /// so that it opens, and negotiates, when the host opens it again: the state goes from
+    /// CLOSED to WAITING_FOR_HOST. A rescinded channel is enabled too and simply waits (the
+    /// device is removed, or the offer comes back). Does nothing unless the host closed the
+    /// channel and `channel_down` has not run since.
+    ///
+    /// # Errors
+    /// KMCL's status if the channel cannot be enabled again; the channel is then cleaned up
+    /// and the state is DOWN until the next start.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, outside every channel callback (it disables the channel, which waits for
+    /// them).
+    pub fn restart_channel(&self) -> Result<(), NtStatus> {
+        let _lifecycle = self.lifecycle.lock();
+        if !self.shared.closed_by_host.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let Some(channel) = self.channel.take_and_wait() else {
+            return Ok(());
+        };
+        // The host's close left the channel disabled: VmbChannelDisable has nothing left to
+        // wait for, and the kmcl types want the disabled state spelled out.
+        let disabled = channel.disable();
+        match disabled.enable() {
+            Ok(channel) => {
+                self.shared.set_state(ChannelState::WAITING_FOR_HOST);
+                self.channel.set(channel);
+                Ok(())
+            }
+            Err((disabled, status)) => {
+                self.shared.set_state(ChannelState::DOWN);
+                drop(disabled); // VmbChannelCleanup
+                Err(status)
+            }
+        }
     }
 
     /// Serves one IOCTL: validates `code` and the buffers and either completes `request` or

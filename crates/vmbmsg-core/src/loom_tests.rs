@@ -142,6 +142,8 @@ impl Platform for LoomPlatform {
     fn parked_recv_count(&self) -> usize {
         self.0.parked.lock().unwrap().len()
     }
+    /// No host closes a channel in these models (they drive the shared structures directly).
+    fn channel_closed_by_host(&self) {}
 }
 
 impl LoomPlatform {

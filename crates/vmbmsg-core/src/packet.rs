@@ -60,12 +60,19 @@ impl<P: Platform> ChannelHandler for Handler<P> {
         // No notification can arrive any more: a parked RECV would wait forever. When the
         // host closed the channel, user mode may retry later; when we are tearing the device
         // down, it is gone.
-        let status = if self.shared.going_down.load(Ordering::Acquire) {
+        let going_down = self.shared.going_down.load(Ordering::Acquire);
+        let status = if going_down {
             NtStatus::STATUS_DEVICE_REMOVED
         } else {
             vmbmsg_proto::ioctl::NOT_READY_STATUS
         };
         self.shared.finish_parked(status);
+        if !going_down {
+            // The host closed it: KMCL left the channel disabled; enable it again from outside
+            // this callback (Core::restart_channel, through the platform's work item).
+            self.shared.closed_by_host.store(true, Ordering::Release);
+            self.shared.platform.channel_closed_by_host();
+        }
     }
 }
 

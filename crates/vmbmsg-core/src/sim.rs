@@ -169,6 +169,20 @@ impl Pending {
 struct Parking {
     parked: Mutex<VecDeque<SimRequest>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// The simulation's restart work item: queued by `channel_closed_by_host`, run by the
+    /// simulation's work-item thread (`Simulation::work_items`).
+    restart: Mutex<WorkItem>,
+    restart_cv: std::sync::Condvar,
+}
+
+/// A work item's state, as `WDFWORKITEM` has it: queued once however often it is enqueued.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum WorkItem {
+    #[default]
+    Idle,
+    Queued,
+    /// The device is going away: nothing runs any more.
+    Stopped,
 }
 
 /// The simulation's [`Platform`]: a FIFO of parked RECV requests that can be cancelled, like a
@@ -228,6 +242,43 @@ impl Platform for SimPlatform {
 
     fn parked_recv_count(&self) -> usize {
         lock(&self.inner.parked).len()
+    }
+
+    fn channel_closed_by_host(&self) {
+        let mut item = lock(&self.inner.restart);
+        if *item == WorkItem::Idle {
+            *item = WorkItem::Queued;
+            self.inner.restart_cv.notify_all();
+        }
+    }
+}
+
+impl SimPlatform {
+    /// Waits until the restart work item is queued (`true`, and it is taken) or stopped.
+    fn next_restart(&self) -> bool {
+        let mut item = lock(&self.inner.restart);
+        loop {
+            match *item {
+                WorkItem::Queued => {
+                    *item = WorkItem::Idle;
+                    return true;
+                }
+                WorkItem::Stopped => return false,
+                WorkItem::Idle => {
+                    item = self
+                        .inner
+                        .restart_cv
+                        .wait(item)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+    }
+
+    /// Stops the restart work item for good (the device's teardown began).
+    fn stop_work_items(&self) {
+        *lock(&self.inner.restart) = WorkItem::Stopped;
+        self.inner.restart_cv.notify_all();
     }
 }
 
@@ -357,7 +408,10 @@ pub fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
 /// The driver core and a simulated host, connected.
 pub struct Simulation {
     host: Arc<Host>,
-    core: Core<SimPlatform>,
+    core: Arc<Core<SimPlatform>>,
+    /// Runs the platform's restart work item ([`Core::restart_channel`]) as a WDF work item
+    /// would: on its own PASSIVE thread, after the host closed the channel.
+    work_items: Option<JoinHandle<()>>,
     /// The device's KMCL, as the WDF shell holds it: released (with the model's removal check)
     /// when the simulation is dropped.
     library: Option<Library>,
@@ -421,8 +475,23 @@ impl Simulation {
             },
             ..ModelConfig::default()
         }));
-        let core = Core::with_config(SimPlatform::default(), config.core.clone())
-            .map_err(StartError::Core)?;
+        let core = Arc::new(
+            Core::with_config(SimPlatform::default(), config.core.clone())
+                .map_err(StartError::Core)?,
+        );
+        let work_items = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("sim-work-item".into())
+                .spawn(move || {
+                    while core.platform().next_restart() {
+                        // A failure leaves the device DOWN, as the WDF shell's work item does;
+                        // GET_INFO shows it.
+                        let _ = core.restart_channel();
+                    }
+                })
+                .ok()
+        };
         let config = Arc::new(Mutex::new(config));
         {
             let config = config.clone();
@@ -446,6 +515,7 @@ impl Simulation {
         let sim = Self {
             host,
             core,
+            work_items,
             library: Some(library),
             config,
             stop,
@@ -464,6 +534,10 @@ impl Simulation {
     /// sees the removal (recording a reference still held, and any later KMCL call, as a
     /// violation). Dropping the simulation does this too.
     pub fn remove_device(&mut self) {
+        self.core.platform().stop_work_items();
+        if let Some(t) = self.work_items.take() {
+            let _ = t.join();
+        }
         self.core.channel_down();
         drop(self.library.take());
         self.host.remove_device();

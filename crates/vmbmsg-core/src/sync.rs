@@ -351,6 +351,49 @@ pub fn wait_until(mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A lock for PASSIVE_LEVEL code that may hold it across blocking calls (the channel's up,
+/// down and restart): waits for it [`wait_until`]'s way, sleeping, never spinning for long.
+pub(crate) struct PassiveLock {
+    held: atomic::AtomicBool,
+}
+
+/// Holds a [`PassiveLock`] until dropped.
+pub(crate) struct PassiveGuard<'a> {
+    lock: &'a PassiveLock,
+}
+
+impl PassiveLock {
+    pub(crate) fn new() -> Self {
+        Self {
+            held: atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the lock, waiting for it.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL. Not reentrant.
+    pub(crate) fn lock(&self) -> PassiveGuard<'_> {
+        wait_until(|| {
+            self.held
+                .compare_exchange(
+                    false,
+                    true,
+                    atomic::Ordering::Acquire,
+                    atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        });
+        PassiveGuard { lock: self }
+    }
+}
+
+impl Drop for PassiveGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.held.store(false, atomic::Ordering::Release);
+    }
+}
+
 pub(crate) use rundown::{Rundown, RundownRef};
 
 mod rundown {

@@ -217,7 +217,7 @@ fn fail_stops_the_queue_until_the_channel_closes() {
         "queue stopped"
     );
     assert_eq!(g.delivered.load(Ordering::SeqCst), 1);
-    host.rescind();
+    host.close();
     assert!(
         host.wait_completion(after, T).is_none(),
         "dropped undelivered at close"

@@ -97,11 +97,11 @@ fn disable_of_a_channel_never_opened_runs_no_callbacks() {
 }
 
 #[test]
-fn rescind_closes_to_disabled_and_the_channel_can_be_re_enabled() {
+fn a_host_close_ends_disabled_and_the_channel_can_be_re_enabled() {
     let host = connected();
     let _guard = host.violation_guard();
     let g = GuestBuilder::new(&host).opened();
-    host.rescind();
+    host.close();
     assert_eq!(host.channel_state(), ChannelState::Disabled);
     assert_eq!(
         passive_events(g),
@@ -416,4 +416,22 @@ fn uncompleted_packets_at_rescind_and_pause_are_reported() {
     assert_eq!(host.channel_state(), ChannelState::Disabled);
     cleanup(g.ch);
     host.assert_no_violations();
+}
+
+#[test]
+fn a_rescinded_offer_cannot_be_opened_until_it_is_offered_again() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    let g = GuestBuilder::new(&host).opened();
+    host.rescind();
+    assert_eq!(host.channel_state(), ChannelState::Disabled);
+    assert_eq!(
+        enable(g.ch),
+        NtStatus::STATUS_SUCCESS,
+        "enable waits for an offer"
+    );
+    assert_eq!(host.open(), Err(kmcl_model::OpenError::NoOffer));
+    host.reoffer();
+    host.open().expect("open the new offer");
+    g.teardown();
 }
