@@ -199,15 +199,24 @@ unsafe impl Send for WdfPlatform {}
 unsafe impl Sync for WdfPlatform {}
 
 impl WdfPlatform {
-    /// A platform that parks requests in the queue found in `parked_queue`.
+    /// A platform that parks requests in the queue found in `parked_queue` and restarts a
+    /// channel the host closed through the work item found in `restart_work`.
     ///
     /// # Safety
-    /// `parked_queue` is the `parked_queue` cell of a device context, and the platform will live
-    /// inside that same context (in the device's core), so the cell outlives it. Whenever a
-    /// method of the platform runs, the cell holds null or that device's live manual queue: it
-    /// is emptied after KMDF deletes the queue and before anything can call the platform again.
-    pub(super) const unsafe fn new(parked_queue: NonNull<AtomicPtr<c_void>>) -> Self {
-        Self { parked_queue }
+    /// `parked_queue` and `restart_work` are the cells of that name of one device context, and
+    /// the platform will live inside that same context (in the device's core), so the cells
+    /// outlive it. Whenever a method of the platform runs, `parked_queue` holds null or that
+    /// device's live manual queue (it is emptied after KMDF deletes the queue and before anything
+    /// can call the platform again), and `restart_work` holds null or the device's live work item
+    /// (it is emptied before KMDF deletes the item).
+    pub(super) const unsafe fn new(
+        parked_queue: NonNull<AtomicPtr<c_void>>,
+        restart_work: NonNull<AtomicPtr<c_void>>,
+    ) -> Self {
+        Self {
+            parked_queue,
+            restart_work,
+        }
     }
 
     /// The parked queue, unless the device is being destroyed.
