@@ -13,6 +13,9 @@ fn main() {
         .include("../kmcl-sys/include")
         .opt_level(2)
         .flag_if_supported("-std=c11")
+        // The header's KMCL_CLIENT_INTERFACE_V1 begins with an unnamed `INTERFACE` member, as
+        // the WDK's does (a Microsoft extension, also what kmcl-sys-gen passes to clang).
+        .flag_if_supported("-fms-extensions")
         .warnings(true)
         .extra_warnings(true)
         .compile("rx_path");

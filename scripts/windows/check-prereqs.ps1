@@ -71,8 +71,9 @@ if (Test-Path -LiteralPath $lib) {
 } else {
     $found = Get-ChildItem -LiteralPath (Join-Path $root 'Lib') -Recurse -Filter 'vmbkmcl.lib' -ErrorAction SilentlyContinue |
         Select-Object -First 3 -ExpandProperty FullName
-    if ($found) { Fail "vmbkmcl.lib is not in Lib\$version\km\x64 but in: $($found -join '; ') (kmcl-sys/build.rs looks only in the wdk-build library paths)" }
-    else { Fail "vmbkmcl.lib not found under $root\Lib" }
+    # Only `--features linked-kmcl` links it; the default build queries the interface table.
+    if ($found) { Note "vmbkmcl.lib is not in Lib\$version\km\x64 but in: $($found -join '; ') (needed only for --features linked-kmcl; kmcl-sys/build.rs looks only in the wdk-build library paths)" }
+    else { Note "vmbkmcl.lib not found under $root\Lib (needed only for --features linked-kmcl)" }
 }
 
 $binRoot = if ($env:WDKBinRoot) { $env:WDKBinRoot } else { Join-Path $root "bin\$version" }

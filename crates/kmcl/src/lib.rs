@@ -108,7 +108,7 @@ mod channel;
 mod incoming;
 mod library;
 mod outgoing;
-mod shared;
+pub mod shared;
 
 pub use bounce::{BounceStats, DEFAULT_BOUNCE_BUFFERS, MAX_BOUNCE_BUFFERS};
 pub use channel::{

@@ -12,10 +12,16 @@ use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// Copies `dst.len()` bytes from `src` into `dst`, reading each source byte exactly once.
 ///
+/// kmcl uses it to copy every incoming packet into a bounce buffer; a driver uses it to read a
+/// buffer it shares with the host (a GPADL). Any IRQL; it does not allocate.
+///
 /// # Safety
 /// `src` must be valid for reads of `dst.len()` bytes for the duration of the call; the bytes
 /// may be written concurrently by anyone (that is the point), but not freed.
-pub(crate) unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
+// Never inlined: one symbol, so that a profile (docs/performance.md) shows what the bounce copy
+// costs per packet; the call is a few instructions next to the copy.
+#[inline(never)]
+pub unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
     let len = dst.len();
     let mut i = 0;
     // Bytes up to the source's first 8-byte boundary (or the end).
@@ -50,15 +56,13 @@ pub(crate) unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
 }
 
 /// Copies `src` into shared memory at `dst`, writing each byte exactly once.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "for GPADL buffers; tested here")
-)]
+///
+/// For a buffer the driver shares with the host (a GPADL). Any IRQL; it does not allocate.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `src.len()` bytes for the duration of the call; others may
 /// read or write those bytes concurrently, but not free them.
-pub(crate) unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
+pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
     let len = src.len();
     let mut i = 0;
     let head = dst.align_offset(8).min(len);

@@ -99,9 +99,18 @@ fn has_valgrind() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Callgrind's counts with collection only inside `guest`'s ProcessPacket: (total, the
-/// inclusive part of the model's `Vmb*` functions called from it).
-fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> (f64, f64) {
+/// Callgrind's counts with collection only inside `guest`'s ProcessPacket.
+struct Counts {
+    /// Everything collected.
+    total: f64,
+    /// The inclusive part of the model's `Vmb*` functions called from the callback.
+    model: f64,
+    /// The inclusive part of the bounce copy (`kmcl::shared::copy_from_shared`; the C guest's
+    /// is an inlined `memcpy`, counted in its total).
+    bounce: f64,
+}
+
+fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> Counts {
     let out = std::env::temp_dir().join(format!(
         "vmbmsg-cg-{}-{}-{payload}-{packets}.out",
         std::process::id(),
@@ -134,9 +143,12 @@ fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> (
     };
     let mut total = 0.0;
     let mut model = 0.0;
+    let mut bounce = 0.0;
     for line in text.lines() {
         if line.contains("PROGRAM TOTALS") {
             total = count(line);
+        } else if line.contains("kmcl::shared::copy_from_shared") {
+            bounce += count(line);
         } else if let Some((_, f)) = line.split_once(":Vmb") {
             // A model export called from the guest's callback (inclusive cost).
             if f.split_whitespace()
@@ -147,17 +159,26 @@ fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> (
             }
         }
     }
-    (total, model)
+    Counts {
+        total,
+        model,
+        bounce,
+    }
 }
 
-/// Instructions per packet: (guest path, model's part), from two runs.
-fn instructions(exe: &Path, guest: Guest, payload: usize) -> (f64, f64) {
+/// Instructions per packet: (guest path, model's part, bounce copy's part of the guest path),
+/// from two runs.
+fn instructions(exe: &Path, guest: Guest, payload: usize) -> (f64, f64, f64) {
     let (n1, n2) = (100, 600);
-    let (t1, m1) = callgrind_counts(exe, guest, payload, n1);
-    let (t2, m2) = callgrind_counts(exe, guest, payload, n2);
+    let a = callgrind_counts(exe, guest, payload, n1);
+    let b = callgrind_counts(exe, guest, payload, n2);
     let per = |a: f64, b: f64| (b - a) / (n2 - n1) as f64;
-    let model = per(m1, m2);
-    (per(t1, t2) - model, model)
+    let model = per(a.model, b.model);
+    (
+        per(a.total, b.total) - model,
+        model,
+        per(a.bounce, b.bounce),
+    )
 }
 
 /// One `bench` line of `vmbctl --json`.
@@ -333,18 +354,20 @@ fn main() {
          `VmbChannelPacketComplete`), per packet (difference of a 600- and a 100-packet run). \
          Time: criterion median of one whole delivery on one thread (host write into the ring, \
          KMCL copy-out, ProcessPacket, completion through the other ring, host read); the \
-         guest's share is that minus the null guest's.\n\n\
-         | Payload | Rust instr | C instr | Rust/C instr | Model instr (`Vmb*` from the callback) | Rust ns | C ns | Null ns | Rust − null ns | C − null ns |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         guest's share is that minus the null guest's. Both guests first copy the packet into \
+         a bounce buffer and parse only the copy (kmcl: `copy_from_shared`, whose share of the \
+         Rust count is its own column; C: `memcpy`).\n\n\
+         | Payload | Rust instr | of which bounce copy | C instr | Rust/C instr | Model instr (`Vmb*` from the callback) | Rust ns | C ns | Null ns | Rust − null ns | C − null ns |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for &p in &PAYLOAD_SIZES {
-        let (ri, ci, mi) = match &exe {
+        let (ri, bi, ci, mi) = match &exe {
             Some(exe) => {
-                let (r, m) = instructions(exe, Guest::Rust, p);
-                let (c, _) = instructions(exe, Guest::C, p);
-                (Some(r), Some(c), Some(m))
+                let (r, m, b) = instructions(exe, Guest::Rust, p);
+                let (c, _, _) = instructions(exe, Guest::C, p);
+                (Some(r), Some(b), Some(c), Some(m))
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         let t = |g: Guest| criterion_median(&format!("rx/{p}"), g.name(), p);
         let (rt, ct, nt) = (t(Guest::Rust), t(Guest::C), t(Guest::Null));
@@ -359,9 +382,10 @@ fn main() {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} |",
             size(p),
             f(ri),
+            f(bi),
             f(ci),
             f(mi),
             f(rt),
@@ -373,6 +397,40 @@ fn main() {
     }
     if !valgrind {
         let _ = writeln!(md, "\n(valgrind not found: no instruction counts.)");
+    }
+
+    // The bounce copy alone.
+    let _ = writeln!(
+        md,
+        "\n### The bounce copy per packet\n\n\
+         What kmcl adds to every incoming packet so that `process_packet` never sees bytes the \
+         host can change: `kmcl::shared::copy_from_shared` of the whole ECHO message (header + \
+         payload) into a bounce buffer, each byte read once (relaxed atomic loads, 8 bytes at a \
+         time), next to `copy_from_slice` (memcpy) of the same bytes; 64-byte aligned buffers, \
+         criterion medians (bench `rx_path`, group `bounce`). Claiming and returning the buffer \
+         is one compare-exchange and one `fetch_or` on top.\n\n\
+         | Message | copy_from_shared ns | memcpy ns | copy_from_shared GB/s | memcpy GB/s | ratio |\n\
+         |---:|---:|---:|---:|---:|---:|"
+    );
+    for &p in &PAYLOAD_SIZES {
+        let len = echo_message(p).len();
+        let t = |f: &str| criterion_median(&format!("bounce/{p}"), f, p);
+        let (shared, memcpy) = (t("copy_from_shared"), t("memcpy"));
+        let f = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |x| format!("{x:.1}"));
+        let g = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |x| gbps(len as f64 / x * 1e9));
+        let ratio = match (shared, memcpy) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {ratio} |",
+            size(len),
+            f(shared),
+            f(memcpy),
+            g(shared),
+            g(memcpy),
+        );
     }
 
     // Allocations per ECHO.

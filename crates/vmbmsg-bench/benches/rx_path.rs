@@ -7,6 +7,11 @@
 //! guest→host ring and the host reads it. No thread hand-off is timed. The guest's own cost is
 //! the difference to the null guest; callgrind attributes instructions exactly
 //! (`perf-report`, docs/performance.md).
+//!
+//! Group `bounce/<size>`: what kmcl adds per packet so that the handler never sees bytes the
+//! host can change: `kmcl::shared::copy_from_shared` (each byte read once, relaxed atomic loads,
+//! 8 at a time) of the whole ECHO message into a bounce buffer, next to `copy_from_slice`
+//! (memcpy) of the same bytes; both buffers 64-byte aligned.
 #![cfg_attr(windows, no_main)] // Linux only: the harness runs against kmcl-model
 #![cfg(not(windows))]
 
@@ -36,5 +41,38 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// A 64-byte aligned buffer, as a ring or a bounce buffer is.
+#[repr(C, align(64))]
+struct Aligned([u8; 16 * 1024 + 64]);
+
+#[expect(
+    unsafe_code,
+    reason = "copy_from_shared takes a raw pointer: memory the host shares"
+)]
+fn bounce(c: &mut Criterion) {
+    let mut src = Box::new(Aligned([0x5a; 16 * 1024 + 64]));
+    let mut dst = Box::new(Aligned([0; 16 * 1024 + 64]));
+    for size in PAYLOAD_SIZES {
+        let len = echo_message(size).len();
+        let mut g = c.benchmark_group(format!("bounce/{size}"));
+        g.throughput(Throughput::Bytes(u64::try_from(len).unwrap_or(u64::MAX)));
+        g.bench_function(BenchmarkId::new("copy_from_shared", size), |b| {
+            b.iter(|| {
+                let src = black_box(src.0.as_mut_ptr()).cast_const();
+                // SAFETY: `src` is valid for `len` bytes (the buffer is longer) for the call.
+                unsafe { kmcl::shared::copy_from_shared(src, &mut dst.0[..len]) };
+                black_box(&dst.0[..len]);
+            });
+        });
+        g.bench_function(BenchmarkId::new("memcpy", size), |b| {
+            b.iter(|| {
+                dst.0[..len].copy_from_slice(black_box(&src.0[..len]));
+                black_box(&dst.0[..len]);
+            });
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bounce);
 criterion_main!(benches);

@@ -9,6 +9,10 @@
  * NOTIFY: copy the payload into a bounded queue under a spin lock, reply with a status;
  * anything malformed: a bodiless failure reply echoing the raw kind and id.
  *
+ * Like kmcl, it first copies every packet into one of the channel's bounce buffers (claimed from
+ * a free mask with a compare-exchange, memcpy, given back after the callback) and parses only
+ * that copy, so that the comparison holds the same hardening work on both sides.
+ *
  * Also a "null" guest that completes every packet with its own bytes (same response size as
  * an ECHO reply): the model's share of a packet, to subtract.
  */
@@ -64,7 +68,7 @@ struct stats {
         completions_other, notify_queued, notify_dropped, alloc_failures;
 };
 
-#define REPLY_BUFFERS 16
+#define REPLY_BUFFERS 4 /* as the driver (CoreConfig::reply_buffers) */
 #define NOTIFY_DEPTH 32
 
 struct notify_slot {
@@ -72,6 +76,8 @@ struct notify_slot {
     uint64_t seq;
     uint8_t data[MAX_PAYLOAD];
 };
+
+#define BOUNCE_BUFFERS 4
 
 struct rxc_device {
     VMBCHANNEL channel;
@@ -86,6 +92,8 @@ struct rxc_device {
     uint64_t next_seq, dropped_since_last;
     struct notify_slot *notify;
     _Atomic uint64_t next_id;
+    _Atomic uint64_t bounce_free; /* bit i set: bounce[i] is free */
+    uint8_t *bounce[BOUNCE_BUFFERS];
 };
 
 static inline void bump(counter *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
@@ -220,11 +228,8 @@ static NTSTATUS notify(struct rxc_device *dev, const uint8_t *payload, uint32_t 
     return s;
 }
 
-void rxc_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer, UINT32 len,
-                        UINT32 flags) {
-    (void)flags;
-    struct rxc_device *dev = VmbChannelGetPointer(channel);
-    const uint8_t *data = buffer;
+static void process(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const uint8_t *data,
+                    UINT32 len) {
     bump(&dev->stats.rx_packets);
     atomic_fetch_add_explicit(&dev->stats.rx_bytes, len, memory_order_relaxed);
 
@@ -266,6 +271,34 @@ void rxc_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer
         NTSTATUS s = notify(dev, data + HDR, h.payload_len);
         complete_status(dev, pc, K_NOTIFY, version, h.id, s);
     }
+}
+
+void rxc_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer, UINT32 len,
+                        UINT32 flags) {
+    (void)flags;
+    struct rxc_device *dev = VmbChannelGetPointer(channel);
+    if (len == 0 || buffer == NULL) {
+        process(dev, pc, NULL, 0);
+        return;
+    }
+    if (len > MAX_MESSAGE) {
+        VmbChannelPacketFail(pc);
+        return;
+    }
+    uint64_t free_mask = atomic_load_explicit(&dev->bounce_free, memory_order_relaxed);
+    int slot;
+    do {
+        if (free_mask == 0) {
+            VmbChannelPacketDeferToPassive(pc);
+            return;
+        }
+        slot = __builtin_ctzll(free_mask);
+    } while (!atomic_compare_exchange_weak_explicit(&dev->bounce_free, &free_mask,
+                                                    free_mask & ~(1ull << slot),
+                                                    memory_order_acquire, memory_order_relaxed));
+    memcpy(dev->bounce[slot], buffer, len);
+    process(dev, pc, dev->bounce[slot], len);
+    atomic_fetch_or_explicit(&dev->bounce_free, 1ull << slot, memory_order_release);
 }
 
 /* The model's floor: complete with the packet's own bytes, nothing else. */
@@ -332,6 +365,12 @@ struct rxc_device *rxc_start(PDEVICE_OBJECT parent, const GUID *interface_type, 
             return NULL;
     }
     dev->pool_len = REPLY_BUFFERS;
+    for (int i = 0; i < BOUNCE_BUFFERS; i++) {
+        dev->bounce[i] = malloc(MAX_MESSAGE);
+        if (!dev->bounce[i])
+            return NULL;
+    }
+    atomic_store(&dev->bounce_free, (1ull << BOUNCE_BUFFERS) - 1);
     if (VmbChannelAllocate(parent, 0, &dev->channel) != S_SUCCESS)
         return NULL;
     VmbChannelSetPointer(dev->channel, dev);
@@ -365,6 +404,8 @@ void rxc_stop(struct rxc_device *dev) {
     VmbChannelCleanup(dev->channel);
     for (int i = 0; i < REPLY_BUFFERS; i++)
         free(dev->pool[i]);
+    for (int i = 0; i < BOUNCE_BUFFERS; i++)
+        free(dev->bounce[i]);
     free(dev->notify);
     free(dev);
 }
