@@ -18,12 +18,16 @@
 //!
 //! ```text
 //! DriverEntry ──> WdfDriverCreate
-//! EvtDriverDeviceAdd ──> WdfDeviceCreate ──> manual queue ──> Core::new ──> default queue
-//!                        ──> device interface
+//! EvtDriverDeviceAdd ──> WdfDeviceCreate ──> KMCL interface (WdfFdoQueryForInterface)
+//!                        ──> manual queue ──> restart work item ──> Core::new
+//!                        ──> default queue ──> device interface
 //! EvtDeviceSelfManagedIoInit / ...Restart   ──> Core::channel_up     (PASSIVE, queues running)
 //! EvtIoDeviceControl                        ──> Core::handle_ioctl   (<= DISPATCH)
 //! EvtRequestCancel (PING/SEND waiting)      ──> CancelToken::cancel  (<= DISPATCH)
+//! EvtChannelClosed (host closed the channel) ──> WdfWorkItemEnqueue ──> Core::restart_channel (PASSIVE)
 //! EvtDeviceSelfManagedIoSuspend             ──> Core::channel_down   (PASSIVE, queues still running)
+//! EvtCleanupCallback (device)               ──> WdfWorkItemFlush, Core::channel_down, drop(Library)
+//!                                               (InterfaceDereference)        (PASSIVE)
 //! EvtDestroyCallback (device)               ──> drop(Core)           (PASSIVE)
 //! ```
 //!
@@ -46,14 +50,14 @@
 //! |---|---|---|
 //! | `WdfDriverCreate` | driver | `wdfdriver.h` `PFN_WDFDRIVERCREATE`; echo `driver.rs`; macrotest `wdf_driver_create` |
 //! | `WdfDeviceInitSetPnpPowerEventCallbacks` | device | `wdfdevice.h`; echo `device.rs` |
-//! | `WdfDeviceInitSetCharacteristics` | device | `wdfdevice.h` (`DeviceCharacteristics`, `OrInValues`); DDI page of `WdfDeviceInitAssignSDDLString` |
-//! | `WdfDeviceInitAssignSDDLString` | device | `wdfdevice.h`; `fxdeviceapi.cpp` (`WdfDeviceCreate` rejects an SDDL without a name), `fxdeviceinit.hpp` `HasName` |
 //! | `WdfDeviceCreate` | device | `wdfdevice.h` (`PWDFDEVICE_INIT*`); macrotest `wdf_device_create`; `fxvalidatefunctions.cpp` (attribute checks) |
+//! | `WdfFdoQueryForInterface` | device | `wdffdo.h` `PFN_WDFFDOQUERYFORINTERFACE` (`NTSTATUS (WDFDEVICE Fdo, LPCGUID InterfaceType, PINTERFACE Interface, USHORT Size, USHORT Version, PVOID InterfaceSpecificData)`, PASSIVE); DDI page (sends `IRP_MN_QUERY_INTERFACE` down the device's stack; the caller dereferences the interface when done); the KMDF Toaster function driver (queries its bus interface right after `WdfDeviceCreate`); `kmcl::Library::query` checks what comes back |
 //! | `WdfObjectGetTypedContextWorker` | device | `wdfobject.h` (`WDF_DECLARE_CONTEXT_TYPE_WITH_NAME`); echo `wdf_object_context.rs` |
 //! | `WdfDeviceWdmGetDeviceObject` | device | `wdfdevice.h` (returns `PDEVICE_OBJECT`, <= DISPATCH) |
 //! | `WdfDeviceCreateDeviceInterface` | device | `wdfdevice.h`; macrotest `wdf_device_create_device_interface` |
 //! | `WdfIoQueueCreate` | queue | `wdfio.h` (`WDF_IO_QUEUE_CONFIG`, `WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE`); `fxioqueue.cpp` `Initialize` |
 //! | `WdfIoQueueGetDevice` | queue | `wdfio.h` |
+//! | `WdfIoQueueGetState` | queue | `wdfio.h` (`WDF_IO_QUEUE_STATE (WDFQUEUE, PULONG QueueRequests, PULONG DriverRequests)`, <= DISPATCH); `fxioqueue.cpp` `GetState` (`QueueRequests`: the requests in the queue) |
 //! | `WdfIoQueueRetrieveNextRequest` | queue | `wdfio.h` (<= DISPATCH) |
 //! | `WdfRequestForwardToIoQueue` | request | `wdfrequest.h` (<= DISPATCH); `fxioqueue.cpp` `VerifyForwardRequest` (not to the queue the request is in), `ForwardRequestWorker`, `QueueRequestFromForward` |
 //! | `WdfRequestRequeue` | request | `wdfrequest.h` (<= DISPATCH); `fxrequestapi.cpp`, `fxioqueue.cpp` `Requeue` (manual queues only, back at the head) |
@@ -64,6 +68,15 @@
 //! | `WdfRequestMarkCancelableEx` | request | `wdfrequest.h` `PFN_WDFREQUESTMARKCANCELABLEEX` (`NTSTATUS (WDFREQUEST, PFN_WDF_REQUEST_CANCEL)`, <= DISPATCH); DDI page (`STATUS_CANCELLED` when already cancelled, the cancel routine not called; on failure the driver completes the request); `fxrequestapi.cpp`, `fxioqueue.cpp` `RequestCancelable` (also `STATUS_CANCELLED` while the queue purges); echo `queue.rs` (`Some(cancel_fn)`) |
 //! | `WdfRequestUnmarkCancelable` | request | `wdfrequest.h` (`NTSTATUS (WDFREQUEST)`, <= DISPATCH); DDI page Remarks (only `STATUS_CANCELLED` means `EvtRequestCancel` will run; then do not complete the request before it); `fxioqueue.cpp` `RequestCancelable` |
 //! | `EVT_WDF_REQUEST_CANCEL` | request | `wdfrequest.h` (`VOID NTAPI (WDFREQUEST)`, <= DISPATCH; an `extern "C"` fn, like every WDF callback in wdk-sys); DDI page (complete with `STATUS_CANCELLED`); `fxioqueue.cpp` `ProcessCancelledRequests` (called without a framework lock here: no synchronization scope) |
+//! | `WdfWorkItemCreate` | device | `wdfworkitem.h` `PFN_WDFWORKITEMCREATE` (`NTSTATUS (PWDF_WORKITEM_CONFIG, PWDF_OBJECT_ATTRIBUTES, WDFWORKITEM*)`, <= DISPATCH); `WDF_WORKITEM_CONFIG` 1.33 fields `Size`, `EvtWorkItemFunc`, `AutomaticSerialization`; DDI page (a parent is required: the device) |
+//! | `WdfWorkItemEnqueue` | platform | `wdfworkitem.h` (`VOID (WDFWORKITEM)`, <= DISPATCH); "Using Framework Work Items" (enqueuing a queued item again does nothing) |
+//! | `WdfWorkItemGetParentObject` | device | `wdfworkitem.h` (`WDFOBJECT (WDFWORKITEM)`, <= DISPATCH) |
+//! | `WdfWorkItemFlush` | device | `wdfworkitem.h` (`VOID (WDFWORKITEM)`, PASSIVE); DDI page (returns when a queued or running callback has finished; not from the work item's own callback) |
+//! | `EVT_WDF_WORKITEM` | device | `wdfworkitem.h` (`VOID NTAPI (WDFWORKITEM)`, PASSIVE, a system worker thread) |
+//! | `EvtCleanupCallback` (device) | device | `wdfobject.h` `WDF_OBJECT_ATTRIBUTES` (`PFN_WDF_OBJECT_CONTEXT_CLEANUP`, `VOID (WDFOBJECT)`); DDI page of `EVT_WDF_OBJECT_CONTEXT_CLEANUP` (for a PnP device: when it is removed, before its children are deleted, PASSIVE) |
+//! | `DbgPrintEx` | device | `wdm.h` (`ULONG (ULONG ComponentId, ULONG Level, PCSTR Format, ...)`, <= DIRQL; Unicode formats only at PASSIVE, so `%s` with an ANSI buffer; wdk-sys `ntddk`); `DPFLTR_IHVDRIVER_ID`, `DPFLTR_ERROR_LEVEL` (shown by the default filter) |
+//! | `ExAllocatePoolWithTag` | allocator | `wdm.h` (`PVOID (POOL_TYPE, SIZE_T, ULONG)`, <= DISPATCH for non-paged pool); declared by hand, wdk-sys leaves it out (`alloc.rs`) |
+//! | `KeDelayExecutionThread` | `vmbmsg-core` `sync` | `wdm.h` (`NTSTATUS (KPROCESSOR_MODE, BOOLEAN Alertable, PLARGE_INTEGER Interval)`, <= APC; a negative interval is relative, in 100 ns) |
 //!
 //! Not used, on purpose: `EvtIoCanceledOnQueue` (KMDF completes a cancelled parked request with
 //! `STATUS_CANCELLED` itself, `queue::create_parked_queue`), `EvtIoStop` (the channel comes down,
