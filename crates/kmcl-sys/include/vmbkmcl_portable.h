@@ -2,7 +2,7 @@
  * vmbkmcl_portable.h - a portable declaration of the client half of the VMBus Kernel Mode
  * Client Library (vmbuskernelmodeclientlibapi.h, WDK 10.0.16299 and later).
  *
- * Written for vmbmsg from shared/reference/vmbus-kmcl-api.md, not copied from the WDK.
+ * Written for vmbmsg from the KMCL DDI reference (learn.microsoft.com), not copied from the WDK.
  * It exists so that the Rust bindings can be generated on machines that have no WDK: the
  * names, argument order and types are those of the WDK header, and the base types below are
  * spelled with fixed-width integers so that their sizes are the ones Windows uses (LLP64:
