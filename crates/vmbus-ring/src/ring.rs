@@ -57,6 +57,10 @@ pub enum Error {
         /// The most the reader accepts.
         max: usize,
     },
+    /// [`IncomingRing::commit_read_to`] was given an offset that is not the end of a packet
+    /// read since the last commit. The reader's own mistake: the ring is not poisoned and
+    /// nothing is published.
+    NotAPacketEnd(u32),
 }
 
 impl fmt::Display for Error {
@@ -79,6 +83,12 @@ impl fmt::Display for Error {
             Self::UnknownType(t) => write!(f, "unknown packet type {t:#x}"),
             Self::PacketTooLarge { payload, max } => {
                 write!(f, "payload of {payload} bytes exceeds the maximum {max}")
+            }
+            Self::NotAPacketEnd(end) => {
+                write!(
+                    f,
+                    "offset {end} is not the end of a packet read since the last commit"
+                )
             }
         }
     }
@@ -651,18 +661,44 @@ impl<M: RingMem> IncomingRing<M> {
     }
 
     /// Like [`commit_read`](Self::commit_read), but frees only the packets up to `end` (the
-    /// `end` of a consumed packet): a reader that still holds later packets in place keeps
-    /// their space. An `end` outside the consumed range commits nothing.
+    /// [`PacketInfo::end`] of a packet read since the last commit): a reader that still holds
+    /// later packets in place keeps their space. `end` equal to the committed read index
+    /// commits nothing.
+    ///
+    /// Publishing any other offset would hand the writer a read index in the middle of a
+    /// packet (or one it rejects as corrupt), so `end` is checked: 8-aligned, inside the range
+    /// read since the last commit, and on a packet boundary, found by stepping over the
+    /// descriptors of the packets read since the last commit (each validated when it was read;
+    /// a peer that rewrote one since can only make the check refuse).
     ///
     /// # Errors
-    /// As [`commit_read`](Self::commit_read).
+    /// [`Error::NotAPacketEnd`] for an `end` that fails the check (nothing published, the ring
+    /// not poisoned); otherwise as [`commit_read`](Self::commit_read).
     pub fn commit_read_to(&mut self, end: u32) -> Result<bool, Error> {
+        if let Some(e) = self.poisoned {
+            return Err(e);
+        }
+        let refuse = Error::NotAPacketEnd(end);
         let Ok(to) = usize::try_from(end) else {
-            return Ok(false);
+            return Err(refuse);
         };
         let consumed = distance(self.len, self.committed_out, self.next_out);
-        if to >= self.len || distance(self.len, self.committed_out, to) > consumed {
-            return Ok(false);
+        if to >= self.len || !to.is_multiple_of(8) {
+            return Err(refuse);
+        }
+        let wanted = distance(self.len, self.committed_out, to);
+        if wanted > consumed {
+            return Err(refuse);
+        }
+        // Step over whole packets from the committed index until `to` is reached or passed.
+        let mut walked = 0;
+        while walked < wanted {
+            let at = advance(self.len, self.committed_out, walked);
+            let (_, _, len8, _) = split_descriptor_word(self.mem.read_u64(at));
+            walked += usize::from(len8) * 8 + TRAILER_SIZE;
+        }
+        if walked != wanted {
+            return Err(refuse);
         }
         self.commit_to(to)
     }
@@ -1020,13 +1056,47 @@ mod tests {
         let _ = read_vec(&mut rx).expect("2");
         assert!(!rx.commit_read_to(first.end).expect("commit first only"));
         assert_eq!(tx.free(), Ok(128 - 64 - 8));
-        assert!(!rx.commit_read_to(200).expect("out of range: nothing"));
         assert!(
-            !rx.commit_read_to(first.start)
+            !rx.commit_read_to(first.end)
                 .expect("already committed: nothing")
         );
         rx.commit_read().expect("commit the rest read");
         assert_eq!(tx.free(), Ok(128 - 32 - 8));
+    }
+
+    #[test]
+    fn commit_read_to_refuses_an_end_that_is_not_a_read_packets_end() {
+        let mem = FlatRingMem::new(256).expect("ring");
+        let (mut tx, mut rx) = pair(&mem);
+        for n in 1..=3 {
+            tx.write(&inband(n, false, &[&[0; 8]])).expect("w"); // 32 bytes each
+        }
+        tx.commit_write().expect("commit");
+        let first = read_vec(&mut rx).expect("1").0;
+        let second = read_vec(&mut rx).expect("2").0;
+        assert_eq!((first.end, second.end), (32, 64));
+        for bad in [
+            12,  // not 8-aligned
+            24,  // aligned, inside the first packet
+            40,  // aligned, inside the second packet
+            96,  // the end of the third packet, which was not read
+            200, // beyond everything written
+            300, // outside the ring
+            u32::MAX,
+        ] {
+            assert_eq!(
+                rx.commit_read_to(bad),
+                Err(Error::NotAPacketEnd(bad)),
+                "end {bad}"
+            );
+            assert_eq!(tx.free(), Ok(256 - 96 - 8), "nothing published for {bad}");
+            assert_eq!(rx.poisoned(), None, "a refused end does not poison");
+        }
+        assert_eq!(rx.commit_read_to(second.end), Ok(false));
+        assert_eq!(tx.free(), Ok(256 - 32 - 8));
+        // The writer keeps working against the published index.
+        tx.write(&inband(4, false, &[&[0; 8]]))
+            .expect("write after the commit");
     }
 
     /// A ring whose reader starts at 0 and whose writer index is `in_`, holding `data`.
