@@ -303,6 +303,26 @@ impl Link {
         self.handoff_cv.notify_all();
     }
 
+    /// After [`close`](Self::close): every packet still in the host→guest ring, in ring order
+    /// (packets the host wrote and the guest never read out). It first waits for a host write
+    /// in progress: a write that takes the host writer's lock after the close sees it and
+    /// fails, so nothing can enter the ring after this returns. Takes the ring locks: call it
+    /// without the world lock.
+    pub(crate) fn drain_closed(&self) -> Vec<Item> {
+        let _host_writer = relock(&self.host_tx);
+        let mut rx = relock(&self.guest_rx);
+        let mut left = Vec::new();
+        while let Ok(p) = rx.read_packet() {
+            match decode(&p) {
+                Some(item) => left.push(item),
+                None => self.corrupt(),
+            }
+            p.consume();
+        }
+        let _ = rx.commit_read();
+        left
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

@@ -1426,9 +1426,11 @@ impl World {
         // The rings go away: packets still in them, undelivered host packets and queued guest
         // packets are dropped.
         let st = &mut *g;
+        let mut closed_link = None;
         if let Some(c) = st.channels.get_mut(&serial) {
             if let Some(link) = c.link.take() {
                 link.close();
+                closed_link = Some(link);
             }
             c.queue_on = false;
             let dropped: Vec<ToGuest> = c.to_guest.drain(..).chain(c.deferred.drain(..)).collect();
@@ -1440,6 +1442,22 @@ impl World {
             }
         }
         self.txn_cv.notify_all();
+        if let Some(link) = closed_link {
+            // Host packets still in the host→guest ring were accepted by `Host::send` but never
+            // read out: each is dropped and counted like the queued ones. Outside the world
+            // lock, which the host writer and the guest's reader take under the ring locks.
+            drop(g);
+            for item in link.drain_closed() {
+                if let Item::Data {
+                    txn, aux, payload, ..
+                } = item
+                {
+                    // The link is no longer the channel's: counted as dropped undelivered.
+                    self.enqueue_to_guest(&link, txn, aux, payload);
+                }
+            }
+            g = self.lock();
+        }
         g = self.cancel_outgoing(g, serial);
         let (ng, _) = self.wait_for(g, deadline, |st| {
             st.channels

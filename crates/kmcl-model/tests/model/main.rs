@@ -4,6 +4,7 @@
 #![allow(unsafe_code, reason = "tests drive the KMCL C ABI directly")]
 #![allow(missing_docs, reason = "test binary")]
 
+mod close_accounting;
 mod common;
 mod gpadl;
 mod hostile;
