@@ -180,6 +180,29 @@ fn packet_allocation_failure_fails_the_request_with_insufficient_resources() {
 }
 
 #[test]
+fn rings_the_library_cannot_allocate_fail_the_open_and_the_channel_keeps_waiting() {
+    let sim = Simulation::new(SimConfig {
+        core: CoreConfig {
+            ring_pages: u32::MAX,
+            ..CoreConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .expect("the channel is enabled: KMCL allocates the rings at the open");
+    assert_eq!(
+        sim.host().open(),
+        Err(kmcl_model::OpenError::RingsNotAllocated(
+            NtStatus::STATUS_INSUFFICIENT_RESOURCES
+        ))
+    );
+    // No open, so no Opened, no negotiation, no failure to negotiate: still waiting.
+    assert_eq!(sim.core().state(), ChannelState::WAITING_FOR_HOST);
+    assert_eq!(sim.host().stats().sync_requests, 0);
+    assert_eq!(ping(&sim).status, NOT_READY_STATUS);
+    finish_clean(sim);
+}
+
+#[test]
 fn no_free_echo_reply_buffer_completes_the_echo_with_insufficient_resources() {
     let sim = ready_with(SimConfig {
         core: CoreConfig {

@@ -347,6 +347,12 @@ pub enum OpenError {
     /// The host rescinded its offer ([`Host::rescind`]) and has not offered it again
     /// ([`Host::reoffer`]).
     NoOffer,
+    /// The guest's KMCL could not allocate the channel's rings (the page counts of
+    /// `VmbClientChannelInitSetRingBufferPageCount` are more than memory allows), so it never
+    /// asked the host to open: no callback ran, the channel is Enabled and waits, as with
+    /// [`OpenedFailed`](Self::OpenedFailed). The status is the one KMCL gives for memory it
+    /// cannot get, `STATUS_INSUFFICIENT_RESOURCES`.
+    RingsNotAllocated(NtStatus),
 }
 
 impl fmt::Display for OpenError {
@@ -357,6 +363,9 @@ impl fmt::Display for OpenError {
             Self::OpenedFailed(s) => write!(f, "EvtChannelOpened failed with {s}"),
             Self::ShutDown => f.write_str("the world is shutting down"),
             Self::NoOffer => f.write_str("the host rescinded its offer"),
+            Self::RingsNotAllocated(s) => {
+                write!(f, "the guest could not allocate the channel's rings: {s}")
+            }
         }
     }
 }
@@ -563,7 +572,9 @@ impl Host {
     /// # Errors
     /// [`OpenError::OpenedFailed`] if Opened failed (the channel is Enabled again),
     /// [`OpenError::NoEnabledChannel`] if no channel of this world is enabled,
-    /// [`OpenError::TargetMismatch`] if the guest's target GUIDs do not match the offer.
+    /// [`OpenError::TargetMismatch`] if the guest's target GUIDs do not match the offer,
+    /// [`OpenError::RingsNotAllocated`] if the guest's rings could not be allocated (no callback
+    /// ran; the channel is Enabled again).
     pub fn open(&self) -> Result<(), OpenError> {
         self.open_async().wait()
     }

@@ -1075,6 +1075,15 @@ impl World {
                 return Err(OpenError::TargetMismatch);
             }
         }
+        // The guest's KMCL allocates the rings (and offers them to the host) before the host
+        // can open; without them there is no open and no callback. The rings exist from the
+        // open to the close.
+        let Some(link) = Link::new(serial, c.ring_pages.0, c.ring_pages.1) else {
+            self.end_transition(&mut g, serial);
+            return Err(OpenError::RingsNotAllocated(
+                NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+            ));
+        };
         c.phase = Phase::Opening;
         c.instance = self.cfg.interface_instance;
         let (ch, opened) = (c.raw(), c.callbacks.EvtChannelOpened);
@@ -1111,8 +1120,7 @@ impl World {
             return Err(OpenError::OpenedFailed(status));
         }
         c.phase = Phase::Starting;
-        // The rings exist from the open to the close.
-        c.link = Link::new(serial, c.ring_pages.0, c.ring_pages.1);
+        c.link = Some(link);
         // Fault hook: a rescind queued behind the open (closed below, once the open returned).
         let rescind_queued = self.faults.take_rescind_after_opened();
         let pending: Vec<GuestPacket> = c.pre_open.drain(..).collect();

@@ -435,3 +435,24 @@ fn a_rescinded_offer_cannot_be_opened_until_it_is_offered_again() {
     host.open().expect("open the new offer");
     g.teardown();
 }
+
+#[test]
+fn rings_that_cannot_be_allocated_fail_the_open_before_any_callback() {
+    let host = connected();
+    let g = GuestBuilder::new(&host).ring(u32::MAX, u32::MAX).enabled();
+    assert_eq!(
+        host.open(),
+        Err(OpenError::RingsNotAllocated(
+            NtStatus::STATUS_INSUFFICIENT_RESOURCES
+        ))
+    );
+    assert!(
+        g.event_names().is_empty(),
+        "no state callback: {:?}",
+        g.event_names()
+    );
+    assert!(host.send(b"x", true).is_err(), "not open");
+    // Disabling and cleaning up the channel that never opened is clean.
+    g.teardown();
+    host.assert_no_violations();
+}
