@@ -202,6 +202,34 @@ fn rings_the_library_cannot_allocate_fail_the_open_and_the_channel_keeps_waiting
     finish_clean(sim);
 }
 
+/// A host that sends each ECHO as soon as it sees the previous one completed can have the next
+/// one delivered on another processor while the previous handler has completed its packet but
+/// not yet given its reply buffer back. With as many reply buffers as concurrent deliveries that
+/// never shows: a reply buffer is taken and given back inside one delivery, and a delivery holds
+/// one of the channel's bounce buffers, so no more ECHOs than buffers run at once. (With 4
+/// concurrent deliveries and 1 reply buffer, this fails within a few hundred ECHOs.)
+#[test]
+fn back_to_back_echoes_never_find_the_reply_pool_empty() {
+    let sim = ready_with(SimConfig {
+        delivery_threads: 4,
+        core: CoreConfig {
+            reply_buffers: 1,
+            concurrent_deliveries: 1,
+            ..CoreConfig::default()
+        },
+        ..SimConfig::default()
+    });
+    for i in 0..3000u32 {
+        let payload = i.to_le_bytes();
+        let reply = sim.host_echo(&payload, T).expect("sent");
+        let r = parse_reply(&reply, MessageKind::ECHO, 0).expect("a reply");
+        assert_eq!(r.status, NtStatus::STATUS_SUCCESS, "ECHO {i}");
+        assert_eq!(r.body, ReplyBody::Echo { payload: &payload }, "ECHO {i}");
+    }
+    assert_eq!(stats(&sim).alloc_failures.get(), 0);
+    finish_clean(sim);
+}
+
 #[test]
 fn no_free_echo_reply_buffer_completes_the_echo_with_insufficient_resources() {
     let sim = ready_with(SimConfig {

@@ -178,8 +178,12 @@ pub struct CoreConfig {
     pub max_parked_recv: usize,
     /// ECHO reply buffers (at most this many ECHO packets are answered concurrently; beyond
     /// that one is completed with `STATUS_INSUFFICIENT_RESOURCES`, never allocated for). More
-    /// than [`concurrent_deliveries`](Self::concurrent_deliveries) is never used: a reply is
-    /// written and sent inside the delivery of its ECHO.
+    /// than [`concurrent_deliveries`](Self::concurrent_deliveries) is never used, and with that
+    /// many an ECHO never finds the pool empty, however the host times its packets: a reply
+    /// buffer is taken and given back inside the delivery of its ECHO, which holds one of the
+    /// channel's `concurrent_deliveries` bounce buffers (tests/faults.rs,
+    /// `back_to_back_echoes_never_find_the_reply_pool_empty`). Fewer saves memory at the price
+    /// of failed ECHOs under concurrent load.
     pub reply_buffers: usize,
     /// Packets KMCL may deliver at once before one is handed back for PASSIVE_LEVEL
     /// (`kmcl::ChannelBuilder::concurrent_deliveries`): the channel's bounce buffers.
