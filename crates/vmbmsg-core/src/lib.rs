@@ -278,6 +278,12 @@ struct Shared<P: Platform> {
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
     /// host's rescind).
     going_down: AtomicBool,
+    /// [`Core::pause_channel`] paused the channel and [`Core::resume_channel`] has not resumed
+    /// it (cleared when the channel goes down or is restarted).
+    paused: AtomicBool,
+    /// The session a pause interrupted (its version; 0: none), taken up again when the channel
+    /// starts: the host never sees a guest's pause, so its session goes on.
+    paused_version: AtomicU32,
     /// The host closed the channel and [`Core::restart_channel`] has not enabled it again yet.
     closed_by_host: AtomicBool,
     /// Who may send to the host: [`GATE_CLOSED`] plus the number of [`SendPermit`]s out
@@ -320,6 +326,13 @@ impl<P: Platform> Shared<P> {
 
     fn set_state(&self, state: ChannelState) {
         self.state.store(state.get(), Ordering::Release);
+    }
+
+    /// Sets `to` if the state is still `from`.
+    fn replace_state(&self, from: ChannelState, to: ChannelState) {
+        let _ =
+            self.state
+                .compare_exchange(from.get(), to.get(), Ordering::AcqRel, Ordering::Acquire);
     }
 
     fn next_id(&self) -> u64 {
@@ -479,6 +492,8 @@ impl<P: Platform> Core<P> {
             waiting: WaitingRequests::new(),
             next_id: AtomicU64::new(1),
             going_down: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            paused_version: AtomicU32::new(0),
             closed_by_host: AtomicBool::new(false),
             send_gate: AtomicU32::new(GATE_CLOSED),
         })
@@ -588,6 +603,8 @@ impl<P: Platform> Core<P> {
         let _lifecycle = self.lifecycle.lock();
         self.shared.going_down.store(true, Ordering::Release);
         self.shared.closed_by_host.store(false, Ordering::Release);
+        self.shared.paused.store(false, Ordering::Release);
+        self.shared.paused_version.store(0, Ordering::Release);
         // IOCTL paths hold a reference only around an allocate-and-send, which never blocks.
         if let Some(channel) = self.channel.take_and_wait() {
             drop(channel); // VmbChannelDisable + VmbChannelCleanup
@@ -601,6 +618,70 @@ impl<P: Platform> Core<P> {
             .notify_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
         self.shared.going_down.store(false, Ordering::Release);
+    }
+
+    /// Pauses the channel without closing it (`VmbChannelPause`): returns once Suspend has run
+    /// and every delivered packet is retired. While paused, host packets wait in the ring,
+    /// nothing is sent (PING and SEND fail with the not-ready status), parked RECV requests stay
+    /// parked and queued notifications stay queued, and GET_INFO says PAUSED. The negotiated
+    /// session survives the pause (the host does not see it): [`resume_channel`](Self::resume_channel)
+    /// takes it up again before the first packet that waited is delivered, without a new
+    /// NEGOTIATE. A channel that had not negotiated yet negotiates when it starts.
+    /// For a driver that quiesces its channel for a while without giving it up (the host keeps
+    /// its side open); the driver's PnP and power paths close the channel instead
+    /// ([`channel_down`](Self::channel_down)), since a VM's channels do not survive hibernation.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_DEVICE_STATE` when the channel is not up or already paused.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, outside every channel callback (the pause waits for them).
+    pub fn pause_channel(&self) -> Result<(), NtStatus> {
+        let _lifecycle = self.lifecycle.lock();
+        let channel = self
+            .channel
+            .get()
+            .ok_or(NtStatus::STATUS_INVALID_DEVICE_STATE)?;
+        if self.shared.paused.swap(true, Ordering::AcqRel) {
+            return Err(NtStatus::STATUS_INVALID_DEVICE_STATE);
+        }
+        let session = self.shared.ready_version().unwrap_or(0);
+        channel.handle().pause();
+        // Suspend stopped the sends (CLOSED) if the channel was running; unless the host closed
+        // it meanwhile, keep the session for the resume and say why nothing flows.
+        if !self.shared.closed_by_host.load(Ordering::Acquire) {
+            self.shared.version.store(0, Ordering::Release);
+            self.shared.paused_version.store(session, Ordering::Release);
+            self.shared.set_state(ChannelState::PAUSED);
+        }
+        Ok(())
+    }
+
+    /// Resumes a channel [`pause_channel`](Self::pause_channel) paused (`VmbChannelStart`):
+    /// Started takes the interrupted session up again (READY) before the incoming queue runs;
+    /// a channel that was open but had not negotiated negotiates in PostStarted, as after an
+    /// open; one that never opened waits for the host again (WAITING_FOR_HOST).
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_DEVICE_STATE` when the channel is not up or not paused.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, outside every channel callback.
+    pub fn resume_channel(&self) -> Result<(), NtStatus> {
+        let _lifecycle = self.lifecycle.lock();
+        let channel = self
+            .channel
+            .get()
+            .ok_or(NtStatus::STATUS_INVALID_DEVICE_STATE)?;
+        if !self.shared.paused.swap(false, Ordering::AcqRel) {
+            return Err(NtStatus::STATUS_INVALID_DEVICE_STATE);
+        }
+        channel.handle().start();
+        // Started resumed the session, or PostStarted negotiated, if the channel was open; one
+        // that never opened runs nothing on Start and waits for the host again.
+        self.shared
+            .replace_state(ChannelState::PAUSED, ChannelState::WAITING_FOR_HOST);
+        Ok(())
     }
 
     /// Enables the channel again after the host closed it ([`Platform::channel_closed_by_host`]),
@@ -621,6 +702,10 @@ impl<P: Platform> Core<P> {
         if !self.shared.closed_by_host.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
+        // Enabled again below: running, whether or not it was paused when the host closed it,
+        // and with a new session.
+        self.shared.paused.store(false, Ordering::Release);
+        self.shared.paused_version.store(0, Ordering::Release);
         let Some(channel) = self.channel.take_and_wait() else {
             return Ok(());
         };

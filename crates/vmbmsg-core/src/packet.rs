@@ -40,11 +40,26 @@ impl<P: Platform> ChannelHandler for Handler<P> {
     }
 
     fn opened(&self, _channel: ChannelRef<'_>) -> NtStatus {
-        self.shared.set_state(ChannelState::NEGOTIATING);
+        // Opened while paused (the pause came first): it negotiates when it resumes.
+        if !self.shared.paused.load(Ordering::Acquire) {
+            self.shared.set_state(ChannelState::NEGOTIATING);
+        }
         NtStatus::STATUS_SUCCESS
     }
 
+    fn started(&self, _channel: ChannelRef<'_>) {
+        // A resume after Core::pause_channel: the host's session went on, so take it up again
+        // here, before the incoming queue runs and delivers what waited in the ring.
+        let session = self.shared.paused_version.swap(0, Ordering::AcqRel);
+        if session != 0 {
+            self.shared.open_sends(session);
+        }
+    }
+
     fn post_started(&self, channel: ChannelRef<'_>) {
+        if self.shared.ready_version().is_some() {
+            return; // the session was taken up again in `started`
+        }
         negotiate(&self.shared, channel);
     }
 

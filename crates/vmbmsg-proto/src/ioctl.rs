@@ -369,8 +369,11 @@ open_enum! {
         READY = 3,
         /// The host rejected the proposal or answered with garbage.
         NEGOTIATION_FAILED = 4,
-        /// Closed (device stopping, or the host rescinded the channel).
+        /// Closed (device stopping, or the host closed or rescinded the channel).
         CLOSED = 5,
+        /// Paused by the driver (`VmbChannelPause`): open, but nothing flows until it resumes
+        /// and negotiates again.
+        PAUSED = 6,
     }
 }
 
@@ -1083,7 +1086,8 @@ mod tests {
                 "NEGOTIATING",
                 "READY",
                 "NEGOTIATION_FAILED",
-                "CLOSED"
+                "CLOSED",
+                "PAUSED"
             ]
         );
         for (i, s) in ChannelState::KNOWN.iter().enumerate() {

@@ -186,8 +186,12 @@ pub fn state_advice(info: &InfoOut) -> String {
             v(info.protocol_min.get()),
             v(info.protocol_max.get())
         ),
-        ChannelState::CLOSED => "the host closed (rescinded) the channel; restart the device \
-             (Device Manager: disable, enable) once the host offers it again"
+        ChannelState::CLOSED => "the host closed or rescinded the channel; the driver enables \
+             it again and waits for the host (WAITING_FOR_HOST). If it stays CLOSED, restart the \
+             device (Device Manager: disable, enable) once the host offers it again"
+            .into(),
+        ChannelState::PAUSED => "the driver paused the channel; it resumes on its own, with \
+             the same session"
             .into(),
         _ => "the driver reports a state this vmbctl does not know".into(),
     };
