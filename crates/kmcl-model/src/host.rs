@@ -261,6 +261,9 @@ pub struct HostStats {
     pub gpadls_alive: u64,
     /// Guest packets waiting for [`Host::recv`], now.
     pub pending_for_recv: u64,
+    /// Channels closed because the guest's KMCL found one of its rings corrupt (a host that
+    /// broke the ring protocol, [`Host::raw_rings`]).
+    pub rings_poisoned: u64,
 }
 
 /// A host→guest transaction, for [`Host::wait_completion`].
@@ -775,6 +778,13 @@ impl Host {
     #[must_use]
     pub fn ring_snapshot(&self) -> Option<RingSnapshot> {
         self.world.ring_snapshot()
+    }
+
+    /// Raw access to the open channel's rings, for a host that breaks the ring protocol
+    /// ([`RawRings`](crate::RawRings)); `None` when no channel is open.
+    #[must_use]
+    pub fn raw_rings(&self) -> Option<crate::RawRings> {
+        self.world.raw_rings()
     }
 
     /// The guest memory a live GPADL describes (copied when it was created).

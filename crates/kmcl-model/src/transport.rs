@@ -31,7 +31,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -246,6 +246,10 @@ struct Counters {
 pub(crate) struct Link {
     pub(crate) channel: u64,
     closed: AtomicBool,
+    /// The guest's KMCL found one of its ring ends corrupt (the host broke the ring protocol):
+    /// the channel must be closed ([`take_guest_poisoned`](Self::take_guest_poisoned)).
+    /// 0: no, 1: yes, not yet taken, 2: taken (a poisoned ring stays poisoned: once is enough).
+    guest_poisoned: AtomicU8,
     h2g: Mem,
     g2h: Mem,
     host_tx: Mutex<OutgoingRing<Mem>>,
@@ -275,6 +279,7 @@ impl Link {
         Some(Arc::new(Self {
             channel,
             closed: AtomicBool::new(false),
+            guest_poisoned: AtomicU8::new(0),
             host_tx: Mutex::new(OutgoingRing::new(Arc::clone(&h2g)).ok()?),
             guest_rx: Mutex::new(IncomingRing::new(Arc::clone(&h2g)).ok()?),
             guest_tx: Mutex::new(GuestTx {
@@ -329,6 +334,28 @@ impl Link {
 
     fn corrupt(&self) {
         self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The guest's end of a ring is corrupt (its ring is poisoned: it refuses every further
+    /// use): counted, and the channel is to be closed.
+    fn poison_guest_end(&self) {
+        self.corrupt();
+        let _ = self
+            .guest_poisoned
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether a guest end is poisoned: true once, for the first caller after the poisoning.
+    pub(crate) fn take_guest_poisoned(&self) -> bool {
+        self.guest_poisoned
+            .compare_exchange(1, 2, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The two rings' memory, for a host that writes it without the ring protocol
+    /// ([`crate::RawRings`]): (host→guest, guest→host).
+    pub(crate) fn memory(&self) -> (&FlatRingMem, &FlatRingMem) {
+        (&self.h2g, &self.g2h)
     }
 
     /// The largest payload the host→guest ring carries.
@@ -412,7 +439,7 @@ impl Link {
                     }
                     Err(ReadError::Empty) => break,
                     Err(ReadError::Corrupt(_)) => {
-                        self.corrupt();
+                        self.poison_guest_end();
                         return;
                     }
                 }
@@ -420,7 +447,7 @@ impl Link {
             // A signal to the host writer means "pending send size free"; a host writer that
             // waits re-checks after running this handler, so nothing else is needed.
             if rx.commit_read().is_err() {
-                self.corrupt();
+                self.poison_guest_end();
                 return;
             }
             rx.set_interrupt_mask(false);
@@ -476,7 +503,7 @@ impl Link {
                 match tx.ring.set_pending_send_size(want) {
                     Ok(true) => {
                         // Space appeared meanwhile: write what fits now.
-                        if Self::flush_locked(tx) {
+                        if self.flush_locked(tx) {
                             GuestWrite::Signal
                         } else {
                             GuestWrite::Queued
@@ -484,14 +511,14 @@ impl Link {
                     }
                     Ok(false) => GuestWrite::Queued,
                     Err(_) => {
-                        self.corrupt();
+                        self.poison_guest_end();
                         GuestWrite::Closed
                     }
                 }
             }
             Err(WriteError::TooLarge { .. }) => GuestWrite::TooLarge,
             Err(WriteError::Corrupt(_)) => {
-                self.corrupt();
+                self.poison_guest_end();
                 GuestWrite::Closed
             }
         }
@@ -504,10 +531,10 @@ impl Link {
         if self.is_closed() {
             return false;
         }
-        Self::flush_locked(&mut tx)
+        self.flush_locked(&mut tx)
     }
 
-    fn flush_locked(tx: &mut GuestTx) -> bool {
+    fn flush_locked(&self, tx: &mut GuestTx) -> bool {
         while let Some(q) = tx.backlog.front() {
             let pieces: [&[u8]; 1] = [&q.bytes];
             let packet = OutgoingPacket {
@@ -522,10 +549,19 @@ impl Link {
                     let want = needed.max(tx.ring.max_footprint() / 4);
                     match tx.ring.set_pending_send_size(want) {
                         Ok(true) => {}
-                        Ok(false) | Err(_) => break,
+                        Ok(false) => break,
+                        Err(_) => {
+                            self.poison_guest_end();
+                            return false;
+                        }
                     }
                 }
-                Err(_) => {
+                Err(WriteError::Corrupt(_)) => {
+                    // The queued packets are cancelled when the channel closes.
+                    self.poison_guest_end();
+                    return false;
+                }
+                Err(WriteError::TooLarge { .. }) => {
                     // Packets are sized for this ring before they are queued; drop it.
                     tx.backlog.pop_front();
                 }
@@ -534,7 +570,13 @@ impl Link {
         if tx.backlog.is_empty() {
             tx.ring.clear_pending_send_size();
         }
-        tx.ring.commit_write().unwrap_or(false)
+        match tx.ring.commit_write() {
+            Ok(signal) => signal,
+            Err(_) => {
+                self.poison_guest_end();
+                false
+            }
+        }
     }
 
     /// Whether the guest's queue is empty and the ring has room for a packet of `payload`

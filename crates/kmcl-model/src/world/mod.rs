@@ -34,6 +34,9 @@ use crate::transport::{
 use crate::violation::{Violation, ViolationKind as V};
 use vmbus_ring::OutgoingKind;
 
+mod poison;
+pub use poison::RawRings;
+
 /// [inf] Default maximum packet size when the guest sets none.
 pub(crate) const DEFAULT_MAX_PACKET: u32 = 4096;
 /// [inf] Default ring sizes (pages) when the guest sets none.
@@ -1214,11 +1217,28 @@ impl World {
     }
 
     pub(crate) fn rescind(&self) {
+        self.close_channel_of(None);
+    }
+
+    /// Closes the open channel (the host's close or rescind) if it runs on `link`'s rings, or
+    /// whatever its rings with `None`.
+    fn close_channel_of(&self, link: Option<&Arc<Link>>) {
         crate::irql::with_irql(Irql::Passive, || {
             let mut g = self.lock();
             let Some(serial) = g.open_channel else {
                 return;
             };
+            let on_link = |g: &State| {
+                link.is_none_or(|link| {
+                    g.channels
+                        .get(&serial)
+                        .and_then(|c| c.link.as_ref())
+                        .is_some_and(|l| Arc::ptr_eq(l, link))
+                })
+            };
+            if !on_link(&g) {
+                return; // closed (and perhaps opened again) since: not that channel any more
+            }
             // The open sequence may own the transition while PostStarted waits for a
             // synchronous request: fail those now (and new ones until the close ran), as the
             // library does for a channel being removed, so the open can return.
@@ -1234,7 +1254,9 @@ impl World {
                     return;
                 }
             };
-            g = self.close(g, serial, "EvtChannelSuspend", true);
+            if on_link(&g) {
+                g = self.close(g, serial, "EvtChannelSuspend", true);
+            }
             g.rescind_pending = false;
             self.end_transition(&mut g, serial);
         });
@@ -1763,6 +1785,7 @@ impl World {
             self.work_cv.notify_one();
         }
         self.state_cv.notify_all();
+        self.check_poisoned(link);
     }
 
     /// A host packet read out of the ring joins the channel's delivery queue. Returns whether
@@ -1826,6 +1849,7 @@ impl World {
             if signal && link.flush_backlog() {
                 again = true;
             }
+            self.check_poisoned(link);
             if !again {
                 return;
             }
@@ -1836,6 +1860,7 @@ impl World {
     /// and drains what arrived without a signal.
     fn after_consume(&self, link: &Arc<Link>, (signal, more): (bool, bool)) {
         let wrote = signal && link.flush_backlog();
+        self.check_poisoned(link);
         if wrote || more {
             self.host_isr(link);
         }
@@ -2218,6 +2243,7 @@ impl World {
             if link.guest_write(kind, aux, body, true) == GuestWrite::Signal {
                 self.host_isr(&link);
             }
+            self.check_poisoned(&link);
         }
         self.txn_cv.notify_all();
         self.state_cv.notify_all();
@@ -2723,6 +2749,7 @@ impl World {
         if wrote == GuestWrite::Signal {
             self.host_isr(&link);
         }
+        self.check_poisoned(&link);
         // Ours if the host's handler handed it to us (it did, if we signalled).
         let mine = if link.unexpect(Dir::G2h, id) {
             None
