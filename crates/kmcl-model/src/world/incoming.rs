@@ -1,4 +1,5 @@
-//! Host→guest traffic: the host's sends, the rings' interrupt handlers, delivery to the guest's ProcessPacket and the retiring of incoming packets.
+//! Host→guest traffic: the host's sends, the rings' interrupt handlers, delivery to the guest's
+//! ProcessPacket and the retiring of incoming packets.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Guest→host traffic: packet allocation, sends (with external data), synchronous requests, completions by the host and cancellation at close.
+//! Guest→host traffic: packet allocation, sends (with external data), synchronous requests,
+//! completions by the host and cancellation at close.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! State transitions of a channel: enable, the host's open, pause and start, the host's close and rescind, disable and cleanup, and the state callbacks they run.
+//! State transitions of a channel: enable, the host's open, pause and start, the host's close and
+//! rescind, disable and cleanup, and the state callbacks they run.
 
 use super::*;
 
