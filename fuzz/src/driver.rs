@@ -9,7 +9,7 @@ use vmbmsg_proto::ioctl::{
 };
 use vmbmsg_proto::wire::MAX_PAYLOAD;
 
-use crate::peer::{Answer, Mode, Peer, PeerConfig, capped};
+use crate::peer::{Answer, Delivery, Mode, Peer, PeerConfig, capped};
 
 /// At most this many moves per run.
 pub const MAX_ACTIONS: usize = 64;
@@ -203,13 +203,18 @@ pub fn play(peer: &mut Peer, action: Action) {
     }
 }
 
-/// One run of target (b).
+/// One run of target (b), as the fuzzer runs it (inline delivery).
 pub fn run(data: &[u8]) {
+    run_with(data, Delivery::Inline);
+}
+
+/// One run of target (b) with `delivery`.
+pub fn run_with(data: &[u8], delivery: Delivery) {
     let mut u = Unstructured::new(data);
     let Ok(scenario) = Scenario::arbitrary(&mut u) else {
         return;
     };
-    let mut peer = Peer::new(&scenario.config);
+    let mut peer = Peer::new(&scenario.config, delivery);
     if scenario.open {
         peer.open();
     }

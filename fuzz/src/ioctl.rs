@@ -9,7 +9,7 @@ use vmbmsg_proto::ioctl::{
     IOCTL_VMBMSG_RESET_STATS, IOCTL_VMBMSG_SEND,
 };
 
-use crate::peer::{Answer, Mode, Negotiation, Peer, PeerConfig, capped};
+use crate::peer::{Answer, Delivery, Mode, Negotiation, Peer, PeerConfig, capped};
 
 /// The known codes, then a few near misses (other function numbers, methods and access bits
 /// of the same device type).
@@ -66,8 +66,13 @@ pub enum Step {
     Cancel(u8),
 }
 
-/// One run of target (c).
+/// One run of target (c), as the fuzzer runs it (inline delivery).
 pub fn run(data: &[u8]) {
+    run_with(data, Delivery::Inline);
+}
+
+/// One run of target (c) with `delivery`.
+pub fn run_with(data: &[u8], delivery: Delivery) {
     let mut u = Unstructured::new(data);
     let Ok(negotiated) = bool::arbitrary(&mut u) else {
         return;
@@ -84,7 +89,7 @@ pub fn run(data: &[u8]) {
         mode,
         ..PeerConfig::friendly()
     };
-    let mut peer = Peer::new(&config);
+    let mut peer = Peer::new(&config, delivery);
     peer.open();
     let mut steps = 0;
     while steps < 64 && !u.is_empty() {

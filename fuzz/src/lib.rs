@@ -130,13 +130,29 @@ mod seeds {
         replay("proto", crate::proto::run);
     }
 
+    // The fuzzers deliver inline (deterministic and cheap); the seeds also run with the
+    // model's delivery threads, concurrently with the requests.
     #[test]
     fn driver() {
         replay("driver", crate::driver::run);
     }
 
     #[test]
+    fn driver_with_delivery_threads() {
+        replay("driver", |d| {
+            crate::driver::run_with(d, crate::peer::Delivery::Threads);
+        });
+    }
+
+    #[test]
     fn ioctl() {
         replay("ioctl", crate::ioctl::run);
+    }
+
+    #[test]
+    fn ioctl_with_delivery_threads() {
+        replay("ioctl", |d| {
+            crate::ioctl::run_with(d, crate::peer::Delivery::Threads);
+        });
     }
 }

@@ -197,10 +197,23 @@ struct HostSide {
     held: Vec<Held>,
 }
 
+/// How the model delivers host packets to the driver in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// On the fuzzing thread, inside each host call (`ModelConfig::inline_delivery`): the same
+    /// input always takes the same path, and a run has no thread to start or wake. What the
+    /// fuzzers run.
+    Inline,
+    /// On the model's delivery threads, [`PeerConfig::delivery_threads`] of them, concurrently
+    /// with the fuzzing thread. What the seed replay in `cargo test` adds, so the corpora also
+    /// run with concurrent delivery.
+    Threads,
+}
+
 /// How a [`Peer`] starts.
 #[derive(Arbitrary, Clone, Debug)]
 pub struct PeerConfig {
-    /// Delivery threads of the model, 1..=4.
+    /// Delivery threads of the model, 1..=4, with [`Delivery::Threads`].
     pub delivery_threads: u8,
     /// Notification queue depth, 0..=8.
     pub notify_depth: u8,
@@ -291,10 +304,11 @@ impl Peer {
     /// # Panics
     /// If the core cannot be created or its channel brought up (never, with the model).
     #[must_use]
-    pub fn new(cfg: &PeerConfig) -> Self {
+    pub fn new(cfg: &PeerConfig, delivery: Delivery) -> Self {
         let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
         let host = kmcl_model::connected_with(ModelConfig {
             delivery_threads: usize::from(cfg.delivery_threads % 4) + 1,
+            inline_delivery: delivery == Delivery::Inline,
             teardown_timeout: Duration::from_secs(10),
             interface_type: kmcl_model::kmcl_sys::GUID {
                 Data1: ty.data1,
@@ -312,7 +326,7 @@ impl Peer {
                 notify_depth: usize::from(cfg.notify_depth % 9),
                 max_parked_recv: usize::from(cfg.max_parked_recv % 5),
                 reply_buffers: usize::from(cfg.reply_buffers % 5),
-                ring_pages: 32,
+                ring_pages: 8,
                 ..CoreConfig::default()
             },
         )

@@ -56,6 +56,14 @@ pub struct ModelConfig {
     pub mmio_space: (u64, u64),
     /// What the `Buffer` of `EvtVmbChannelProcessPacket` points at.
     pub delivery: DeliveryMode,
+    /// No delivery threads: every host call (send, completion, open, waiting) delivers what can
+    /// be delivered on the calling thread before it returns, and the guest's calls that free
+    /// the queue (a packet completed outside its callback, `VmbChannelStart`) do the same, so
+    /// a run is deterministic and has no thread hand-off. [`Host::open`] runs the open on the
+    /// calling thread too. For fuzzing, where the same input must take the same path and a run
+    /// must be cheap; concurrency is what the default mode, the stress tests and loom are for.
+    /// `delivery_threads` is ignored.
+    pub inline_delivery: bool,
 }
 
 /// What the `Buffer` KMCL hands `EvtVmbChannelProcessPacket` is, in a world. Real KMCL does not
@@ -82,6 +90,7 @@ impl Default for ModelConfig {
             interface_instance: DEFAULT_INTERFACE_INSTANCE,
             mmio_space: (0, 0),
             delivery: DeliveryMode::PrivateCopy,
+            inline_delivery: false,
         }
     }
 }
@@ -579,6 +588,14 @@ impl Host {
     /// [`OpenError::RingsNotAllocated`] if the guest's rings could not be allocated (no callback
     /// ran; the channel is Enabled again).
     pub fn open(&self) -> Result<(), OpenError> {
+        if self.world.cfg.inline_delivery {
+            let result = {
+                let _model = crate::irql::ModelCode::enter();
+                Arc::clone(&self.world).open_sequence()
+            };
+            self.world.pump();
+            return result;
+        }
         self.open_async().wait()
     }
 
@@ -607,8 +624,11 @@ impl Host {
         payload: &[u8],
         completion_requested: bool,
     ) -> Result<HostTxn, HostSendError> {
-        self.world
-            .host_send(payload, None, completion_requested, false)
+        let sent = self
+            .world
+            .host_send(payload, None, completion_requested, false);
+        self.world.pump();
+        sent
     }
 
     /// Like [`Host::send`], but the calling thread delivers the packet: when it is next in
@@ -638,8 +658,11 @@ impl Host {
         payload: &[u8],
         external: &[u8],
     ) -> Result<HostTxn, HostSendError> {
-        self.world
-            .host_send(payload, Some(external.to_vec()), true, false)
+        let sent = self
+            .world
+            .host_send(payload, Some(external.to_vec()), true, false);
+        self.world.pump();
+        sent
     }
 
     /// Waits up to `timeout` until the guest retired `txn` (completed or failed it). `None` on
@@ -657,6 +680,7 @@ impl Host {
     /// [`HostStats::ignored_host_completions`] — the guest never sees it.
     pub fn complete_transaction(&self, id: u64, status: NtStatus, response: &[u8]) {
         self.world.host_complete(id, status, response);
+        self.world.pump();
     }
 
     /// The next packet the guest sent (`VmbPacketSend*` or a synchronous request) that no

@@ -426,6 +426,11 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
 
     /// Replaces the bounce buffers with `slots` buffers of `slot_size` bytes.
     fn rebounce(&mut self, slots: u32, slot_size: u32) -> Result<(), NtStatus> {
+        if slots == self.bounce_slots()
+            && slot_size.checked_next_multiple_of(64) == Some(self.bounce_slot_size())
+        {
+            return Ok(()); // the buffers it has already
+        }
         let bounce =
             Bounce::try_new(slots, slot_size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
         // SAFETY: the channel has never been enabled (this type's invariant), so no callback

@@ -115,6 +115,7 @@ impl World {
     pub(crate) fn wait_completion(&self, txn: u64, timeout: Duration) -> Option<GuestCompletion> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
+            self.pump();
             let mut g = self.lock();
             match g.host_txns.get(&txn) {
                 None => return None,
@@ -362,6 +363,35 @@ impl World {
 
     /// The delivery thread body: pull a packet, call ProcessPacket at the channel's IRQL,
     /// account, and call ProcessingComplete at the end of a batch.
+    /// Inline delivery ([`ModelConfig::inline_delivery`](crate::ModelConfig)): runs every
+    /// delivery that can run now on this thread, unless this thread is inside a guest callback
+    /// or already delivering (the next packet is delivered when the current callback returns,
+    /// as KMCL does on one processor). A no-op with delivery threads.
+    pub(crate) fn pump(&self) {
+        thread_local! {
+            static PUMPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        if !self.cfg.inline_delivery || PUMPING.get() || crate::irql::innermost_frame().is_some() {
+            return;
+        }
+        PUMPING.set(true);
+        let _model = crate::irql::ModelCode::enter();
+        loop {
+            let job = {
+                let mut g = self.lock();
+                if g.shutdown {
+                    break;
+                }
+                self.take_delivery(&mut g)
+            };
+            match job {
+                Some(job) => self.run_delivery(job),
+                None => break,
+            }
+        }
+        PUMPING.set(false);
+    }
+
     pub(super) fn delivery_loop(self: Arc<Self>) {
         loop {
             let mut g = self.lock();
@@ -674,6 +704,8 @@ impl World {
         if wake_workers {
             self.work_cv.notify_all();
         }
+        // Inline delivery: a packet retired outside its callback may free the queue (quota).
+        self.pump();
     }
 
     pub(crate) fn external_data(

@@ -573,11 +573,11 @@ pub(crate) struct World {
     pub(crate) cfg: ModelConfig,
     pub(crate) faults: FaultPlan,
     st: Mutex<State>,
-    work_cv: Condvar,
-    recv_cv: Condvar,
-    txn_cv: Condvar,
-    sync_cv: Condvar,
-    state_cv: Condvar,
+    work_cv: Cv,
+    recv_cv: Cv,
+    txn_cv: Cv,
+    sync_cv: Cv,
+    state_cv: Cv,
     responder: Mutex<Option<Arc<Responder>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     me: Weak<World>,
@@ -587,6 +587,54 @@ pub(crate) struct World {
 
 type Guard<'a> = MutexGuard<'a, State>;
 
+/// A condition variable of the world's lock that knows whether anyone waits: `notify_*` with
+/// no waiter costs an atomic load instead of a futex system call (the world notifies after
+/// every state change, and most have no waiter, always so with inline delivery).
+///
+/// Sound for the world's use: every waiter counts itself in while it holds the world lock,
+/// before it waits (which releases the lock), and every state change a waiter waits for is
+/// made under the world lock, before the notify. So a notifier that changed the state under
+/// the lock and then sees no waiter knows that any later waiter will see the new state before
+/// it waits.
+#[derive(Debug, Default)]
+struct Cv {
+    cv: Condvar,
+    waiters: std::sync::atomic::AtomicUsize,
+}
+
+impl Cv {
+    fn wait<'a>(&self, g: Guard<'a>) -> Guard<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiters.fetch_add(1, SeqCst);
+        let g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        self.waiters.fetch_sub(1, SeqCst);
+        g
+    }
+
+    fn wait_timeout<'a>(&self, g: Guard<'a>, timeout: Duration) -> Guard<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiters.fetch_add(1, SeqCst);
+        let (g, _) = self
+            .cv
+            .wait_timeout(g, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+        self.waiters.fetch_sub(1, SeqCst);
+        g
+    }
+
+    fn notify_one(&self) {
+        if self.waiters.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            self.cv.notify_one();
+        }
+    }
+
+    fn notify_all(&self) {
+        if self.waiters.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            self.cv.notify_all();
+        }
+    }
+}
+
 impl World {
     pub(crate) fn new(id: u32, vm: u32, cfg: ModelConfig) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
@@ -595,11 +643,11 @@ impl World {
             cfg,
             faults: FaultPlan::default(),
             st: Mutex::new(State::default()),
-            work_cv: Condvar::new(),
-            recv_cv: Condvar::new(),
-            txn_cv: Condvar::new(),
-            sync_cv: Condvar::new(),
-            state_cv: Condvar::new(),
+            work_cv: Cv::default(),
+            recv_cv: Cv::default(),
+            txn_cv: Cv::default(),
+            sync_cv: Cv::default(),
+            state_cv: Cv::default(),
             responder: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
             me: me.clone(),
@@ -658,13 +706,13 @@ impl World {
         self.st.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn wait<'a>(cv: &Condvar, g: Guard<'a>) -> Guard<'a> {
-        cv.wait(g).unwrap_or_else(PoisonError::into_inner)
+    fn wait<'a>(cv: &Cv, g: Guard<'a>) -> Guard<'a> {
+        cv.wait(g)
     }
 
     /// Waits on `cv` until `deadline` (forever if `None`); returns the guard and whether the
     /// deadline has passed.
-    fn wait_until<'a>(cv: &Condvar, g: Guard<'a>, deadline: Option<Instant>) -> (Guard<'a>, bool) {
+    fn wait_until<'a>(cv: &Cv, g: Guard<'a>, deadline: Option<Instant>) -> (Guard<'a>, bool) {
         match deadline {
             None => (Self::wait(cv, g), false),
             Some(d) => {
@@ -672,9 +720,7 @@ impl World {
                 if now >= d {
                     return (g, true);
                 }
-                let (g, _) = cv
-                    .wait_timeout(g, d - now)
-                    .unwrap_or_else(PoisonError::into_inner);
+                let g = cv.wait_timeout(g, d - now);
                 (g, Instant::now() >= d)
             }
         }
@@ -720,6 +766,9 @@ impl World {
     // ---- world life ----------------------------------------------------------------------
 
     pub(crate) fn start_workers(self: &Arc<Self>) {
+        if self.cfg.inline_delivery {
+            return; // `pump` delivers on the calling threads
+        }
         let n = self.cfg.delivery_threads.max(1);
         let mut workers = relock(&self.workers);
         for i in 0..n {

@@ -269,6 +269,8 @@ impl World {
             _ => {}
         }
         self.end_transition(&mut g, serial);
+        drop(g);
+        self.pump();
     }
 
     pub(crate) fn disable(&self, serial: u64, h: usize) {
