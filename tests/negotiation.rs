@@ -8,7 +8,9 @@ use std::time::Duration;
 use common::{finish, info, ioctl, quick};
 use vmbmsg_core::NtStatus;
 use vmbmsg_core::sim::{Negotiation, SimConfig, Simulation};
-use vmbmsg_proto::ioctl::{ChannelState, IOCTL_VMBMSG_PING, NOT_READY_STATUS, PingOut};
+use vmbmsg_proto::ioctl::{
+    ChannelState, IOCTL_VMBMSG_PING, NOT_READY_STATUS, PingOut, StateReason,
+};
 use vmbmsg_proto::wire::{MalformedReason, PROTOCOL_V1, make_version, peek_header};
 
 #[test]
@@ -21,6 +23,7 @@ fn accepted_negotiation_makes_the_channel_ready_with_the_hosts_choice() {
     assert_eq!(sim.core().state(), ChannelState::READY);
     let info = info(&sim);
     assert_eq!(info.channel_state, ChannelState::READY);
+    assert_eq!(info.state_reason, StateReason::NONE);
     assert_eq!(
         info.protocol_version.get(),
         PROTOCOL_V1,
@@ -38,6 +41,7 @@ fn rejected_negotiation_fails_the_channel_and_refuses_data() {
     .expect("start");
     assert_eq!(sim.core().state(), ChannelState::NEGOTIATION_FAILED);
     assert_eq!(info(&sim).protocol_version.get(), 0);
+    assert_eq!(info(&sim).state_reason, StateReason::REJECTED);
     // Data before (or without) negotiation is refused with a premature status and counted.
     let reply = sim.host_echo(b"too early", common::T).expect("host send");
     let header = peek_header(&reply).expect("a reply header");
@@ -58,6 +62,7 @@ fn a_host_that_never_answers_times_out_into_negotiation_failed() {
     })
     .expect("start");
     assert_eq!(sim.core().state(), ChannelState::NEGOTIATION_FAILED);
+    assert_eq!(info(&sim).state_reason, StateReason::TIMED_OUT);
     finish(sim);
 }
 
@@ -69,6 +74,7 @@ fn a_garbage_negotiate_reply_is_counted_and_fails_negotiation() {
     })
     .expect("start");
     assert_eq!(sim.core().state(), ChannelState::NEGOTIATION_FAILED);
+    assert_eq!(info(&sim).state_reason, StateReason::MALFORMED_REPLY);
     assert_eq!(common::stats(&sim).malformed_total.get(), 1);
     finish(sim);
 }
@@ -81,6 +87,7 @@ fn a_host_offering_no_common_version_is_rejected() {
     })
     .expect("start");
     assert_eq!(sim.core().state(), ChannelState::NEGOTIATION_FAILED);
+    assert_eq!(info(&sim).state_reason, StateReason::REJECTED);
     finish(sim);
 }
 

@@ -11,7 +11,8 @@ use core::sync::atomic::Ordering;
 use kmcl::{ChannelRef, Completion, NtStatus, OutgoingPacket, SendError, SendFlags};
 use vmbmsg_proto::ioctl::{
     ABI_VERSION, BAD_REPLY_STATUS, ChannelState, InfoOut, IoctlCode, NOT_READY_STATUS, PingOut,
-    SendOut, TOO_MANY_PARKED_STATUS, parse_send_input, write_output, write_recv_output,
+    SendOut, StateReason, TOO_MANY_PARKED_STATUS, parse_send_input, write_output,
+    write_recv_output,
 };
 use vmbmsg_proto::wire::{
     GuestMessage, HEADER_SIZE, MAX_PAYLOAD, MessageKind, PING_SIZE, SUPPORTED_MAX, SUPPORTED_MIN,
@@ -75,7 +76,7 @@ fn info<P: Platform>(shared: &Shared<P>) -> InfoOut {
         driver_major: U16::new(major),
         driver_minor: U16::new(minor),
         driver_patch: U16::new(patch),
-        reserved: U16::ZERO,
+        state_reason: StateReason::new(shared.state_reason.load(Ordering::Acquire)),
         protocol_version: U32::new(shared.version.load(Ordering::Acquire)),
         protocol_min: U32::new(SUPPORTED_MIN),
         protocol_max: U32::new(SUPPORTED_MAX),

@@ -264,6 +264,8 @@ struct Shared<P: Platform> {
     stats: Stats,
     /// A [`ChannelState`] value.
     state: AtomicU32,
+    /// A [`vmbmsg_proto::ioctl::StateReason`] value for the state (0 for most).
+    state_reason: core::sync::atomic::AtomicU16,
     /// The negotiated protocol version; 0 until negotiation succeeds.
     version: AtomicU32,
     notify: SpinLock<NotifyState>,
@@ -325,7 +327,14 @@ impl<P: Platform> Shared<P> {
     }
 
     fn set_state(&self, state: ChannelState) {
+        self.state_reason.store(0, Ordering::Release);
         self.state.store(state.get(), Ordering::Release);
+    }
+
+    /// NEGOTIATION_FAILED, and why (GET_INFO's `state_reason`).
+    fn negotiation_failed(&self, why: vmbmsg_proto::ioctl::StateReason) {
+        self.set_state(ChannelState::NEGOTIATION_FAILED);
+        self.state_reason.store(why.get(), Ordering::Release);
     }
 
     /// Sets `to` if the state is still `from`.
@@ -482,6 +491,7 @@ impl<P: Platform> Core<P> {
             config,
             stats: Stats::new(),
             state: AtomicU32::new(ChannelState::DOWN.get()),
+            state_reason: core::sync::atomic::AtomicU16::new(0),
             version: AtomicU32::new(0),
             notify: SpinLock::new(NotifyState {
                 queue,

@@ -4,7 +4,7 @@
 use core::sync::atomic::Ordering;
 
 use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
-use vmbmsg_proto::ioctl::{ChannelState, write_recv_output};
+use vmbmsg_proto::ioctl::{ChannelState, StateReason, write_recv_output};
 use vmbmsg_proto::wire::{
     GuestMessage, HostBody, HostMessage, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE,
     NEGOTIATE_REQUEST_SIZE, NegotiateOutcome, PREMATURE_STATUS, QUEUE_FULL_STATUS, Reply,
@@ -290,7 +290,7 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
     let mut request = [0u8; NEGOTIATE_REQUEST_SIZE];
     let Ok(len) = GuestMessage::negotiate(id, SUPPORTED_MIN, SUPPORTED_MAX).write(&mut request)
     else {
-        shared.set_state(ChannelState::NEGOTIATION_FAILED);
+        shared.negotiation_failed(StateReason::SEND_FAILED);
         return;
     };
     let mut reply = [0u8; NEGOTIATE_REPLY_SIZE];
@@ -311,19 +311,25 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
             // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
             // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version. The last one is the host's
             // malformed reply and is counted as such.
-            if status == NtStatus::STATUS_BUFFER_OVERFLOW {
+            let why = if status == NtStatus::STATUS_BUFFER_OVERFLOW {
                 shared.stats.malformed(MalformedReason::LengthMismatch);
-            }
-            shared.set_state(ChannelState::NEGOTIATION_FAILED);
+                StateReason::MALFORMED_REPLY
+            } else if status == NtStatus::STATUS_CANCELLED || status == NtStatus::STATUS_IO_TIMEOUT
+            {
+                StateReason::TIMED_OUT
+            } else {
+                StateReason::SEND_FAILED
+            };
+            shared.negotiation_failed(why);
             return;
         }
     };
     match outcome {
         Ok(NegotiateOutcome::Accepted(version)) => shared.open_sends(version),
-        Ok(NegotiateOutcome::Rejected(_)) => shared.set_state(ChannelState::NEGOTIATION_FAILED),
+        Ok(NegotiateOutcome::Rejected(_)) => shared.negotiation_failed(StateReason::REJECTED),
         Err(e) => {
             shared.stats.malformed(e.reason());
-            shared.set_state(ChannelState::NEGOTIATION_FAILED);
+            shared.negotiation_failed(StateReason::MALFORMED_REPLY);
         }
     }
 }

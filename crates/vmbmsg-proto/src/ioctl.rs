@@ -377,6 +377,26 @@ open_enum! {
     }
 }
 
+open_enum! {
+    /// Why the channel is in its state, where the state alone does not say (LE u16, in
+    /// GET_INFO's formerly reserved field: a driver that predates it reports 0, `NONE`).
+    pub struct StateReason(pub U16 => u16) {
+        /// Nothing to add (or a driver that does not say).
+        NONE = 0,
+        /// NEGOTIATION_FAILED: the host rejected every version the driver proposes.
+        REJECTED = 1,
+        /// NEGOTIATION_FAILED: the host did not answer the proposal within the driver's
+        /// negotiation timeout.
+        TIMED_OUT = 2,
+        /// NEGOTIATION_FAILED: the host's answer was not a valid reply (counted by reason in
+        /// GET_STATS).
+        MALFORMED_REPLY = 3,
+        /// NEGOTIATION_FAILED: the proposal could not be sent, or the channel closed while it
+        /// waited.
+        SEND_FAILED = 4,
+    }
+}
+
 /// GET_INFO output (40 bytes).
 #[repr(C)]
 #[derive(
@@ -393,8 +413,8 @@ pub struct InfoOut {
     pub driver_minor: U16,
     /// Driver version, patch.
     pub driver_patch: U16,
-    /// Zero.
-    pub reserved: U16,
+    /// Why the channel is in `channel_state` (0 before this field existed).
+    pub state_reason: StateReason,
     /// The negotiated protocol version (`major << 16 | minor`), 0 if none.
     pub protocol_version: U32,
     /// The oldest protocol version the driver proposes ([`crate::wire::SUPPORTED_MIN`]).

@@ -10,6 +10,8 @@ use std::time::Duration;
 use ntstatus::NtStatus;
 use vmbmsg_proto::ioctl::IoctlCode;
 
+use crate::interrupt;
+
 #[cfg(not(windows))]
 pub mod sim;
 #[cfg(windows)]
@@ -151,6 +153,8 @@ pub enum Outcome {
     Done(Completion),
     /// No completion within the deadline.
     TimedOut(CancelOutcome),
+    /// Ctrl-C was pressed before the request completed.
+    Interrupted(CancelOutcome),
 }
 
 /// What happened when a timed-out request was cancelled.
@@ -179,16 +183,39 @@ pub fn call(
     timeout: Option<Duration>,
 ) -> Result<Outcome, DeviceError> {
     let mut pending = dev.submit(code, input, output_len)?;
-    if let Some(done) = pending.wait(timeout)? {
-        return Ok(Outcome::Done(done));
-    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // In slices, so that Ctrl-C is noticed while the driver holds the request.
+    let interrupted = loop {
+        let slice = match deadline {
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .min(interrupt::SLICE),
+            None => interrupt::SLICE,
+        };
+        if let Some(done) = pending.wait(Some(slice))? {
+            return Ok(Outcome::Done(done));
+        }
+        if interrupt::interrupted() {
+            break true;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break false;
+        }
+    };
+    let ended = |cancel| {
+        if interrupted {
+            Outcome::Interrupted(cancel)
+        } else {
+            Outcome::TimedOut(cancel)
+        }
+    };
     if !pending.cancel() {
-        return Ok(Outcome::TimedOut(CancelOutcome::StillPending));
+        return Ok(ended(CancelOutcome::StillPending));
     }
     match pending.wait(Some(CANCEL_GRACE))? {
         Some(done) if done.status.is_success() => Ok(Outcome::Done(done)),
-        Some(done) => Ok(Outcome::TimedOut(CancelOutcome::Cancelled(done.status))),
-        None => Ok(Outcome::TimedOut(CancelOutcome::StillPending)),
+        Some(done) => Ok(ended(CancelOutcome::Cancelled(done.status))),
+        None => Ok(ended(CancelOutcome::StillPending)),
     }
 }
 

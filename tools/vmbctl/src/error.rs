@@ -5,13 +5,14 @@
 //! | 0 | success (also: stdout closed early, e.g. `vmbctl ... \| head`) |
 //! | 1 | the driver or the host reported a failure: a failure status, a failure status from the host inside a PING/SEND answer, no answer in time, an ABI mismatch, a failed `smoke` step, a contract violation seen by the simulation |
 //! | 2 | usage error (bad arguments) or I/O error (no device, access denied, unreadable file) |
+//! | 130 | interrupted (Ctrl-C); what was measured so far was printed |
 
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
 use ntstatus::NtStatus;
-use vmbmsg_proto::ioctl::{ABI_VERSION, ChannelState, InfoOut, IoctlCode, IoctlError};
+use vmbmsg_proto::ioctl::{ABI_VERSION, ChannelState, InfoOut, IoctlCode, IoctlError, StateReason};
 use vmbmsg_proto::wire::{version_major, version_minor};
 
 use crate::device::{CancelOutcome, DeviceError, win32_name};
@@ -74,6 +75,13 @@ pub enum Error {
         /// What failed, e.g. "2 of 9 smoke steps failed".
         summary: String,
     },
+    /// Ctrl-C: the command stopped early (its summary so far was printed).
+    Interrupted {
+        /// The IOCTL that was waiting, if one was.
+        op: Option<IoctlCode>,
+        /// What cancelling it did.
+        cancel: Option<CancelOutcome>,
+    },
 }
 
 /// The IOCTL's short name: `PING` for `IOCTL_VMBMSG_PING`.
@@ -93,6 +101,8 @@ impl Error {
             | Self::Abi { .. }
             | Self::BadOutput { .. }
             | Self::Failed { .. } => 1,
+            // 128 + SIGINT, what shells report for a command ended by Ctrl-C.
+            Self::Interrupted { .. } => 130,
         }
     }
 
@@ -167,6 +177,18 @@ fn status_meaning(op: IoctlCode, status: NtStatus) -> Option<&'static str> {
     })
 }
 
+/// GET_INFO's `state_reason` in words, `None` for `NONE`.
+pub fn reason_text(reason: StateReason) -> Option<&'static str> {
+    Some(match reason {
+        StateReason::NONE => return None,
+        StateReason::REJECTED => "the host rejected the proposed versions",
+        StateReason::TIMED_OUT => "the host did not answer in time",
+        StateReason::MALFORMED_REPLY => "the host's reply was not valid",
+        StateReason::SEND_FAILED => "the proposal could not be sent",
+        _ => "reason unknown to this vmbctl",
+    })
+}
+
 /// Why the channel is in `state`, and what to do, for a NOT_READY error.
 pub fn state_advice(info: &InfoOut) -> String {
     let state = info.channel_state;
@@ -179,13 +201,32 @@ pub fn state_advice(info: &InfoOut) -> String {
             "the host has not opened the channel yet: is the host side of vmbmsg running?".into()
         }
         ChannelState::NEGOTIATING => "version negotiation is in progress; retry in a moment".into(),
-        ChannelState::NEGOTIATION_FAILED => format!(
-            "the host rejected the protocol versions this driver offers ({}..={}) or answered \
-             the negotiation with garbage; update the host side or the driver so they share a \
-             version, then restart the device",
-            v(info.protocol_min.get()),
-            v(info.protocol_max.get())
-        ),
+        ChannelState::NEGOTIATION_FAILED => match info.state_reason {
+            StateReason::TIMED_OUT => "the host did not answer the version negotiation in time \
+                 (the driver waits 5 s): is the host side of vmbmsg running and does it answer \
+                 NEGOTIATE? Restart the device once it does"
+                .into(),
+            StateReason::REJECTED => format!(
+                "the host rejected the protocol versions this driver offers ({}..={}); update \
+                 the host side or the driver so they share a version, then restart the device",
+                v(info.protocol_min.get()),
+                v(info.protocol_max.get())
+            ),
+            StateReason::MALFORMED_REPLY => "the host answered the version negotiation with a \
+                 reply that is not valid (`vmbctl stats` counts it by reason); fix the host \
+                 side, then restart the device"
+                .into(),
+            StateReason::SEND_FAILED => "the driver could not send its version proposal, or \
+                 the channel closed while it waited; restart the device"
+                .into(),
+            _ => format!(
+                "the host rejected the protocol versions this driver offers ({}..={}), \
+                 answered the negotiation with garbage, or did not answer in time; update the \
+                 host side or the driver so they share a version, then restart the device",
+                v(info.protocol_min.get()),
+                v(info.protocol_max.get())
+            ),
+        },
         ChannelState::CLOSED => "the host closed or rescinded the channel; the driver enables \
              it again and waits for the host (WAITING_FOR_HOST). If it stays CLOSED, restart the \
              device (Device Manager: disable, enable) once the host offers it again"
@@ -275,6 +316,23 @@ impl fmt::Display for Error {
                 op_name(*op)
             ),
             Self::Failed { summary } => write!(f, "{summary}"),
+            Self::Interrupted { op, cancel } => {
+                f.write_str("interrupted")?;
+                if let Some(op) = op {
+                    write!(f, " while {} waited", op_name(*op))?;
+                }
+                match cancel {
+                    Some(CancelOutcome::Cancelled(status)) => {
+                        write!(f, "; the request was cancelled ({status})")
+                    }
+                    Some(CancelOutcome::StillPending) => write!(
+                        f,
+                        "; the driver keeps the request until the host answers or the channel \
+                         closes"
+                    ),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

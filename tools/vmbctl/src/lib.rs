@@ -11,14 +11,13 @@ mod cli;
 mod cmd;
 mod device;
 mod error;
+mod interrupt;
 mod ops;
 mod print;
 mod report;
 
 use std::io::Write;
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use crate::cli::{Cli, Global};
 use crate::device::Device;
@@ -31,7 +30,14 @@ use crate::report::Record;
 /// vmbctl's `main`: parses the command line, runs the command, prints an error and chooses the
 /// exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    interrupt::install();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let color = cli::ColorWhen::from_args(&args).choice();
+    let command = <Cli as clap::CommandFactory>::command().color(color);
+    let cli = match command
+        .try_get_matches_from(&args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             // Usage errors exit 2 with the usage on stderr; --help and --version exit 0.
@@ -39,6 +45,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    if let cli::Command::Completions(c) = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(c.shell, &mut command, "vmbctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
@@ -50,7 +61,6 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Error> {
-    let dev = open(&cli.global)?;
     let stdout = std::io::stdout();
     let mut human;
     let mut json;
@@ -61,22 +71,32 @@ fn run(cli: &Cli) -> Result<(), Error> {
         human = Human::new(stdout.lock());
         &mut human
     };
-    let result = out
-        .print(&Record::Backend(dev.backend()))
-        .map_err(Error::output)
-        .and_then(|()| {
-            cmd::run(
-                &mut cmd::Ctx {
-                    dev: dev.as_ref(),
-                    out,
-                    json: cli.global.json,
-                },
-                &cli.command,
-            )
-        });
-    // Close even after a failure: the simulation's verifier has the last word.
-    let closed = dev.close().map_err(Error::from);
-    result.and(closed)
+    let result = open(&cli.global).and_then(|dev| {
+        let result = out
+            .print(&Record::Backend(dev.backend()))
+            .map_err(Error::output)
+            .and_then(|()| {
+                cmd::run(
+                    &mut cmd::Ctx {
+                        dev: dev.as_ref(),
+                        out: &mut *out,
+                        json: cli.global.json,
+                        quiet: cli.global.quiet,
+                    },
+                    &cli.command,
+                )
+            });
+        // Close even after a failure: the simulation's verifier has the last word.
+        let closed = dev.close().map_err(Error::from);
+        result.and(closed)
+    });
+    if let Err(e) = &result {
+        // JSON consumers get the error as the last record too (a closed stdout has no reader).
+        if !e.is_broken_pipe() {
+            let _ = out.print(&Record::Error(e.into()));
+        }
+    }
+    result
 }
 
 /// The Windows device, or the simulation when asked for.
@@ -137,12 +157,15 @@ fn open(global: &Global) -> Result<Box<dyn Device>, Error> {
     } else {
         "no device backend on this OS"
     };
-    let _ = writeln!(
-        std::io::stderr(),
-        "vmbctl: SIMULATION ({how}): the driver core runs in-process against kmcl-model, not \
-         a device; simulated host: behavior {}, negotiation {}",
-        behavior_name(options.behavior),
-        negotiation_name(options.negotiation)
-    );
+    if !global.quiet {
+        let _ = writeln!(
+            std::io::stderr(),
+            "vmbctl: SIMULATION ({how}): the driver core runs in-process against kmcl-model, \
+             not a device, and lives for this one command (`vmbctl script` runs several on \
+             one); simulated host: behavior {}, negotiation {}",
+            behavior_name(options.behavior),
+            negotiation_name(options.negotiation)
+        );
+    }
     Ok(Box::new(SimDevice::start(options)?))
 }

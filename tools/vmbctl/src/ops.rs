@@ -42,6 +42,10 @@ pub fn run(
             waited: timeout.unwrap_or_default(),
             cancel,
         }),
+        Outcome::Interrupted(cancel) => Err(Error::Interrupted {
+            op: Some(op),
+            cancel: Some(cancel),
+        }),
     }
 }
 

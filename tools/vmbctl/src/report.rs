@@ -37,21 +37,77 @@ pub enum Record {
     SmokeSummary(SmokeSummary),
     /// One `bench` measurement.
     Bench(BenchRow),
+    /// The error that ends the command (JSON only; the text goes to stderr either way).
+    Error(ErrorReport),
+    /// `script`: the line whose records follow.
+    ScriptLine {
+        /// 1-based line number in the script.
+        line: usize,
+        /// The command as read (words joined by spaces).
+        command: String,
+    },
 }
 
-/// One PING answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One PING: the host's answer, or why there was none.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PingReply {
     /// 1, 2, ...
     pub seq: u32,
-    /// The driver's output.
-    pub out: PingOut,
+    /// The driver's output, or the error of this attempt.
+    pub outcome: Result<PingOut, ErrorReport>,
 }
 
 impl PingReply {
-    /// The host's status inside the answer.
-    pub fn host_status(&self) -> NtStatus {
-        NtStatus(self.out.host_status.get())
+    /// The host's status inside the answer (`None` when there was no answer).
+    pub fn host_status(&self) -> Option<NtStatus> {
+        self.outcome
+            .as_ref()
+            .ok()
+            .map(|out| NtStatus(out.host_status.get()))
+    }
+
+    /// Whether the host answered with a success status.
+    pub fn ok(&self) -> bool {
+        self.host_status().is_some_and(NtStatus::is_success)
+    }
+}
+
+/// An error as a record: the `error` record that ends a failed command's JSON, and the
+/// failure of one PING.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// What kind of error (`usage`, `io`, `device`, `status`, `host_status`, `timeout`, `abi`,
+    /// `bad_output`, `failed`, `interrupted`).
+    pub kind: &'static str,
+    /// The NTSTATUS it comes down to, when there is one (a timeout is `STATUS_IO_TIMEOUT`).
+    pub status: Option<NtStatus>,
+    /// The exit code vmbctl ends with for it.
+    pub exit_code: u8,
+    /// The one-line message (the same as on stderr).
+    pub message: String,
+}
+
+impl From<&crate::error::Error> for ErrorReport {
+    fn from(e: &crate::error::Error) -> Self {
+        use crate::error::Error as E;
+        let (kind, status) = match e {
+            E::Usage(_) => ("usage", None),
+            E::Io { .. } => ("io", None),
+            E::Device(_) => ("device", None),
+            E::Status { status, .. } => ("status", Some(*status)),
+            E::HostStatus { status, .. } => ("host_status", Some(*status)),
+            E::Timeout { .. } => ("timeout", Some(NtStatus::STATUS_IO_TIMEOUT)),
+            E::Abi { .. } => ("abi", Some(NtStatus::STATUS_REVISION_MISMATCH)),
+            E::BadOutput { .. } => ("bad_output", None),
+            E::Failed { .. } => ("failed", None),
+            E::Interrupted { .. } => ("interrupted", Some(NtStatus::STATUS_CANCELLED)),
+        };
+        Self {
+            kind,
+            status,
+            exit_code: e.exit_code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -100,6 +156,17 @@ pub struct PingSummary {
     pub failed: u32,
     /// Over the successful ones.
     pub rtt: Option<RttSummary>,
+}
+
+impl PingSummary {
+    /// The share of PINGs that failed, in percent (0 when none was sent).
+    pub fn loss_percent(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            f64::from(self.failed) * 100.0 / f64::from(self.sent)
+        }
+    }
 }
 
 /// SEND's answer.
@@ -205,7 +272,7 @@ impl Direction {
 }
 
 /// One `bench` measurement: one direction, one payload size.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BenchRow {
     /// Which way.
     pub direction: Direction,
@@ -217,9 +284,57 @@ pub struct BenchRow {
     pub errors: u64,
     /// How long it ran.
     pub elapsed: Duration,
+    /// Packets per second in each tenth of the run (the spread, as hyperfine shows it);
+    /// empty for a run too short to slice.
+    pub slices: Vec<f64>,
+}
+
+/// Packets counted per tenth of a run, for [`BenchRow::slices`].
+#[derive(Debug)]
+pub struct Slices {
+    duration: Duration,
+    counts: [u64; Self::N],
+}
+
+impl Slices {
+    /// How many.
+    pub const N: usize = 10;
+
+    /// Slices of a run of `duration`.
+    pub fn new(duration: Duration) -> Self {
+        Self {
+            duration,
+            counts: [0; Self::N],
+        }
+    }
+
+    /// Counts `n` packets finished `elapsed` into the run.
+    pub fn count(&mut self, elapsed: Duration, n: u64) {
+        let at = elapsed.as_secs_f64() / self.duration.as_secs_f64().max(f64::MIN_POSITIVE);
+        let i = ((at * Self::N as f64) as usize).min(Self::N - 1);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += n;
+        }
+    }
+
+    /// Packets per second in each slice.
+    pub fn rates(&self) -> Vec<f64> {
+        let each = self.duration.as_secs_f64() / Self::N as f64;
+        if each <= 0.0 {
+            return Vec::new();
+        }
+        self.counts.iter().map(|&c| c as f64 / each).collect()
+    }
 }
 
 impl BenchRow {
+    /// The slowest and fastest tenth, in packets per second.
+    pub fn spread(&self) -> Option<(f64, f64)> {
+        let min = self.slices.iter().copied().reduce(f64::min)?;
+        let max = self.slices.iter().copied().reduce(f64::max)?;
+        Some((min, max))
+    }
+
     /// Packets per second.
     pub fn packets_per_sec(&self) -> f64 {
         per_sec(self.packets, self.elapsed)
@@ -278,13 +393,36 @@ mod tests {
             packets: 500,
             errors: 0,
             elapsed: Duration::from_millis(500),
+            slices: Vec::new(),
         };
         assert!((row.packets_per_sec() - 1000.0).abs() < 1e-9);
         assert!((row.bytes_per_sec() - 1_024_000.0).abs() < 1e-6);
+        assert_eq!(row.spread(), None);
         let zero = BenchRow {
             elapsed: Duration::ZERO,
             ..row
         };
         assert!(zero.packets_per_sec().abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn slices_give_the_spread() {
+        let mut s = Slices::new(Duration::from_secs(1));
+        s.count(Duration::from_millis(50), 10); // first tenth: 100/s
+        s.count(Duration::from_millis(950), 30); // last tenth: 300/s
+        s.count(Duration::from_secs(5), 1); // late: counted in the last tenth
+        let rates = s.rates();
+        assert_eq!(rates.len(), Slices::N);
+        assert!((rates[0] - 100.0).abs() < 1e-6);
+        assert!((rates[9] - 310.0).abs() < 1e-6);
+        let row = BenchRow {
+            direction: Direction::HostToGuest,
+            payload_size: 0,
+            packets: 41,
+            errors: 0,
+            elapsed: Duration::from_secs(1),
+            slices: rates,
+        };
+        assert_eq!(row.spread(), Some((0.0, 310.0)));
     }
 }

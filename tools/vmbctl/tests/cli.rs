@@ -184,7 +184,10 @@ mod cases {
         assert_eq!(info.len(), 1);
         assert_eq!(info[0]["abi_version"], 1);
         assert_eq!(info[0]["channel_state"], "READY");
-        assert_eq!(info[0]["protocol_version"], 0x0001_0000);
+        assert_eq!(info[0]["protocol_version"], "1.0");
+        assert_eq!(info[0]["protocol_version_value"], 0x0001_0000);
+        assert_eq!(info[0]["state_reason"], "NONE");
+        assert_eq!(lines[0]["data"]["schema"], 2, "the format's version, first");
         assert_eq!(info[0]["max_payload"], 16384);
     }
 
@@ -212,7 +215,10 @@ mod cases {
         let (code, out, _) = run_sim(&["ping", "-c", "3", "--interval", "0"]);
         assert_eq!(code, 0, "{out}");
         assert_eq!(out.lines().filter(|l| l.starts_with("ping ")).count(), 3);
-        assert!(out.contains("3 sent, 3 ok, 0 failed; rtt min"), "{out}");
+        assert!(
+            out.contains("3 sent, 3 ok, 0 failed (0% loss); rtt min"),
+            "{out}"
+        );
         assert!(out.contains("median") && out.contains("p99"), "{out}");
         let (code, out, _) = run_sim(&["--json", "ping", "-c", "5", "--interval", "1"]);
         assert_eq!(code, 0);
@@ -221,6 +227,8 @@ mod cases {
         assert_eq!(pings.len(), 5);
         for (i, p) in pings.iter().enumerate() {
             assert_eq!(p["seq"], i + 1);
+            assert_eq!(p["ok"], true);
+            assert_eq!(p["error"], Value::Null);
             assert_eq!(p["host_status"]["name"], "STATUS_SUCCESS");
             assert!(p["round_trip_ns"].as_u64().unwrap() > 0);
         }
@@ -511,28 +519,49 @@ mod cases {
     // ---- failures the driver and the host report --------------------------------------------------
 
     fn rejected_negotiation_info_shows_it_and_ping_fails_not_ready() {
-        let (code, out, _) = run_sim(&["--negotiation", "reject", "info"]);
-        assert_eq!(code, 0, "info reports; it does not judge");
+        // `info` prints everything, then judges: a channel that is not READY exits 1 (so a
+        // script can wait for a usable device), saying why.
+        let (code, out, err) = run_sim(&["--negotiation", "reject", "info"]);
+        assert_eq!(code, 1, "{err}");
         assert!(
-            out.contains("channel state           NEGOTIATION_FAILED"),
+            out.contains(
+                "channel state           NEGOTIATION_FAILED (the host rejected the proposed \
+                 versions)"
+            ),
             "{out}"
         );
         assert!(out.contains("protocol version        none"), "{out}");
+        assert!(
+            err.contains("vmbctl: error: the channel is NEGOTIATION_FAILED, not READY"),
+            "{err}"
+        );
         let (code, out, _) = run_sim(&["--negotiation", "reject", "--json", "info"]);
-        assert_eq!(code, 0);
+        assert_eq!(code, 1);
+        let lines = json_lines(&out);
         assert_eq!(
-            of_type(&json_lines(&out), "info")[0]["channel_state"],
+            of_type(&lines, "info")[0]["channel_state"],
             "NEGOTIATION_FAILED"
         );
+        assert_eq!(of_type(&lines, "info")[0]["state_reason"], "REJECTED");
+        assert_eq!(of_type(&lines, "info")[0]["protocol_version"], Value::Null);
+        assert_eq!(lines.last().unwrap()["type"], "error");
 
-        let (code, out, err) = run_sim(&["--negotiation", "reject", "ping", "-c", "3"]);
+        let (code, out, err) = run_sim(&[
+            "--negotiation",
+            "reject",
+            "ping",
+            "-c",
+            "3",
+            "--interval",
+            "0",
+        ]);
         assert_eq!(code, 1);
         assert!(
-            out.contains("1 sent, 0 ok, 1 failed"),
-            "stops at once: {out}"
+            out.contains("3 sent, 0 ok, 3 failed (100% loss)"),
+            "goes on and counts the loss: {out}"
         );
         assert!(
-            err.contains("vmbctl: error: PING failed: STATUS_DEVICE_NOT_READY (0xC00000A3)"),
+            err.contains("PING failed: STATUS_DEVICE_NOT_READY (0xC00000A3)"),
             "{err}"
         );
         assert!(
@@ -547,9 +576,17 @@ mod cases {
     }
 
     fn a_silent_host_times_out_with_a_clear_message() {
-        let (code, out, err) = run_sim(&["--host-behavior", "silent", "ping", "--timeout", "300"]);
+        let (code, out, err) = run_sim(&[
+            "--host-behavior",
+            "silent",
+            "ping",
+            "-c",
+            "1",
+            "--timeout",
+            "300",
+        ]);
         assert_eq!(code, 1);
-        assert!(out.contains("1 sent, 0 ok, 1 failed"), "{out}");
+        assert!(out.contains("1 sent, 0 ok, 1 failed (100% loss)"), "{out}");
         assert!(
         err.contains("vmbctl: error: PING timed out: no answer from the host within 300 ms (STATUS_IO_TIMEOUT (0xC00000B5))"),
         "{err}"
@@ -573,6 +610,8 @@ mod cases {
             "--host-behavior",
             "silent",
             "ping",
+            "-c",
+            "1",
             "--timeout",
             "200",
         ]);
@@ -593,6 +632,313 @@ mod cases {
                 "{cmd:?}: {err}"
             );
         }
+    }
+
+    // ---- what a user of ping, tail -f and friends expects -----------------------------------------
+
+    fn ping_goes_on_after_failures_and_reports_the_loss() {
+        let (code, out, err) = run_sim(&[
+            "--host-behavior",
+            "silent",
+            "ping",
+            "-c",
+            "3",
+            "--timeout",
+            "100",
+            "--interval",
+            "0",
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert_eq!(
+            out.lines().filter(|l| l.contains("timed out")).count(),
+            3,
+            "every attempt is reported: {out}"
+        );
+        assert!(out.contains("3 sent, 0 ok, 3 failed (100% loss)"), "{out}");
+        assert!(
+            err.contains(
+                "vmbctl: error: 3 of 3 PINGs failed (100% loss); the first: PING timed out"
+            ),
+            "{err}"
+        );
+        let (code, out, _) = run_sim(&[
+            "--json",
+            "--host-behavior",
+            "silent",
+            "ping",
+            "-c",
+            "2",
+            "--timeout",
+            "100",
+            "--interval",
+            "0",
+        ]);
+        assert_eq!(code, 1);
+        let lines = json_lines(&out);
+        let pings = of_type(&lines, "ping");
+        assert_eq!(pings.len(), 2, "a record per attempt: {out}");
+        for p in &pings {
+            assert_eq!(p["ok"], false);
+            assert_eq!(p["host_status"], Value::Null);
+            assert_eq!(p["error"]["kind"], "timeout");
+            assert_eq!(p["error"]["status"]["name"], "STATUS_IO_TIMEOUT");
+        }
+        assert_eq!(of_type(&lines, "ping_summary")[0]["loss_percent"], 100.0);
+        let last = lines.last().unwrap();
+        assert_eq!(last["type"], "error");
+        assert_eq!(last["data"]["kind"], "failed");
+        assert_eq!(last["data"]["exit_code"], 1);
+    }
+
+    fn a_failed_command_ends_its_json_with_an_error_record() {
+        let (code, out, err) = run_sim(&["--json", "--negotiation", "reject", "send", "x"]);
+        assert_eq!(code, 1);
+        let lines = json_lines(&out);
+        assert_eq!(lines[0]["type"], "backend");
+        let last = lines.last().unwrap();
+        assert_eq!(last["type"], "error", "{out}");
+        assert_eq!(last["data"]["kind"], "status");
+        assert_eq!(last["data"]["status"]["name"], "STATUS_DEVICE_NOT_READY");
+        assert_eq!(last["data"]["status"]["code"], "0xC00000A3");
+        assert_eq!(last["data"]["exit_code"], 1);
+        let message = last["data"]["message"].as_str().unwrap();
+        assert!(err.contains(message), "the same text as on stderr: {err}");
+        // A usage error found after parsing too.
+        let (code, out, _) = run_sim(&["--json", "send", "@"]);
+        assert_eq!(code, 2);
+        let lines = json_lines(&out);
+        assert_eq!(lines.last().unwrap()["data"]["kind"], "usage");
+    }
+
+    /// Sends SIGINT to a running vmbctl after `after` and returns (exit code, stdout, stderr).
+    fn interrupted(args: &[&str], after: Duration) -> (i32, String, String) {
+        let child = StdCommand::new(exe())
+            .env(AS_CLI, "1")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        let killed = StdCommand::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status
+                .code()
+                .expect("an exit code: the handler lets vmbctl finish"),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    fn ctrl_c_prints_the_summary_and_exits_130() {
+        let wait = Duration::from_millis(700);
+        let (code, out, err) =
+            interrupted(&["--sim", "ping", "-c", "1000", "--interval", "20"], wait);
+        assert_eq!(code, 130, "{err}");
+        assert!(
+            out.contains(" sent, ") && out.contains("% loss"),
+            "a summary: {out}"
+        );
+        assert!(err.contains("vmbctl: error: interrupted"), "{err}");
+
+        let (code, out, _) = interrupted(
+            &["--sim", "--json", "recv", "--follow", "--notify-rate", "50"],
+            wait,
+        );
+        assert_eq!(code, 130);
+        let lines = json_lines(&out);
+        assert!(!of_type(&lines, "notification").is_empty(), "{out}");
+        let summary = of_type(&lines, "recv_summary");
+        assert_eq!(summary.len(), 1, "{out}");
+        let last = lines.last().unwrap();
+        assert_eq!(last["type"], "error");
+        assert_eq!(last["data"]["kind"], "interrupted");
+        assert_eq!(last["data"]["exit_code"], 130);
+
+        let (code, out, _) = interrupted(&["--sim", "--json", "bench", "--duration", "5"], wait);
+        assert_eq!(code, 130);
+        let lines = json_lines(&out);
+        assert_eq!(
+            lines.last().unwrap()["data"]["kind"],
+            "interrupted",
+            "{out}"
+        );
+
+        let (code, out, _) = interrupted(
+            &["--sim", "--host-behavior", "slow:300", "smoke"],
+            Duration::from_millis(500),
+        );
+        assert_eq!(code, 130);
+        assert!(
+            out.contains("smoke: "),
+            "the summary of the steps that ran: {out}"
+        );
+    }
+
+    fn bench_with_failing_sends_exits_1() {
+        let (code, out, err) = run_sim(&[
+            "--host-send-status",
+            "STATUS_UNSUCCESSFUL",
+            "bench",
+            "--direction",
+            "guest-to-host",
+            "--duration",
+            "0.1",
+            "--sizes",
+            "64",
+        ]);
+        assert_eq!(code, 1, "{out}");
+        assert!(err.contains("packets failed"), "{err}");
+    }
+
+    fn bench_shows_the_spread() {
+        let (code, out, _) = run_sim(&["bench", "--duration", "0.2", "--sizes", "0"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("/s ±"), "{out}");
+        assert!(
+            out.lines().all(|l| l.chars().count() <= 80),
+            "fits 80 columns: {out}"
+        );
+        let (_, out, _) = run_sim(&["--json", "bench", "--duration", "0.2", "--sizes", "0"]);
+        let lines = json_lines(&out);
+        for b in of_type(&lines, "bench") {
+            assert_eq!(b["packets_per_sec_slices"].as_array().unwrap().len(), 10);
+        }
+    }
+
+    fn a_script_runs_several_commands_on_one_simulated_device() {
+        let dir = std::env::temp_dir().join(format!("vmbctl-script-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("commands");
+        std::fs::write(
+            &path,
+            "# a SEND, then the counters that show it\nsend 'hello there'\n\nstats\n",
+        )
+        .unwrap();
+        let (code, out, err) = run_sim(&["--json", "script", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let lines = json_lines(&out);
+        let steps = of_type(&lines, "script_line");
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0]["command"], "send hello there");
+        assert_eq!(steps[0]["line"], 2);
+        assert_eq!(of_type(&lines, "send")[0]["bytes"], 11);
+        assert_eq!(
+            of_type(&lines, "stats")[0]["counters"]["send_ok"],
+            1,
+            "the same device saw the SEND"
+        );
+        // From stdin; a failing line stops the script with its exit code...
+        let out = vmbctl()
+            .args(["--sim", "script"])
+            .write_stdin("ping -c 1\nsend @/nonexistent/file\nstats\n")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("> stats"), "{stdout}");
+        // ... unless --keep-going.
+        let out = vmbctl()
+            .args(["--sim", "script", "--keep-going"])
+            .write_stdin("send @/nonexistent/file\nstats\n")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("> stats"));
+        // A line that does not parse stops it before anything runs.
+        let out = vmbctl()
+            .args(["--sim", "script"])
+            .write_stdin("send x\nsned y\n")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("-:2: unrecognized subcommand 'sned'"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("sent"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn input_errors_say_what_is_allowed() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["ping", "-c", "-1"],
+                "expected a whole number of at least 1, got \"-1\"",
+            ),
+            (
+                &["ping", "-c", "1.5"],
+                "expected a whole number of at least 1, got \"1.5\"",
+            ),
+            (&["ping", "-c", "0"], "must be at least 1"),
+            (
+                &["ping", "--interval", "-5"],
+                "a whole number of at least 0",
+            ),
+            (&["ping", "--timeout", "-5"], "a whole number of at least 0"),
+            (&["bench", "--duration", "-1"], "at least 0.01"),
+            (&["bench", "--duration", "0.0000001"], "at least 0.01"),
+            (&["bench", "--depth", "-2"], "at least 1"),
+            (&["bench", "--depth", "65"], "at most 64"),
+            (&["recv", "-n", "-3"], "at least 1"),
+            (&["send", "@"], "@FILE for a file's bytes, @- for stdin"),
+            (
+                &["--host-send-status", "0x103", "send", "x"],
+                "STATUS_PENDING (0x00000103) is not a completion status",
+            ),
+            (
+                &["--host-send-status", "0xZZ", "send", "x"],
+                "is not a hex code",
+            ),
+        ];
+        for (args, want) in cases {
+            let (code, out, err) = run_sim(args);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(err.contains(want), "{args:?}: wanted {want:?} in {err}");
+            assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+            assert!(!err.contains("invalid digit"), "{args:?}: {err}");
+            assert!(out.is_empty(), "{args:?}: {out}");
+        }
+    }
+
+    fn terminal_conventions() {
+        // -q: results only.
+        let (code, _, err) = run_sim(&["-q", "info"]);
+        assert_eq!(code, 0);
+        assert!(err.is_empty(), "{err}");
+        // Colors only when asked (or on a terminal, unless NO_COLOR).
+        let out = vmbctl()
+            .args(["--color", "always", "bogus"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("\u{1b}["));
+        let out = vmbctl().args(["bogus"]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("\u{1b}["));
+        let out = vmbctl()
+            .env("NO_COLOR", "1")
+            .args(["--color", "auto", "bogus"])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("\u{1b}["));
+        // Completions for the usual shells.
+        for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+            let out = vmbctl().args(["completions", shell]).output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{shell}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("vmbctl") && text.contains("smoke"), "{shell}");
+        }
+        // A subcommand's help lists its own options apart from the global ones.
+        let out = vmbctl().args(["ping", "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let own = help.find("--count").unwrap();
+        let global = help.find("Global options:").expect("a heading for them");
+        assert!(own < global, "{help}");
     }
 
     // ---- output plumbing ----------------------------------------------------------------------------
@@ -674,6 +1020,14 @@ mod cases {
         a_malformed_reply_is_an_invalid_network_response,
         every_subcommand_speaks_json,
         a_closed_stdout_exits_0,
+        ping_goes_on_after_failures_and_reports_the_loss,
+        a_failed_command_ends_its_json_with_an_error_record,
+        ctrl_c_prints_the_summary_and_exits_130,
+        bench_with_failing_sends_exits_1,
+        bench_shows_the_spread,
+        a_script_runs_several_commands_on_one_simulated_device,
+        input_errors_say_what_is_allowed,
+        terminal_conventions,
     );
 
     /// Runs the cases whose names contain one of the filter arguments (all without one), several

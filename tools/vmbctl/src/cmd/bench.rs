@@ -17,8 +17,9 @@ use super::{Ctx, note};
 use crate::cli::{BenchArgs, BenchDirection};
 use crate::device::{CancelOutcome, Device, HostPeer, PendingIoctl};
 use crate::error::Error;
+use crate::interrupt::interrupted;
 use crate::ops;
-use crate::report::{BenchRow, Direction, Record};
+use crate::report::{BenchRow, Direction, Record, Slices};
 
 /// Runs shorter than this in total get no progress bar.
 const PROGRESS_FROM: Duration = Duration::from_secs(2);
@@ -45,7 +46,10 @@ pub fn bench(ctx: &mut Ctx<'_>, args: &BenchArgs) -> Result<(), Error> {
             ));
         }
         (BenchDirection::Both, false) => {
-            note("host->guest needs the simulated host; measuring guest->host only");
+            note(
+                ctx,
+                "host->guest needs the simulated host; measuring guest->host only",
+            );
             vec![Direction::GuestToHost]
         }
         (BenchDirection::Both, true) => vec![Direction::GuestToHost, Direction::HostToGuest],
@@ -58,9 +62,17 @@ pub fn bench(ctx: &mut Ctx<'_>, args: &BenchArgs) -> Result<(), Error> {
         .flat_map(|&size| directions.iter().map(move |&d| (size, d)))
         .collect();
     let total = args.duration * u32::try_from(runs.len()).unwrap_or(u32::MAX);
-    let progress = progress_bar(ctx.json, total, runs.len());
+    let progress = progress_bar(ctx.json || ctx.quiet, total, runs.len());
     let depth = usize::try_from(args.depth).unwrap_or(1);
+    let (mut good, mut bad) = (0u64, 0u64);
     for (index, &(size, direction)) in runs.iter().enumerate() {
+        if crate::interrupt::interrupted() {
+            progress.finish_and_clear();
+            return Err(Error::Interrupted {
+                op: None,
+                cancel: None,
+            });
+        }
         progress.set_message(format!("{} {size} B", direction.arrow()));
         let base = args.duration * u32::try_from(index).unwrap_or(u32::MAX);
         let mut tick = |elapsed: Duration| {
@@ -80,6 +92,8 @@ pub fn bench(ctx: &mut Ctx<'_>, args: &BenchArgs) -> Result<(), Error> {
                 return Err(e);
             }
         };
+        good += row.packets;
+        bad += row.errors;
         let printed = progress.suspend(|| ctx.emit(Record::Bench(row)));
         if let Err(e) = printed {
             progress.finish_and_clear();
@@ -87,6 +101,22 @@ pub fn bench(ctx: &mut Ctx<'_>, args: &BenchArgs) -> Result<(), Error> {
         }
     }
     progress.finish_and_clear();
+    if crate::interrupt::interrupted() {
+        // The measurement that was running was cut short: its row says so by its seconds.
+        return Err(Error::Interrupted {
+            op: None,
+            cancel: None,
+        });
+    }
+    if bad > 0 {
+        return Err(Error::Failed {
+            summary: format!(
+                "{bad} of {} packets failed (the errors column: a failure status from the \
+                 host, or an ECHO answered with another payload)",
+                good + bad
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -96,8 +126,9 @@ fn progress_bar(json: bool, total: Duration, runs: usize) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() || total < PROGRESS_FROM {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
+    // `wide_bar` takes what the terminal's width leaves, so the line never wraps.
     if let Ok(style) = ProgressStyle::with_template(&format!(
-        "{{spinner}} bench [{{bar:30}}] {{percent:>3}}% of {runs} runs, {{msg}}, {{eta}} left"
+        "{{spinner}} [{{wide_bar}}] {{percent:>3}}% of {runs} runs, {{msg}}, {{eta}} left"
     )) {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -121,11 +152,14 @@ fn guest_to_host(
         packets: 0,
         errors: 0,
         elapsed: Duration::ZERO,
+        slices: Vec::new(),
     };
+    let mut slices = Slices::new(args.duration);
     let start = Instant::now();
     let deadline = start + args.duration;
     loop {
-        while window.len() < depth && Instant::now() < deadline {
+        // Ctrl-C: no new requests; the ones in flight finish and are counted.
+        while window.len() < depth && Instant::now() < deadline && !interrupted() {
             window.push_back(dev.submit(op, &input, op.min_output_len())?);
         }
         let Some(mut pending) = window.pop_front() else {
@@ -151,12 +185,16 @@ fn guest_to_host(
         let out: SendOut = read_output(&output).map_err(|error| Error::BadOutput { op, error })?;
         if NtStatus(out.host_status.get()).is_success() {
             row.packets += 1;
+            slices.count(start.elapsed(), 1);
         } else {
             row.errors += 1;
         }
         tick(start.elapsed());
     }
     row.elapsed = start.elapsed();
+    if !interrupted() {
+        row.slices = slices.rates();
+    }
     Ok(row)
 }
 
@@ -171,10 +209,15 @@ fn host_to_guest(
     let payload = pattern(size);
     let start = Instant::now();
     let deadline = start + duration;
+    let mut slices = Slices::new(duration);
+    let mut seen = 0;
     let run = host
-        .echo_run(&payload, depth, &mut |_| {
-            tick(start.elapsed());
-            Instant::now() < deadline
+        .echo_run(&payload, depth, &mut |answered| {
+            let elapsed = start.elapsed();
+            slices.count(elapsed, answered.saturating_sub(seen));
+            seen = answered;
+            tick(elapsed);
+            Instant::now() < deadline && !interrupted()
         })
         .map_err(|why| Error::Failed {
             summary: format!("bench host->guest {size} B: {why}"),
@@ -185,5 +228,10 @@ fn host_to_guest(
         packets: run.packets,
         errors: run.errors,
         elapsed: start.elapsed(),
+        slices: if interrupted() {
+            Vec::new()
+        } else {
+            slices.rates()
+        },
     })
 }

@@ -62,55 +62,51 @@ struct Done {
 /// # Errors
 /// [`Error::Failed`] when a step failed; [`Error::Io`] when the output cannot be written.
 pub fn smoke(ctx: &mut Ctx<'_>, args: &SmokeArgs) -> Result<(), Error> {
+    type Step = fn(&Ctx<'_>, Duration, &mut Done) -> Found;
+    let steps: [(&'static str, Step); STEPS] = [
+        ("info", |ctx, _, _| info_step(ctx)),
+        ("stats", |ctx, _, _| stats_step(ctx)),
+        ("reset-stats", |ctx, _, _| reset_step(ctx)),
+        ("ping", ping_step),
+        ("send", send_step),
+        ("recv", recv_step),
+        ("recv-cancel", |ctx, _, done| cancel_step(ctx, done)),
+        ("stats-add-up", |ctx, _, done| add_up_step(ctx, done)),
+    ];
     let mut summary = SmokeSummary {
         passed: 0,
         failed: 0,
         skipped: 0,
     };
     let mut done = Done::default();
-    let mut number = 0;
-    let mut step = |ctx: &mut Ctx<'_>, name: &'static str, found: Found| {
-        number += 1;
+    let mut interrupted = false;
+    for (index, (name, run)) in steps.into_iter().enumerate() {
+        // Ctrl-C: the steps not run yet are left out of the summary.
+        if crate::interrupt::interrupted() {
+            interrupted = true;
+            break;
+        }
+        let found = run(ctx, args.timeout, &mut done);
         match found.0 {
             Verdict::Pass => summary.passed += 1,
             Verdict::Fail => summary.failed += 1,
             Verdict::Skip => summary.skipped += 1,
         }
         ctx.emit(Record::SmokeStep(SmokeStep {
-            number,
+            number: index + 1,
             of: STEPS,
             name,
             verdict: found.0,
             detail: found.1,
-        }))
-    };
-
-    let found = info_step(ctx);
-    step(ctx, "info", found)?;
-    let found = match ops::stats(ctx.dev) {
-        Ok(s) => pass(format!(
-            "{} counters; rx_packets {}, tx_packets {}",
-            StatsOut::COUNTER_NAMES.len(),
-            s.rx_packets.get(),
-            s.tx_packets.get()
-        )),
-        Err(e) => fail(e.to_string()),
-    };
-    step(ctx, "stats", found)?;
-    let found = reset_step(ctx);
-    step(ctx, "reset-stats", found)?;
-    let found = ping_step(ctx, args.timeout, &mut done);
-    step(ctx, "ping", found)?;
-    let found = send_step(ctx, args.timeout, &mut done);
-    step(ctx, "send", found)?;
-    let found = recv_step(ctx, args.timeout, &mut done);
-    step(ctx, "recv", found)?;
-    let found = cancel_step(ctx, &mut done);
-    step(ctx, "recv-cancel", found)?;
-    let found = add_up_step(ctx, &done);
-    step(ctx, "stats-add-up", found)?;
-
+        }))?;
+    }
     ctx.emit(Record::SmokeSummary(summary))?;
+    if interrupted || crate::interrupt::interrupted() {
+        return Err(Error::Interrupted {
+            op: None,
+            cancel: None,
+        });
+    }
     if summary.failed == 0 {
         Ok(())
     } else {
@@ -120,6 +116,18 @@ pub fn smoke(ctx: &mut Ctx<'_>, args: &SmokeArgs) -> Result<(), Error> {
                 summary.failed
             ),
         })
+    }
+}
+
+fn stats_step(ctx: &Ctx<'_>) -> Found {
+    match ops::stats(ctx.dev) {
+        Ok(s) => pass(format!(
+            "{} counters; rx_packets {}, tx_packets {}",
+            StatsOut::COUNTER_NAMES.len(),
+            s.rx_packets.get(),
+            s.tx_packets.get()
+        )),
+        Err(e) => fail(e.to_string()),
     }
 }
 
@@ -302,6 +310,7 @@ fn cancel_step(ctx: &Ctx<'_>, done: &mut Done) -> Found {
         Ok(Outcome::TimedOut(CancelOutcome::StillPending)) => {
             fail("the parked RECV could not be cancelled: it is still pending in the driver")
         }
+        Ok(Outcome::Interrupted(_)) => (Verdict::Skip, "interrupted".into()),
         Ok(Outcome::Done(c)) if c.status.is_success() => {
             // A notification arrived while it was parked: the parking worked, the cancel
             // was not exercised.

@@ -69,7 +69,10 @@ impl<W: Write> Human<W> {
             None => {}
         }
         let state = info.channel_state;
-        self.row("channel state", state)?;
+        match crate::error::reason_text(info.state_reason) {
+            Some(why) => self.row("channel state", format!("{state} ({why})"))?,
+            None => self.row("channel state", state)?,
+        }
         let abi = info.abi_version.get();
         if abi == ABI_VERSION {
             self.row("ABI version", abi)?;
@@ -141,21 +144,25 @@ impl<W: Write> Human<W> {
     }
 
     fn ping(&mut self, p: &PingReply) -> io::Result<()> {
-        let rtt = duration(Duration::from_nanos(p.out.round_trip_ns.get()));
-        let host = p.host_status();
+        let out = match &p.outcome {
+            Ok(out) => out,
+            Err(e) => return writeln!(self.out, "ping {}: {}", p.seq, e.message),
+        };
+        let rtt = duration(Duration::from_nanos(out.round_trip_ns.get()));
+        let host = ntstatus::NtStatus(out.host_status.get());
         if host.is_success() {
             writeln!(
                 self.out,
                 "ping {}: rtt {rtt} (nonce {})",
                 p.seq,
-                p.out.nonce.get()
+                out.nonce.get()
             )
         } else {
             writeln!(
                 self.out,
                 "ping {}: host answered {host} after {rtt} (nonce {})",
                 p.seq,
-                p.out.nonce.get()
+                out.nonce.get()
             )
         }
     }
@@ -163,8 +170,11 @@ impl<W: Write> Human<W> {
     fn ping_summary(&mut self, s: &PingSummary) -> io::Result<()> {
         write!(
             self.out,
-            "{} sent, {} ok, {} failed",
-            s.sent, s.ok, s.failed
+            "{} sent, {} ok, {} failed ({:.0}% loss)",
+            s.sent,
+            s.ok,
+            s.failed,
+            s.loss_percent()
         )?;
         if let Some(r) = s.rtt {
             write!(
@@ -223,17 +233,26 @@ impl<W: Write> Human<W> {
             self.bench_header = true;
             writeln!(
                 self.out,
-                "{:<12} {:>8} {:>10} {:>12} {:>14} {:>7} {:>8}",
+                "{:<11} {:>7} {:>9} {:>16} {:>12} {:>6} {:>7}",
                 "direction", "payload", "packets", "packets/s", "bytes/s", "errors", "seconds"
             )?;
         }
+        // The spread over the run's tenths, as ± half the slowest-to-fastest range.
+        let rate = match r.spread() {
+            Some((lo, hi)) if r.packets_per_sec() > 0.0 => format!(
+                "{}/s ±{:.0}%",
+                count(r.packets_per_sec()),
+                (hi - lo) / 2.0 / r.packets_per_sec() * 100.0
+            ),
+            _ => format!("{}/s", count(r.packets_per_sec())),
+        };
         writeln!(
             self.out,
-            "{:<12} {:>8} {:>10} {:>12} {:>14} {:>7} {:>8.2}",
+            "{:<11} {:>7} {:>9} {:>16} {:>12} {:>6} {:>7.2}",
             r.direction.arrow(),
             r.payload_size,
             r.packets,
-            format!("{}/s", count(r.packets_per_sec())),
+            rate,
             format!("{}/s", bytes(r.bytes_per_sec())),
             r.errors,
             r.elapsed.as_secs_f64()
@@ -278,6 +297,11 @@ impl<W: Write> Printer for Human<W> {
                 if s.failed == 0 { "OK" } else { "FAILED" }
             )?,
             Record::Bench(r) => self.bench(r)?,
+            // Text mode: the error goes to stderr only (`vmbctl: error: ...`).
+            Record::Error(_) => {}
+            Record::ScriptLine { line, command } => {
+                writeln!(self.out, "> {command}    (line {line})")?;
+            }
         }
         self.out.flush()
     }

@@ -2,18 +2,20 @@
 //!
 //! | `type` | from | `data` |
 //! |---|---|---|
-//! | `backend` | every command, first | `kind` (`device` / `simulation`), `path` or the simulated host's settings |
-//! | `info` | `info`, `smoke` | the `InfoOut` fields |
+//! | `backend` | every command, first | `schema` ([`SCHEMA_VERSION`]), `kind` (`device` / `simulation`), `path` or the simulated host's settings |
+//! | `info` | `info`, `smoke` | the `InfoOut` fields; versions as `"1.0"` (null for none) with the raw value in `*_value`; `state_reason` |
 //! | `stats` | `stats`, `smoke` | `counters` (the `StatsOut` scalars, in layout order), `malformed_by_reason` |
 //! | `stats_reset` | `reset-stats` | `{}` |
-//! | `ping` | `ping` | `seq`, `nonce`, `round_trip_ns`, `host_status` |
-//! | `ping_summary` | `ping` | `sent`, `ok`, `failed`, `rtt_ns` (`min`, `median`, `p99`, `max`) or null |
+//! | `ping` | `ping`, one per attempt | `seq`, `ok`, and `nonce`, `round_trip_ns`, `host_status` when the host answered, or `error` (as in `error`) when it did not |
+//! | `ping_summary` | `ping` | `sent`, `ok`, `failed`, `loss_percent`, `rtt_ns` (`min`, `median`, `p99`, `max`) or null |
 //! | `send` | `send` | `bytes`, `host_status` |
 //! | `notification` | `recv` | `sequence`, `dropped_since_last`, `payload_len`, `payload` (`{"text": ..}` or `{"hex": ..}`) |
 //! | `recv_summary` | `recv --follow` / `--count` | `received`, `dropped`, `host_sent` |
 //! | `smoke_step` | `smoke` | `number`, `of`, `name`, `verdict` (`pass` / `fail` / `skip`), `detail` |
 //! | `smoke_summary` | `smoke` | `passed`, `failed`, `skipped`, `ok` |
-//! | `bench` | `bench` | `direction`, `payload_size`, `packets`, `errors`, `seconds`, `packets_per_sec`, `bytes_per_sec` |
+//! | `bench` | `bench` | `direction`, `payload_size`, `packets`, `errors`, `seconds`, `packets_per_sec`, `bytes_per_sec`, `packets_per_sec_slices` (each tenth of the run; empty if cut short) |
+//! | `script_line` | `script`, before each line's records | `line`, `command` |
+//! | `error` | a command that fails, last (in `script --keep-going`, after each failing line) | `kind`, `status` (a status or null), `exit_code`, `message` (the text also on stderr) |
 //!
 //! A status is `{"name": "STATUS_SUCCESS", "code": "0x00000000", "value": 0}` (`name` null when
 //! vmbctl does not know it). New types may be added; a consumer should skip unknown ones.
@@ -29,7 +31,22 @@ use vmbmsg_proto::wire::MalformedReason;
 use super::{Payload, Printer, hex};
 use crate::device::BackendInfo;
 use crate::ops::Notification;
-use crate::report::{BenchRow, PingSummary, Record, RecvSummary, SmokeStep, SmokeSummary};
+use crate::report::{
+    BenchRow, ErrorReport, PingSummary, Record, RecvSummary, SmokeStep, SmokeSummary,
+};
+
+/// The version of this output's format, in the first record (`backend`'s `schema`). 2: `ping`
+/// records for failed attempts (`ok`, `error`), `error` records, `loss_percent`, versions as
+/// `"1.0"` text beside their `_value`, `state_reason`. A consumer should check it, and skip
+/// record types and fields it does not know.
+pub const SCHEMA_VERSION: u32 = 2;
+
+#[derive(Serialize)]
+struct Versioned<T> {
+    schema: u32,
+    #[serde(flatten)]
+    backend: T,
+}
 
 /// Writes records as JSON Lines.
 #[derive(Debug)]
@@ -104,15 +121,31 @@ impl<'a> From<&'a BackendInfo> for BackendView<'a> {
     }
 }
 
+/// `"1.0"` for `0x0001_0000`; `None` for 0 (no version).
+fn version_text(v: u32) -> Option<String> {
+    (v != 0).then(|| {
+        format!(
+            "{}.{}",
+            vmbmsg_proto::wire::version_major(v),
+            vmbmsg_proto::wire::version_minor(v)
+        )
+    })
+}
+
 #[derive(Serialize)]
 struct InfoView {
     abi_version: u32,
     channel_state: String,
     channel_state_value: u32,
+    state_reason: String,
+    state_reason_value: u16,
     driver_version: [u16; 3],
-    protocol_version: u32,
-    protocol_min: u32,
-    protocol_max: u32,
+    protocol_version: Option<String>,
+    protocol_version_value: u32,
+    protocol_min: Option<String>,
+    protocol_min_value: u32,
+    protocol_max: Option<String>,
+    protocol_max_value: u32,
     max_payload: u32,
     notify_queue_depth: u32,
     max_parked_recv: u32,
@@ -129,9 +162,14 @@ impl From<&InfoOut> for InfoView {
                 i.driver_minor.get(),
                 i.driver_patch.get(),
             ],
-            protocol_version: i.protocol_version.get(),
-            protocol_min: i.protocol_min.get(),
-            protocol_max: i.protocol_max.get(),
+            state_reason: i.state_reason.to_string(),
+            state_reason_value: i.state_reason.get(),
+            protocol_version: version_text(i.protocol_version.get()),
+            protocol_version_value: i.protocol_version.get(),
+            protocol_min: version_text(i.protocol_min.get()),
+            protocol_min_value: i.protocol_min.get(),
+            protocol_max: version_text(i.protocol_max.get()),
+            protocol_max_value: i.protocol_max.get(),
             max_payload: i.max_payload.get(),
             notify_queue_depth: i.notify_queue_depth.get(),
             max_parked_recv: i.max_parked_recv.get(),
@@ -177,9 +215,44 @@ struct Empty {}
 #[derive(Serialize)]
 struct PingView {
     seq: u32,
-    nonce: u64,
-    round_trip_ns: u64,
-    host_status: Status,
+    ok: bool,
+    nonce: Option<u64>,
+    round_trip_ns: Option<u64>,
+    host_status: Option<Status>,
+    error: Option<ErrorView>,
+}
+
+impl From<&crate::report::PingReply> for PingView {
+    fn from(p: &crate::report::PingReply) -> Self {
+        let out = p.outcome.as_ref().ok();
+        Self {
+            seq: p.seq,
+            ok: p.ok(),
+            nonce: out.map(|o| o.nonce.get()),
+            round_trip_ns: out.map(|o| o.round_trip_ns.get()),
+            host_status: p.host_status().map(Status::from),
+            error: p.outcome.as_ref().err().map(ErrorView::from),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorView {
+    kind: &'static str,
+    status: Option<Status>,
+    exit_code: u8,
+    message: String,
+}
+
+impl From<&ErrorReport> for ErrorView {
+    fn from(e: &ErrorReport) -> Self {
+        Self {
+            kind: e.kind,
+            status: e.status.map(Status::from),
+            exit_code: e.exit_code,
+            message: e.message.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -195,6 +268,7 @@ struct PingSummaryView {
     sent: u32,
     ok: u32,
     failed: u32,
+    loss_percent: f64,
     rtt_ns: Option<RttView>,
 }
 
@@ -204,6 +278,7 @@ impl From<&PingSummary> for PingSummaryView {
             sent: s.sent,
             ok: s.ok,
             failed: s.failed,
+            loss_percent: s.loss_percent(),
             rtt_ns: s.rtt.map(|r| RttView {
                 min: r.min.as_nanos(),
                 median: r.median.as_nanos(),
@@ -315,6 +390,8 @@ struct BenchView {
     seconds: f64,
     packets_per_sec: f64,
     bytes_per_sec: f64,
+    /// Packets per second in each tenth of the run.
+    packets_per_sec_slices: Vec<f64>,
 }
 
 impl From<&BenchRow> for BenchView {
@@ -327,6 +404,7 @@ impl From<&BenchRow> for BenchView {
             seconds: r.elapsed.as_secs_f64(),
             packets_per_sec: r.packets_per_sec(),
             bytes_per_sec: r.bytes_per_sec(),
+            packets_per_sec_slices: r.slices.clone(),
         }
     }
 }
@@ -334,7 +412,13 @@ impl From<&BenchRow> for BenchView {
 impl<W: Write> Printer for Json<W> {
     fn print(&mut self, record: &Record) -> io::Result<()> {
         match record {
-            Record::Backend(b) => self.line("backend", BackendView::from(b)),
+            Record::Backend(b) => self.line(
+                "backend",
+                Versioned {
+                    schema: SCHEMA_VERSION,
+                    backend: BackendView::from(b),
+                },
+            ),
             Record::Info(i) => self.line("info", InfoView::from(i)),
             Record::Stats(s) => self.line(
                 "stats",
@@ -344,15 +428,7 @@ impl<W: Write> Printer for Json<W> {
                 },
             ),
             Record::StatsReset => self.line("stats_reset", Empty {}),
-            Record::Ping(p) => self.line(
-                "ping",
-                PingView {
-                    seq: p.seq,
-                    nonce: p.out.nonce.get(),
-                    round_trip_ns: p.out.round_trip_ns.get(),
-                    host_status: p.host_status().into(),
-                },
-            ),
+            Record::Ping(p) => self.line("ping", PingView::from(p)),
             Record::PingSummary(s) => self.line("ping_summary", PingSummaryView::from(s)),
             Record::Send(s) => self.line(
                 "send",
@@ -366,6 +442,21 @@ impl<W: Write> Printer for Json<W> {
             Record::SmokeStep(s) => self.line("smoke_step", SmokeStepView::from(s)),
             Record::SmokeSummary(s) => self.line("smoke_summary", SmokeSummaryView::from(s)),
             Record::Bench(r) => self.line("bench", BenchView::from(r)),
+            Record::Error(e) => self.line("error", ErrorView::from(e)),
+            Record::ScriptLine { line, command } => {
+                #[derive(Serialize)]
+                struct View<'a> {
+                    line: usize,
+                    command: &'a str,
+                }
+                self.line(
+                    "script_line",
+                    View {
+                        line: *line,
+                        command,
+                    },
+                )
+            }
         }
     }
 }
