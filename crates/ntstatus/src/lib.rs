@@ -2,7 +2,18 @@
 //!
 //! One definition shared by the KMCL wrapper, the driver core, the wire protocol and the
 //! user-mode tool, so that a status is never a bare `i32` anywhere above the FFI. The values
-//! are those of the WDK's `ntstatus.h` (shared/reference/vmbus-kmcl-api.md §3).
+//! are those of the WDK's `ntstatus.h`.
+//!
+//! ```
+//! use ntstatus::NtStatus;
+//!
+//! let s = NtStatus::STATUS_DEVICE_NOT_READY;
+//! assert!(!s.is_success());
+//! assert_eq!(s.to_string(), "STATUS_DEVICE_NOT_READY (0xC00000A3)");
+//! // What the kernel hands over as an `i32`, and a code no name covers:
+//! assert_eq!(NtStatus(-1_073_741_536), NtStatus::STATUS_CANCELLED);
+//! assert_eq!(NtStatus(0x1234).name(), None);
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -89,3 +89,21 @@ pub fn gbps(bytes_per_second: f64) -> String {
         format!("{:.2}", bytes_per_second / 1e9)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_like_the_report_prints_them() {
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(-1234.0), "-1,234");
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(64), "64 B");
+        assert_eq!(size(16 * 1024), "16 KiB");
+        assert_eq!(size(16_408), "16408 B");
+        assert_eq!(gbps(0.0), "-");
+        assert_eq!(gbps(2.5e9), "2.50");
+    }
+}

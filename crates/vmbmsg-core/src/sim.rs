@@ -4,6 +4,20 @@
 //! This is what the integration tests and `vmbctl --sim` drive: [`Simulation::start`] brings
 //! the channel up, the simulated host opens it and negotiates, and [`Simulation::ioctl`] sends
 //! IOCTLs exactly as the WDF shell would deliver them.
+//!
+//! ```
+//! use std::time::Duration;
+//! use vmbmsg_core::sim::{SimConfig, Simulation};
+//! use vmbmsg_proto::ioctl::{ChannelState, IOCTL_VMBMSG_PING, PingOut, read_output};
+//!
+//! let sim = Simulation::start(SimConfig::default()).expect("the host opens the channel");
+//! assert_eq!(sim.core().state(), ChannelState::READY);
+//! let ping = sim.ioctl(IOCTL_VMBMSG_PING, &[], size_of::<PingOut>());
+//! let done = ping.wait(Duration::from_secs(5)).expect("the host answers");
+//! assert!(done.status.is_success());
+//! let out: PingOut = read_output(&done.output).expect("a PingOut");
+//! assert_eq!(out.host_status.get(), 0);
+//! ```
 
 extern crate std;
 
