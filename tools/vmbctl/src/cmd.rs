@@ -45,8 +45,13 @@ impl Ctx<'_> {
 
 /// A note on stderr (never on stdout, which carries the results), unless `--quiet`.
 pub fn note(ctx: &Ctx<'_>, text: &str) {
+    note_unless(ctx.quiet, text);
+}
+
+/// [`note`] where there is no [`Ctx`] yet (opening the device).
+pub fn note_unless(quiet: bool, text: &str) {
     use std::io::Write;
-    if !ctx.quiet {
+    if !quiet {
         let _ = writeln!(std::io::stderr(), "vmbctl: note: {text}");
     }
 }

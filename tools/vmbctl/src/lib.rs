@@ -119,6 +119,7 @@ fn open(global: &Global) -> Result<Box<dyn Device>, Error> {
     }
     Ok(Box::new(device::windows::WinDevice::open(
         global.device.as_deref(),
+        global.quiet,
     )?))
 }
 

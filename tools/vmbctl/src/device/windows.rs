@@ -135,22 +135,26 @@ pub struct WinDevice {
 }
 
 impl WinDevice {
-    /// Opens `path`, or the first device with the vmbmsg interface.
+    /// Opens `path`, or the first device with the vmbmsg interface (saying so on stderr when
+    /// there are several, unless `quiet`).
     ///
     /// # Errors
     /// [`DeviceError::NotFound`], [`DeviceError::AccessDenied`], [`DeviceError::Win32`].
-    pub fn open(path: Option<&str>) -> Result<Self, DeviceError> {
+    pub fn open(path: Option<&str>, quiet: bool) -> Result<Self, DeviceError> {
         let path = match path {
             Some(p) => p.to_owned(),
             None => {
                 let mut paths = interface_paths()?;
                 if paths.len() > 1 {
-                    crate::cmd::note(&format!(
-                        "{} vmbmsg devices found; using {} (choose one with --device: {})",
-                        paths.len(),
-                        paths[0],
-                        paths[1..].join(", ")
-                    ));
+                    crate::cmd::note_unless(
+                        quiet,
+                        &format!(
+                            "{} vmbmsg devices found; using {} (choose one with --device: {})",
+                            paths.len(),
+                            paths[0],
+                            paths[1..].join(", ")
+                        ),
+                    );
                 }
                 if paths.is_empty() {
                     return Err(DeviceError::NotFound);
