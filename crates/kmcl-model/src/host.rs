@@ -112,6 +112,7 @@ struct Faults {
     fail_interface_queries: u32,
     interface_query_status: Option<NtStatus>,
     routine_of_failed_sends: bool,
+    external_data_pending: u32,
 }
 
 impl FaultPlan {
@@ -173,6 +174,25 @@ impl FaultPlan {
             f.interface_query_status
                 .unwrap_or(NtStatus::STATUS_NOT_SUPPORTED),
         )
+    }
+
+    /// The next `n` calls of `VmbChannelPacketGetExternalData` return `STATUS_PENDING`: the
+    /// data is not mapped yet. The guest must return from its callback without retiring the
+    /// packet; the model then delivers it again at PASSIVE_LEVEL, where the call succeeds
+    /// (reference §6.1). A guest that retires it anyway is recorded
+    /// ([`ViolationKind::RetiredAfterPending`](crate::ViolationKind::RetiredAfterPending)).
+    pub fn external_data_pending(&self, n: u32) {
+        self.faults().external_data_pending = n;
+    }
+
+    pub(crate) fn take_external_data_pending(&self) -> bool {
+        let mut f = self.faults();
+        if f.external_data_pending > 0 {
+            f.external_data_pending -= 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Disarms every fault.
@@ -397,12 +417,32 @@ pub enum HostSendError {
         /// The most the ring takes.
         limit: usize,
     },
+    /// The guest accepts no external data of this size: it set none
+    /// (`VmbChannelInitSetMaximumExternalData`), or less than this.
+    ExternalDataRefused {
+        /// The external data, in bytes.
+        len: usize,
+        /// What the guest accepts (`None`: no external data at all).
+        limit: Option<u32>,
+    },
 }
 
 impl fmt::Display for HostSendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotOpen => f.write_str("no open channel"),
+            Self::ExternalDataRefused { len, limit: None } => write!(
+                f,
+                "{len} bytes of external data, and the guest accepts none (no \
+                 VmbChannelInitSetMaximumExternalData)"
+            ),
+            Self::ExternalDataRefused {
+                len,
+                limit: Some(l),
+            } => write!(
+                f,
+                "{len} bytes of external data, and the guest accepts at most {l}"
+            ),
             Self::TooLarge { len, limit } => {
                 write!(
                     f,
@@ -730,6 +770,14 @@ impl Host {
     /// guest callback.
     pub fn close(&self) {
         self.world.rescind();
+    }
+
+    /// The connection to the guest's target device fails asynchronously with `status`: every
+    /// enabled, not yet opened channel of this world that bound its offer by PnP lookup
+    /// (`VmbClientChannelInitSetTargetPnp`) gets its `PnpFailureCallback`, at PASSIVE_LEVEL,
+    /// on this thread. Returns how many callbacks ran.
+    pub fn fail_pnp_connection(&self, status: NtStatus) -> usize {
+        self.world.fail_pnp_connection(status)
     }
 
     /// The host offers the channel again after a [`rescind`](Self::rescind).

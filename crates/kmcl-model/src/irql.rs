@@ -90,6 +90,7 @@ pub(crate) enum StateCb {
     PostStarted,
     Suspend,
     Closed,
+    PnpFailure,
 }
 
 impl StateCb {
@@ -99,6 +100,7 @@ impl StateCb {
             Self::Started => "EvtChannelStarted",
             Self::PostStarted => "EvtChannelPostStarted",
             Self::Suspend => "EvtChannelSuspend",
+            Self::PnpFailure => "EvtVmbChannelPnpFailure",
             Self::Closed => "EvtChannelClosed",
         }
     }

@@ -92,6 +92,12 @@ pub enum ViolationKind {
     /// `VmbClientChannelInitSetTargetPnp` with no interface instance while the VM offers
     /// several channels of that type: the channel may bind another device's offer.
     AmbiguousTarget,
+    /// A packet retired (completed, failed, deferred) after `VmbChannelPacketGetExternalData`
+    /// returned `STATUS_PENDING` for it: KMCL keeps it and delivers it again.
+    RetiredAfterPending,
+    /// A send or synchronous request with `WAIT_FOR_COMPLETION` on a pipe-mode channel
+    /// (`VMBUS_CHANNEL_INIT_FLAG_IS_PIPE`: no transactions).
+    TransactionOnPipe,
 }
 
 impl ViolationKind {
@@ -133,6 +139,8 @@ impl ViolationKind {
         Self::InterfaceNotReleased,
         Self::InterfaceQueryMismatch,
         Self::AmbiguousTarget,
+        Self::RetiredAfterPending,
+        Self::TransactionOnPipe,
     ];
 }
 

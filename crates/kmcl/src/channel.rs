@@ -11,9 +11,11 @@ use ntstatus::NtStatus;
 
 use crate::Guid;
 use crate::bounce::{Bounce, BounceStats, Claim, DEFAULT_BOUNCE_BUFFERS, DEFAULT_SLOT_SIZE};
+use crate::gpadl::{Gpadl, GpadlAccess, GpadlShare, SharedBuffer};
 use crate::incoming::{IncomingPacket, PacketFlags};
 use crate::library::{Api, ChannelGetPointerFn, Library, entry, kmcl_call};
 use crate::outgoing::{OutgoingPacket, try_box};
+use crate::pool::{MAX_PREALLOCATED_PACKETS, PacketPool};
 use crate::shared::copy_from_shared;
 
 /// What a VMBus client driver does when KMCL calls it.
@@ -143,9 +145,25 @@ impl Timeout {
     }
 }
 
+/// What every channel's context starts with, whatever its handler type, so that a
+/// [`ChannelRef`] (which does not know `H`) reaches it through the context pointer.
+#[repr(C)]
+pub(crate) struct Header {
+    /// Must stay the first field: a `NonNull<GpadlShare>` to it is a pointer to the context.
+    gpadls: GpadlShare,
+    /// Packets in memory allocated at enable ([`ChannelBuilder::preallocated_packets`]); set
+    /// only before the first enable, when no callback or packet can see it.
+    pool: Option<PacketPool>,
+    /// How many packets [`ChannelBuilder::preallocated_packets`] asked for.
+    pool_wanted: u32,
+}
+
 /// The per-channel context KMCL hands back to every callback (`VmbChannelSetPointer`): the
-/// handler, the channel's own reference on the library, and its bounce buffers.
+/// header (first), the handler, the channel's own reference on the library, and its bounce
+/// buffers.
+#[repr(C)]
 struct Inner<H> {
+    header: Header,
     handler: H,
     /// Released (`InterfaceDereference`) when `Inner` is freed, after `VmbChannelCleanup`.
     library: Library,
@@ -280,18 +298,38 @@ impl<H> Owned<H> {
         unsafe { self.inner.as_ref() }.library.api()
     }
 
-    /// Cleans the channel up and frees the context (with the channel's library reference). The
-    /// channel must be disabled, and this must be the last use of `self` (it is only called
-    /// from the owner types' `Drop`).
+    /// Cleans the channel up and frees the context (with the channel's library reference), now,
+    /// or when its last [`Gpadl`] is deleted if some are still alive. The channel must be
+    /// disabled, and this must be the last use of `self` (it is only called from the owner
+    /// types' `Drop`).
     fn cleanup(&mut self) {
-        // SAFETY: `raw` is our channel and is disabled (every owner type guarantees it before
-        // calling this); after Cleanup KMCL makes no callbacks, so the context can go.
-        unsafe { kmcl_call!(self.api(), VmbChannelCleanup(self.raw), ()) };
-        // SAFETY: `inner` came from `Box::into_raw` in `ChannelBuilder::new` and is freed only
-        // here, once, after the last callback that could read it. Dropping it releases the
-        // channel's reference on the library, the last thing that used it.
-        drop(unsafe { Box::from_raw(self.inner.as_ptr()) });
+        // SAFETY: `inner` is live until `finish_channel` runs, which only this (or the last
+        // GPADL) starts.
+        if unsafe { self.inner.as_ref() }.header.gpadls.cleanup_now() {
+            // SAFETY: no GPADL is alive and the owner is done: nothing uses the channel any
+            // more; `gpadls` is the first field of the `#[repr(C)]` context.
+            unsafe { finish_channel::<H>(self.raw, self.inner.cast()) };
+        }
     }
+}
+
+/// `VmbChannelCleanup`, then frees the context (with the channel's library reference).
+///
+/// # Safety
+/// `raw` is a disabled channel whose context is the `Inner<H>` at `share` (the first field of
+/// its first field);
+/// nothing uses either any more; called once.
+unsafe fn finish_channel<H>(raw: sys::VMBCHANNEL, share: NonNull<GpadlShare>) {
+    let inner = share.cast::<Inner<H>>();
+    // SAFETY: the context is alive until freed below (caller).
+    let api = unsafe { inner.as_ref() }.library.api();
+    // SAFETY: `raw` is our channel and is disabled (caller); after Cleanup KMCL makes no
+    // callbacks, so the context can go.
+    unsafe { kmcl_call!(api, VmbChannelCleanup(raw), ()) };
+    // SAFETY: `inner` came from `Box::into_raw` in `ChannelBuilder::new` and is freed only here,
+    // once, after the last callback or GPADL that could read it. Dropping it releases the
+    // channel's reference on the library, the last thing that used it.
+    drop(unsafe { Box::from_raw(inner.as_ptr()) });
 }
 
 /// An allocated, disabled channel being configured. The only type with the init setters.
@@ -353,12 +391,20 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     pub fn new(library: &Library, parent: ParentDevice, handler: H) -> Result<Self, NtStatus> {
         const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
         let bounce = Bounce::try_new(DEFAULT_BOUNCE_BUFFERS, DEFAULT_SLOT_SIZE).ok_or(NO_MEMORY)?;
-        let inner = try_box(Inner {
+        let mut inner = try_box(Inner {
+            header: Header {
+                gpadls: GpadlShare::new(finish_channel::<H>),
+                pool: None,
+                pool_wanted: 0,
+            },
             handler,
             library: library.clone(),
             bounce,
         })
         .map_err(|_| NO_MEMORY)?;
+        let api = NonNull::from(inner.library.api());
+        // SAFETY: the library lives in the same context, which `finish_channel` frees last.
+        unsafe { inner.header.gpadls.set_api(api) };
         let mut raw: sys::VMBCHANNEL = ptr::null_mut();
         // SAFETY: `parent` is a valid device object (ParentDevice::from_raw's contract) and
         // `raw` is a valid out pointer; KMCL writes it only on success.
@@ -494,6 +540,75 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         self.rebounce(n, self.bounce_slot_size())
     }
 
+    /// Allocates `n` packet objects (`VmbChannelSizeofPacket` bytes each, for the maximum
+    /// packet size set by then) when the channel is first enabled, for
+    /// [`ChannelRef::preallocated_packet`]: sends that do not depend on KMCL's lookaside list.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER` outside `1..=64`.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn preallocated_packets(&mut self, n: u32) -> Result<(), NtStatus> {
+        if n == 0 || n > MAX_PREALLOCATED_PACKETS {
+            return Err(NtStatus::STATUS_INVALID_PARAMETER);
+        }
+        // SAFETY: never enabled (this type's invariant), so no callback runs and nothing else
+        // references `inner`; `&mut self` excludes the builder's own shared borrows.
+        unsafe { (*self.owned.inner.as_ptr()).header.pool_wanted = n };
+        Ok(())
+    }
+
+    /// Accepts incoming packets with external data of up to `size` bytes in MDL chains of up
+    /// to `chain_length` MDLs (`VmbChannelInitSetMaximumExternalData`); without it a channel
+    /// takes no external data. [`IncomingPacket::external_data`] maps it.
+    ///
+    /// # Errors
+    /// `STATUS_INVALID_PARAMETER_2` / `_3` for 0; KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn max_external_data(&mut self, size: u32, chain_length: u32) -> Result<(), NtStatus> {
+        if size == 0 {
+            return Err(NtStatus::STATUS_INVALID_PARAMETER_2);
+        }
+        if chain_length == 0 {
+            return Err(NtStatus::STATUS_INVALID_PARAMETER_3);
+        }
+        // SAFETY: our channel, disabled and never enabled.
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelInitSetMaximumExternalData(self.raw(), size, chain_length),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()
+    }
+
+    /// Reserves `bytes` of driver context on every incoming packet object
+    /// (`VmbChannelInitSetClientContextSize`). Interface V1 documents no accessor for that
+    /// area (only V2 lists `VmbChannelPacketGetClientContext`, reference §7.2), so kmcl offers
+    /// none either: keep per-packet state in the handler, keyed by what the packet carries.
+    /// Set it only for a library that uses the area itself.
+    ///
+    /// # Errors
+    /// KMCL's status.
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL.
+    pub fn client_context_size(&mut self, bytes: u32) -> Result<(), NtStatus> {
+        // SAFETY: our channel, disabled and never enabled.
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api(),
+                VmbChannelInitSetClientContextSize(self.raw(), bytes),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()
+    }
+
     /// Incoming and outgoing ring sizes in pages
     /// (`VmbClientChannelInitSetRingBufferPageCount`).
     ///
@@ -625,12 +740,36 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     ///
     /// # IRQL
     /// PASSIVE_LEVEL.
-    pub fn enable(self) -> Result<Channel<H>, (Self, NtStatus)> {
+    pub fn enable(mut self) -> Result<Channel<H>, (Self, NtStatus)> {
+        if let Err(status) = self.allocate_pool() {
+            return Err((self, status));
+        }
         let owned = take_owned(self);
         match owned.enable() {
             Ok(()) => Ok(Channel { owned }),
             Err(status) => Err((Self { owned }, status)),
         }
+    }
+
+    /// The packets [`preallocated_packets`](Self::preallocated_packets) asked for, sized now
+    /// that the maximum packet size is final.
+    fn allocate_pool(&mut self) -> Result<(), NtStatus> {
+        // SAFETY: `inner` is live while the builder exists.
+        let header = unsafe { &self.owned.inner.as_ref().header };
+        let n = header.pool_wanted;
+        if n == 0 || header.pool.is_some() {
+            return Ok(());
+        }
+        let size = self.handle().packet_object_size();
+        let pool = PacketPool::try_new(n, size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+        // SAFETY: never enabled: no callback runs and no packet can see the header.
+        unsafe { (*self.owned.inner.as_ptr()).header.pool = Some(pool) };
+        Ok(())
+    }
+
+    /// The channel's handle, for queries before enable (the builder's own calls).
+    fn handle(&self) -> ChannelRef<'_> {
+        ChannelRef::from_raw(self.owned.raw, self.owned.api())
     }
 }
 
@@ -749,12 +888,36 @@ impl<H: ChannelHandler> DisabledChannel<H> {
     ///
     /// # IRQL
     /// PASSIVE_LEVEL.
-    pub fn enable(self) -> Result<Channel<H>, (Self, NtStatus)> {
+    pub fn enable(mut self) -> Result<Channel<H>, (Self, NtStatus)> {
+        if let Err(status) = self.allocate_pool() {
+            return Err((self, status));
+        }
         let owned = take_owned(self);
         match owned.enable() {
             Ok(()) => Ok(Channel { owned }),
             Err(status) => Err((Self { owned }, status)),
         }
+    }
+
+    /// The packets [`preallocated_packets`](Self::preallocated_packets) asked for, sized now
+    /// that the maximum packet size is final.
+    fn allocate_pool(&mut self) -> Result<(), NtStatus> {
+        // SAFETY: `inner` is live while the builder exists.
+        let header = unsafe { &self.owned.inner.as_ref().header };
+        let n = header.pool_wanted;
+        if n == 0 || header.pool.is_some() {
+            return Ok(());
+        }
+        let size = self.handle().packet_object_size();
+        let pool = PacketPool::try_new(n, size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+        // SAFETY: never enabled: no callback runs and no packet can see the header.
+        unsafe { (*self.owned.inner.as_ptr()).header.pool = Some(pool) };
+        Ok(())
+    }
+
+    /// The channel's handle, for queries before enable (the builder's own calls).
+    fn handle(&self) -> ChannelRef<'_> {
+        ChannelRef::from_raw(self.owned.raw, self.owned.api())
     }
 }
 
@@ -789,6 +952,171 @@ unsafe impl Sync for ChannelRef<'_> {}
 impl<'a> ChannelRef<'a> {
     pub(crate) fn from_raw(raw: sys::VMBCHANNEL, api: &'a Api) -> Self {
         Self { raw, api }
+    }
+
+    /// The channel's context header (the first field of its context).
+    fn header(&self) -> Result<&'a Header, NtStatus> {
+        // SAFETY: live channel; GetPointer only reads its context slot, at any IRQL.
+        let ctx = unsafe { kmcl_call!(self.api, VmbChannelGetPointer(self.raw), ptr::null_mut()) };
+        // Every channel kmcl hands out a `ChannelRef` for has its context set at allocation.
+        let header =
+            NonNull::new(ctx.cast::<Header>()).ok_or(NtStatus::STATUS_INVALID_DEVICE_STATE)?;
+        // SAFETY: the context (an `Inner<H>` starting with the `#[repr(C)]` header) lives as
+        // long as the channel, which outlives 'a (this type's invariant); it is only shared
+        // once the channel is enabled, and `pool` is set before that.
+        Ok(unsafe { header.as_ref() })
+    }
+
+    /// The channel's GPADL share (the first field of its context's header).
+    fn gpadl_share(&self) -> Result<NonNull<GpadlShare>, NtStatus> {
+        Ok(NonNull::from(&self.header()?.gpadls))
+    }
+
+    /// A packet from the channel's preallocated ones
+    /// ([`ChannelBuilder::preallocated_packets`]), initialized in place
+    /// (`VmbPacketInitialize`). It returns to the pool when dropped unsent or once its send
+    /// completed.
+    ///
+    /// # Errors
+    /// `STATUS_INSUFFICIENT_RESOURCES` when every preallocated packet is in use;
+    /// `STATUS_INVALID_DEVICE_STATE` when the channel has none; KMCL's status.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn preallocated_packet(&self) -> Result<OutgoingPacket<'a>, NtStatus> {
+        let pool = self
+            .header()?
+            .pool
+            .as_ref()
+            .ok_or(NtStatus::STATUS_INVALID_DEVICE_STATE)?;
+        let (slot, memory) = pool
+            .claim()
+            .ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+        let size = u32::try_from(pool.slot_size()).unwrap_or(u32::MAX);
+        // SAFETY: live channel; `memory` is `size` writable bytes owned by this slot until it
+        // is released, sized from `VmbChannelSizeofPacket` when the pool was made.
+        let status = NtStatus(unsafe {
+            kmcl_call!(
+                self.api,
+                VmbPacketInitialize(self.raw, memory.as_ptr().cast(), size),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        });
+        if !status.is_success() {
+            pool.release(slot);
+            return Err(status);
+        }
+        // SAFETY: a freshly initialized packet in the pool's slot `slot`, owned by nobody else;
+        // the pool lives in the channel's context, which outlives 'a and every send.
+        Ok(unsafe {
+            OutgoingPacket::from_pool(memory.as_ptr().cast(), self.api, NonNull::from(pool), slot)
+        })
+    }
+
+    /// Preallocated packets not in use now (0 without any).
+    #[must_use]
+    pub fn preallocated_available(&self) -> u32 {
+        self.header()
+            .ok()
+            .and_then(|h| h.pool.as_ref())
+            .map_or(0, PacketPool::available)
+    }
+
+    /// Describes `buffer` to the host as a GPADL (`VmbChannelCreateGpadlFromBuffer`); the
+    /// host has confirmed it when this returns. The [`Gpadl`] owns the buffer until it is
+    /// deleted (module `gpadl`).
+    ///
+    /// # Errors
+    /// The buffer back, with KMCL's status (a channel that is not open refuses).
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, the channel open (from [`ChannelHandler::opened`] on).
+    pub fn create_gpadl(
+        &self,
+        buffer: SharedBuffer,
+        access: GpadlAccess,
+    ) -> Result<Gpadl, (SharedBuffer, NtStatus)> {
+        let share = match self.gpadl_share() {
+            Ok(share) => share,
+            Err(status) => return Err((buffer, status)),
+        };
+        // SAFETY: a live kmcl channel (this type's invariant), whose context starts with the
+        // share; the caller is at PASSIVE_LEVEL (documented contract).
+        unsafe { Gpadl::create(self.raw, self.api, share, buffer, access) }
+    }
+
+    /// Describes `len` bytes of an MDL chain from `offset` (0: to the end of the chain) to the
+    /// host as a GPADL (`VmbChannelCreateGpadlFromMdl`).
+    ///
+    /// # Errors
+    /// KMCL's status.
+    ///
+    /// # Safety
+    /// `mdl` describes locked memory that stays locked and valid until the returned [`Gpadl`]
+    /// has been dropped, and nothing reads or writes it as a Rust reference meanwhile (the host
+    /// may write it).
+    ///
+    /// # IRQL
+    /// PASSIVE_LEVEL, the channel open.
+    pub unsafe fn create_gpadl_from_mdl(
+        &self,
+        mdl: sys::PMDL,
+        offset: u32,
+        len: u32,
+        access: GpadlAccess,
+    ) -> Result<Gpadl, NtStatus> {
+        let share = self.gpadl_share()?;
+        // SAFETY: a live kmcl channel; the MDL's contract is the caller's.
+        unsafe { Gpadl::create_from_mdl(self.raw, self.api, share, mdl, offset, len, access) }
+    }
+
+    /// Sets the latency of the host's interrupts for this channel, in units of 100 ns
+    /// (`VmbChannelSetInterruptLatency`); returns the previous value.
+    ///
+    /// # Errors
+    /// KMCL's status (the channel must be open: from `opened` through `closed`).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub fn set_interrupt_latency(&self, latency: u16) -> Result<u16, NtStatus> {
+        let mut previous = 0u16;
+        // SAFETY: live channel; `previous` is a valid out-pointer.
+        NtStatus(unsafe {
+            kmcl_call!(
+                self.api,
+                VmbChannelSetInterruptLatency(self.raw, latency, &raw mut previous),
+                NtStatus::STATUS_NOT_SUPPORTED.0
+            )
+        })
+        .ok()?;
+        Ok(previous)
+    }
+
+    /// The MMIO range the host assigned to this channel, `(address, size)`
+    /// (`VmbChannelGetMmioSpace`, a member of the client interface table only); `None` when
+    /// the library reached has no such function (the linked `vmbkmcl.lib`) or the offer has no
+    /// range. Meaningful once the channel opened.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    #[must_use]
+    pub fn mmio_space(&self) -> Option<(u64, u64)> {
+        let f = self.api.table.VmbChannelGetMmioSpace?;
+        let (mut address, mut size) = (0u64, 0u64);
+        // SAFETY: live channel; both out-pointers are valid for the call.
+        unsafe { f(self.raw, &raw mut address, &raw mut size) };
+        (size != 0).then_some((address, size))
+    }
+
+    /// The bytes a packet built in caller memory needs (`VmbChannelSizeofPacket`; it depends
+    /// on the maximum packet size), for [`ChannelBuilder::preallocated_packets`].
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    #[must_use]
+    pub fn packet_object_size(&self) -> u32 {
+        // SAFETY: live channel.
+        unsafe { kmcl_call!(self.api, VmbChannelSizeofPacket(self.raw), 0) }
     }
 
     /// Takes a packet from the channel's lookaside list (`VmbPacketAllocate`).

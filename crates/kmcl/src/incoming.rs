@@ -5,7 +5,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use kmcl_sys as sys;
 
-use crate::library::{PacketCompleteFn, PacketRetireFn, entry};
+use crate::library::{PacketCompleteFn, PacketExternalFn, PacketRetireFn, entry};
+use ntstatus::NtStatus;
 
 /// Packets dropped without being completed, failed or deferred, in this driver (all channels).
 static UNCONSUMED: AtomicU64 = AtomicU64::new(0);
@@ -114,6 +115,76 @@ impl IncomingPacket {
             // SAFETY: unretired token owned by this consumed value; handed back to KMCL once,
             // through the library's function (the channel holds a reference on it).
             unsafe { defer(this.raw) };
+        }
+    }
+}
+
+/// What [`IncomingPacket::external_data`] found.
+#[derive(Debug)]
+pub enum ExternalData {
+    /// The packet's external data, mapped: `mdl` describes its locked pages (no virtual
+    /// address: map it with `MmGetSystemAddressForMdlSafe` to read it, and unmap it before
+    /// retiring the packet). Valid until the packet is retired; KMCL frees it.
+    Mapped {
+        /// The packet, still to be retired.
+        packet: IncomingPacket,
+        /// The MDL (`PMDL`).
+        mdl: sys::PMDL,
+    },
+    /// `STATUS_PENDING`: the data is not ready. The packet went back to KMCL unretired, as
+    /// KMCL requires: return from `process_packet` without touching it; KMCL delivers it again
+    /// (possibly at another IRQL) once the data is ready, and the call then succeeds
+    /// (reference §6.1).
+    Pending,
+    /// Another failure; the packet comes back to be retired.
+    Failed {
+        /// The packet, still to be retired.
+        packet: IncomingPacket,
+        /// KMCL's status (a packet without external data is refused too).
+        status: NtStatus,
+    },
+}
+
+impl IncomingPacket {
+    /// The packet's external data (`VmbChannelPacketGetExternalData`), for a packet delivered
+    /// with [`PacketFlags::EXTERNAL_DATA`] on a channel that accepts it
+    /// ([`ChannelBuilder::max_external_data`](crate::ChannelBuilder::max_external_data)).
+    /// `read_only` maps it read-only.
+    ///
+    /// # IRQL
+    /// The IRQL of the `process_packet` call that delivered it (call it from there).
+    pub fn external_data(self, read_only: bool) -> ExternalData {
+        let flags = if read_only {
+            sys::VMBUS_CHANNEL_PACKET_EXTERNAL_DATA_FLAG_READ_ONLY
+        } else {
+            0
+        };
+        let Some(get) = entry!(PACKET_EXTERNAL as PacketExternalFn) else {
+            return ExternalData::Failed {
+                packet: self,
+                status: NtStatus::STATUS_NOT_SUPPORTED,
+            };
+        };
+        let mut mdl: sys::PMDL = core::ptr::null_mut();
+        // SAFETY: `self.raw` is an unretired token owned by this value; `mdl` is a valid
+        // out-pointer; `get` is the library's (the channel holds a reference on it).
+        let status = NtStatus(unsafe { get(self.raw, flags, &raw mut mdl) });
+        if status == NtStatus::STATUS_PENDING {
+            // KMCL keeps the packet and delivers it again: the obligation is no longer ours.
+            let _ = ManuallyDrop::new(self);
+            return ExternalData::Pending;
+        }
+        if status.is_success() && !mdl.is_null() {
+            ExternalData::Mapped { packet: self, mdl }
+        } else {
+            ExternalData::Failed {
+                packet: self,
+                status: if status.is_success() {
+                    NtStatus::STATUS_INVALID_PARAMETER
+                } else {
+                    status
+                },
+            }
         }
     }
 }

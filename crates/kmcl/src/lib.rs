@@ -105,9 +105,11 @@ extern crate alloc;
 
 mod bounce;
 mod channel;
+mod gpadl;
 mod incoming;
 mod library;
 mod outgoing;
+mod pool;
 pub mod shared;
 
 pub use bounce::{BounceStats, DEFAULT_BOUNCE_BUFFERS, MAX_BOUNCE_BUFFERS};
@@ -115,10 +117,12 @@ pub use channel::{
     Channel, ChannelBuilder, ChannelFlags, ChannelHandler, ChannelRef, DisabledChannel,
     ParentDevice, Timeout,
 };
-pub use incoming::{IncomingPacket, PacketFlags, unconsumed_packets};
+pub use gpadl::{Gpadl, GpadlAccess, PAGE_SIZE, SharedBuffer};
+pub use incoming::{ExternalData, IncomingPacket, PacketFlags, unconsumed_packets};
 pub use library::Library;
 pub use ntstatus::NtStatus;
 pub use outgoing::{Completion, OutgoingPacket, SendError, SendFlags};
+pub use pool::MAX_PREALLOCATED_PACKETS;
 
 /// A GUID in its Windows layout (`Data1`-`Data4`), for interface types and instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

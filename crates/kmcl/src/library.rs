@@ -87,13 +87,14 @@ impl core::fmt::Debug for Library {
     }
 }
 
-/// The six callback-side entry points (module docs, "Callbacks"), as raw function addresses.
+/// The seven callback-side entry points (module docs, "Callbacks"), as raw function addresses.
 pub(crate) static CHANNEL_GET_POINTER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_GET_POINTER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_FREE: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_COMPLETE: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_FAIL: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_DEFER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+pub(crate) static PACKET_EXTERNAL: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 
 /// Records `f` in `slot`, or checks that `slot` already holds it.
 fn record(slot: &AtomicPtr<()>, f: *mut ()) -> Result<(), NtStatus> {
@@ -128,6 +129,8 @@ pub(crate) type PacketFreeFn = unsafe extern "C" fn(sys::VMBPACKET);
 pub(crate) type PacketCompleteFn =
     unsafe extern "C" fn(sys::VMBPACKETCOMPLETION, sys::PVOID, sys::UINT32);
 pub(crate) type PacketRetireFn = unsafe extern "C" fn(sys::VMBPACKETCOMPLETION);
+pub(crate) type PacketExternalFn =
+    unsafe extern "C" fn(sys::VMBPACKETCOMPLETION, sys::UINT32, *mut sys::PMDL) -> sys::NTSTATUS;
 
 /// The members every table must have: all but `VmbChannelGetMmioSpace` (optional: the linked
 /// library has no plain declaration of it).
@@ -183,6 +186,7 @@ fn record_entries(t: &sys::KMCL_CLIENT_INTERFACE_V1) -> Result<(), NtStatus> {
     let complete: PacketCompleteFn = t.VmbChannelPacketComplete.ok_or(missing)?;
     let fail: PacketRetireFn = t.VmbChannelPacketFail.ok_or(missing)?;
     let defer: PacketRetireFn = t.VmbChannelPacketDeferToPassive.ok_or(missing)?;
+    let external: PacketExternalFn = t.VmbChannelPacketGetExternalData.ok_or(missing)?;
     // All or nothing would need a lock; these only ever go from null to one value, so a refused
     // table can at most have recorded entries that equal any later accepted table's.
     record(&CHANNEL_GET_POINTER, get_channel as *mut ())?;
@@ -190,7 +194,8 @@ fn record_entries(t: &sys::KMCL_CLIENT_INTERFACE_V1) -> Result<(), NtStatus> {
     record(&PACKET_FREE, free as *mut ())?;
     record(&PACKET_COMPLETE, complete as *mut ())?;
     record(&PACKET_FAIL, fail as *mut ())?;
-    record(&PACKET_DEFER, defer as *mut ())
+    record(&PACKET_DEFER, defer as *mut ())?;
+    record(&PACKET_EXTERNAL, external as *mut ())
 }
 
 impl Library {

@@ -13,6 +13,7 @@ use kmcl_sys as sys;
 use ntstatus::NtStatus;
 
 use crate::library::{Api, PacketFreeFn, PacketGetPointerFn, entry, kmcl_call};
+use crate::pool::PacketPool;
 
 /// Flags for [`OutgoingPacket::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -85,6 +86,7 @@ impl<F: FnOnce(Completion<'_>)> SendError<'_, F> {
 pub struct OutgoingPacket<'ch> {
     raw: sys::VMBPACKET,
     api: &'ch Api,
+    origin: Origin,
     /// The in-flight state of a send that failed without its completion routine running: kept
     /// (its pointer still in the packet's slot) until the packet is freed or sent again, so
     /// that a routine KMCL might still run for that send finds it (see `SendError`).
@@ -102,6 +104,50 @@ impl core::fmt::Debug for OutgoingPacket<'_> {
 // SAFETY: a VMBPACKET may be sent or freed from any thread at ≤ DISPATCH_LEVEL; the stale state
 // holds no closure (it was taken back) and is only freed by this value.
 unsafe impl Send for OutgoingPacket<'_> {}
+
+/// Where a packet object came from, which decides how it is given back.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// `VmbPacketAllocate`: freed with `VmbPacketFree`.
+    Allocated,
+    /// `VmbPacketInitialize` in a slot of the channel's pool: the slot goes back to the pool
+    /// (`VmbPacketFree` is invalid for it).
+    Pool {
+        pool: NonNull<PacketPool>,
+        slot: u32,
+    },
+}
+
+impl Origin {
+    /// Gives the packet object back.
+    ///
+    /// # Safety
+    /// `raw` is this origin's packet, unsent or with its send completed, and nobody uses it
+    /// afterwards; for a pool packet the pool is alive (it lives in the channel's context).
+    unsafe fn free(self, raw: sys::VMBPACKET, free: Option<PacketFreeFn>) {
+        match self {
+            Self::Allocated => {
+                if let Some(free) = free {
+                    // SAFETY: the caller's contract; `free` is the library's.
+                    unsafe { free(raw) };
+                }
+            }
+            // SAFETY: the pool outlives its packets (caller); the slot is ours to give back.
+            Self::Pool { pool, slot } => unsafe { pool.as_ref() }.release(slot),
+        }
+    }
+}
+
+/// External data of a send.
+enum External {
+    None,
+    Mdl {
+        mdl: sys::PMDL,
+        offset: u32,
+        len: u32,
+    },
+    Pfns(Vec<u64>),
+}
 
 /// A type-erased `Box<InFlight<F>>` and the function that frees it.
 struct Stale {
@@ -133,6 +179,10 @@ struct InFlight<F> {
     refs: AtomicU8,
     on_complete: UnsafeCell<Option<F>>,
     payload: Vec<u8>,
+    /// How the packet object is given back once both sides are done.
+    origin: Origin,
+    /// The page frame numbers of a `VmbPacketSendWithExternalPfns`, kept until completion.
+    pfns: Vec<u64>,
 }
 
 impl<'ch> OutgoingPacket<'ch> {
@@ -143,8 +193,135 @@ impl<'ch> OutgoingPacket<'ch> {
         Self {
             raw,
             api,
+            origin: Origin::Allocated,
             stale: None,
         }
+    }
+
+    /// # Safety
+    /// `raw` must be a packet just made by `VmbPacketInitialize` in slot `slot` of `pool`, a
+    /// pool that outlives the packet and its send (it lives in the channel's context).
+    pub(crate) unsafe fn from_pool(
+        raw: sys::VMBPACKET,
+        api: &'ch Api,
+        pool: NonNull<PacketPool>,
+        slot: u32,
+    ) -> Self {
+        Self {
+            raw,
+            api,
+            origin: Origin::Pool { pool, slot },
+            stale: None,
+        }
+    }
+
+    /// The channel the packet belongs to (`VmbPacketGetChannel`).
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    #[must_use]
+    pub fn channel(&self) -> crate::ChannelRef<'ch> {
+        // SAFETY: our live packet; GetChannel only reads it.
+        let raw = unsafe {
+            kmcl_call!(
+                self.api,
+                VmbPacketGetChannel(self.raw),
+                core::ptr::null_mut()
+            )
+        };
+        crate::ChannelRef::from_raw(raw, self.api)
+    }
+
+    /// [`send`](Self::send) with external data: `len` bytes of the MDL chain `mdl` from
+    /// `offset` (0: to the end of the first MDL) travel as the packet's external data
+    /// (`VmbPacketSendWithExternalMdl`). Always sent with `WAIT_FOR_COMPLETION` (KMCL requires
+    /// it).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    ///
+    /// # Safety
+    /// `mdl` describes locked memory that stays locked and valid until `on_complete` has run,
+    /// and that the host may read (and write) meanwhile.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub unsafe fn send_with_external_mdl<F>(
+        self,
+        payload: &[u8],
+        mdl: sys::PMDL,
+        offset: u32,
+        len: u32,
+        on_complete: F,
+    ) -> Result<(), SendError<'ch, F>>
+    where
+        F: FnOnce(Completion<'_>) + Send + 'static,
+    {
+        let (packet, copy, on_complete) = self.copy_payload(payload, on_complete)?;
+        packet.send_inner(
+            copy,
+            External::Mdl { mdl, offset, len },
+            SendFlags::WAIT_FOR_COMPLETION,
+            on_complete,
+        )
+    }
+
+    /// [`send`](Self::send) with external data described as physical page frame numbers
+    /// (`VmbPacketSendWithExternalPfns`); the array is copied and kept until completion.
+    /// Always sent with `WAIT_FOR_COMPLETION`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); `STATUS_INVALID_PARAMETER` for more than `u32::MAX` PFNs.
+    ///
+    /// # Safety
+    /// Every PFN is a page of memory the host may read (and write) until `on_complete` has run,
+    /// locked and not reused until then.
+    ///
+    /// # IRQL
+    /// ≤ DISPATCH_LEVEL.
+    pub unsafe fn send_with_external_pfns<F>(
+        self,
+        payload: &[u8],
+        pfns: &[u64],
+        on_complete: F,
+    ) -> Result<(), SendError<'ch, F>>
+    where
+        F: FnOnce(Completion<'_>) + Send + 'static,
+    {
+        let mut list = Vec::new();
+        if list.try_reserve_exact(pfns.len()).is_err() {
+            return Err(SendError {
+                packet: Some(self),
+                status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+                on_complete: Some(on_complete),
+            });
+        }
+        list.extend_from_slice(pfns);
+        let (packet, copy, on_complete) = self.copy_payload(payload, on_complete)?;
+        packet.send_inner(
+            copy,
+            External::Pfns(list),
+            SendFlags::WAIT_FOR_COMPLETION,
+            on_complete,
+        )
+    }
+
+    /// `payload` copied into memory the send can own (fallibly).
+    fn copy_payload<F>(
+        self,
+        payload: &[u8],
+        on_complete: F,
+    ) -> Result<(Self, Vec<u8>, F), SendError<'ch, F>> {
+        let mut copy = Vec::new();
+        if copy.try_reserve_exact(payload.len()).is_err() {
+            return Err(SendError {
+                packet: Some(self),
+                status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+                on_complete: Some(on_complete),
+            });
+        }
+        copy.extend_from_slice(payload);
+        Ok((self, copy, on_complete))
     }
 
     /// Sends `payload` (`VmbPacketSend`). Consumes the packet: the bus owns it until
@@ -172,16 +349,8 @@ impl<'ch> OutgoingPacket<'ch> {
     where
         F: FnOnce(Completion<'_>) + Send + 'static,
     {
-        let mut copy = Vec::new();
-        if copy.try_reserve_exact(payload.len()).is_err() {
-            return Err(SendError {
-                packet: Some(self),
-                status: NtStatus::STATUS_INSUFFICIENT_RESOURCES,
-                on_complete: Some(on_complete),
-            });
-        }
-        copy.extend_from_slice(payload);
-        self.send_vec(copy, flags, on_complete)
+        let (packet, copy, on_complete) = self.copy_payload(payload, on_complete)?;
+        packet.send_vec(copy, flags, on_complete)
     }
 
     /// [`send`](Self::send) for a payload the caller already owns: the buffer itself is kept
@@ -193,8 +362,21 @@ impl<'ch> OutgoingPacket<'ch> {
     /// # IRQL
     /// ≤ DISPATCH_LEVEL.
     pub fn send_vec<F>(
+        self,
+        payload: Vec<u8>,
+        flags: SendFlags,
+        on_complete: F,
+    ) -> Result<(), SendError<'ch, F>>
+    where
+        F: FnOnce(Completion<'_>) + Send + 'static,
+    {
+        self.send_inner(payload, External::None, flags, on_complete)
+    }
+
+    fn send_inner<F>(
         mut self,
         payload: Vec<u8>,
+        external: External,
         flags: SendFlags,
         on_complete: F,
     ) -> Result<(), SendError<'ch, F>>
@@ -208,11 +390,25 @@ impl<'ch> OutgoingPacket<'ch> {
                 on_complete: Some(on_complete),
             });
         };
+        let (external, pfns) = match external {
+            External::Pfns(list) => (External::None, list),
+            other => (other, Vec::new()),
+        };
+        let Ok(pfn_count) = u32::try_from(pfns.len()) else {
+            return Err(SendError {
+                packet: Some(self),
+                status: NtStatus::STATUS_INVALID_PARAMETER,
+                on_complete: Some(on_complete),
+            });
+        };
+        let with_pfns = !pfns.is_empty();
         let state = match try_box(InFlight {
             claimed: AtomicBool::new(false),
             refs: AtomicU8::new(2),
             on_complete: UnsafeCell::new(Some(on_complete)),
             payload,
+            origin: self.origin,
+            pfns,
         }) {
             Ok(state) => state,
             Err(InFlight { on_complete, .. }) => {
@@ -229,6 +425,7 @@ impl<'ch> OutgoingPacket<'ch> {
             stale.free();
         }
         let data = state.payload.as_ptr();
+        let pfn_ptr = state.pfns.as_ptr();
         let state = NonNull::from(Box::leak(state));
         let raw = self.raw;
         let api = self.api;
@@ -247,12 +444,59 @@ impl<'ch> OutgoingPacket<'ch> {
         // SAFETY: `data` is readable for `len` bytes and stays so until the last reference to
         // `state` is dropped, after the routine ran; after the call, `raw` and `state` are
         // only touched as the protocol of `InFlight` allows (the routine may already have run).
-        let status = NtStatus(unsafe {
-            kmcl_call!(
-                api,
-                VmbPacketSend(raw, data.cast_mut().cast(), len, ptr::null_mut(), flags.0),
-                NtStatus::STATUS_NOT_SUPPORTED.0
-            )
+        // With external data, `pfn_ptr` and the MDL stay valid until completion: the PFNs
+        // are in `state`, the MDL is the caller's (`send_with_external_mdl`'s contract).
+        let wait = sys::VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION;
+        let status = NtStatus(match external {
+            // SAFETY: as for the plain send below, and `pfn_ptr` is readable for `pfn_count`
+            // PFNs until the last reference to `state` is dropped.
+            _ if with_pfns => unsafe {
+                kmcl_call!(
+                    api,
+                    VmbPacketSendWithExternalPfns(
+                        raw,
+                        data.cast_mut().cast(),
+                        len,
+                        pfn_ptr.cast_mut(),
+                        pfn_count,
+                        flags.0 | wait,
+                    ),
+                    NtStatus::STATUS_NOT_SUPPORTED.0
+                )
+            },
+            External::Mdl {
+                mdl,
+                offset,
+                len: mdl_len,
+            } =>
+            // SAFETY: as for the plain send below; the MDL is valid until completion (the
+            // caller's contract).
+            unsafe {
+                kmcl_call!(
+                    api,
+                    VmbPacketSendWithExternalMdl(
+                        raw,
+                        data.cast_mut().cast(),
+                        len,
+                        mdl,
+                        offset,
+                        mdl_len,
+                        flags.0 | wait,
+                    ),
+                    NtStatus::STATUS_NOT_SUPPORTED.0
+                )
+            },
+            // SAFETY: `data` is readable for `len` bytes and stays so until the last reference
+            // to `state` is dropped, after the routine ran; after the call, `raw` and `state`
+            // are only touched as the protocol of `InFlight` allows (the routine may already
+            // have run).
+            _ => unsafe {
+                kmcl_call!(
+                    api,
+                    VmbPacketSend(raw, data.cast_mut().cast(), len, ptr::null_mut(), flags.0),
+                    NtStatus::STATUS_NOT_SUPPORTED.0
+                )
+            },
         });
         // SAFETY: the send path's reference keeps `state` alive until `release` below or, on a
         // failure it claimed, until the packet frees it (`stale`).
@@ -290,9 +534,9 @@ impl<'ch> OutgoingPacket<'ch> {
 
 impl Drop for OutgoingPacket<'_> {
     fn drop(&mut self) {
-        // SAFETY: an unsent packet owned by this value; freed exactly once, here. After Free no
-        // completion routine of it runs, so a stale state can go too.
-        unsafe { kmcl_call!(self.api, VmbPacketFree(self.raw), ()) };
+        // SAFETY: an unsent packet owned by this value; given back exactly once, here. After
+        // that no completion routine of it runs, so a stale state can go too.
+        unsafe { self.origin.free(self.raw, self.api.table.VmbPacketFree) };
         if let Some(stale) = self.stale.take() {
             stale.free();
         }
@@ -316,14 +560,11 @@ unsafe fn free_state<F>(state: NonNull<u8>) {
 /// gives up here; the routine claimed the closure, so the packet is no one else's to free.
 unsafe fn release<F>(api: &Api, raw: sys::VMBPACKET, state: NonNull<InFlight<F>>) {
     // SAFETY: the caller holds a reference, so `state` is alive.
-    if unsafe { state.as_ref() }
-        .refs
-        .fetch_sub(1, Ordering::AcqRel)
-        == 1
-    {
-        // SAFETY: a custom completion routine makes the driver responsible for freeing the
-        // packet once the routine ran (reference §6.2), and this is the last user of both.
-        unsafe { kmcl_call!(api, VmbPacketFree(raw), ()) };
+    let st = unsafe { state.as_ref() };
+    if st.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SAFETY: a custom completion routine makes the driver responsible for giving the
+        // packet back once the routine ran (reference §6.2), and this is the last user of both.
+        unsafe { st.origin.free(raw, api.table.VmbPacketFree) };
         // SAFETY: the last reference: nobody uses `state` after this.
         unsafe { free_state::<F>(state.cast()) };
     }
@@ -373,9 +614,9 @@ unsafe extern "C" fn evt_completion<F>(
     }
     if st.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
         // SAFETY: the last reference (the send path already dropped its own): a custom
-        // completion routine makes the driver responsible for freeing the packet once it ran
-        // (reference §6.2); nothing touches `packet` or `state` after this.
-        unsafe { free(packet) };
+        // completion routine makes the driver responsible for giving the packet back once it
+        // ran (reference §6.2); nothing touches `packet` or `state` after this.
+        unsafe { st.origin.free(packet, Some(free)) };
         // SAFETY: as above, for the state.
         unsafe { free_state::<F>(state.cast()) };
     }

@@ -22,6 +22,17 @@ impl World {
             return Err(HostSendError::NotOpen);
         }
         let link = c.link.clone().ok_or(HostSendError::NotOpen)?;
+        if let Some(e) = &external {
+            // The guest sized its rings and MDL chains for what it declared
+            // (VmbChannelInitSetMaximumExternalData); the model's MDLs are one-element chains.
+            let limit = c.max_external.map(|(size, _)| size);
+            if limit.is_none_or(|l| e.len() > usize::try_from(l).unwrap_or(usize::MAX)) {
+                return Err(HostSendError::ExternalDataRefused {
+                    len: e.len(),
+                    limit,
+                });
+            }
+        }
         let len = payload.len() + external.as_ref().map_or(0, Vec::len);
         let limit = link.h2g_max_payload();
         if len > limit || u32::try_from(payload.len()).is_err() {
@@ -475,6 +486,7 @@ impl World {
                 channel: job.channel,
                 packet: p,
                 mdl: None,
+                pending: false,
             },
         );
         Some(job)
@@ -523,6 +535,22 @@ impl World {
         job.view.poison();
         let mut g = self.lock();
         let st = &mut *g;
+        // `VmbChannelPacketGetExternalData` said STATUS_PENDING: the packet stays KMCL's and is
+        // delivered again at PASSIVE_LEVEL, where its data is ready.
+        if st.incoming.get(&job.token).is_some_and(|r| r.pending) {
+            if let Some(rec) = st.incoming.remove(&job.token) {
+                if rec.mdl.is_some() {
+                    mdl::retire_incoming(self.id, job.token);
+                }
+                if let Some(c) = st.channels.get_mut(&rec.channel) {
+                    c.outstanding = c.outstanding.saturating_sub(1);
+                    let mut p = rec.packet;
+                    p.deferred = true;
+                    c.deferred.push_back(p);
+                }
+                self.work_cv.notify_all();
+            }
+        }
         st.quarantine.push_back(job.view);
         if st.quarantine.len() > QUARANTINE {
             st.quarantine.pop_front();
@@ -607,6 +635,15 @@ impl World {
             }
             return;
         };
+        if rec.pending {
+            st.record(
+                V::RetiredAfterPending,
+                func,
+                h,
+                "VmbChannelPacketGetExternalData returned STATUS_PENDING for this packet: return \
+                 without retiring it, KMCL delivers it again",
+            );
+        }
         let Some(c) = st.channels.get_mut(&rec.channel) else {
             return;
         };
@@ -739,6 +776,10 @@ impl World {
             );
             return Err(NtStatus::STATUS_INVALID_PARAMETER);
         };
+        if self.faults.take_external_data_pending() {
+            rec.pending = true;
+            return Err(NtStatus::STATUS_PENDING);
+        }
         if let Some(m) = rec.mdl {
             return Ok(m);
         }

@@ -306,6 +306,9 @@ struct IncomingRec {
     channel: u64,
     packet: ToGuest,
     mdl: Option<usize>,
+    /// `VmbChannelPacketGetExternalData` returned `STATUS_PENDING` for it: redelivered when
+    /// its callback returns.
+    pending: bool,
 }
 
 #[derive(Debug)]
@@ -314,6 +317,9 @@ struct Gpadl {
     bytes: Vec<u8>,
     leak_reported: bool,
 }
+
+/// The largest `VmbChannelInitSetClientContextSize` the model accepts.
+pub(crate) const MAX_CLIENT_CONTEXT: u32 = 4096;
 
 /// One Init setter's arguments, parsed at the FFI boundary (`Invalid` when parsing already
 /// found a bad argument).
@@ -349,6 +355,11 @@ impl InitOp {
             Self::MaxExternalData(0, _) => return S::STATUS_INVALID_PARAMETER_2,
             Self::MaxExternalData(_, 0) => return S::STATUS_INVALID_PARAMETER_3,
             Self::MaxExternalData(size, chain) => c.max_external = Some((size, chain)),
+            // [inf] The documentation names no limit; the model takes up to one page, a size
+            // no reasonable per-packet context exceeds.
+            Self::ClientContextSize(n) if n > MAX_CLIENT_CONTEXT => {
+                return S::STATUS_INVALID_PARAMETER_2;
+            }
             Self::ClientContextSize(n) => c.client_context = n,
             Self::ProcessPacket(None, _) => return S::STATUS_INVALID_PARAMETER_2, // [inf] required
             Self::ProcessPacket(pp, pc) => {

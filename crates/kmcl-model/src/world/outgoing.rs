@@ -204,6 +204,7 @@ impl World {
             return NtStatus::STATUS_INVALID_DEVICE_STATE;
         };
         let max = c.max_packet;
+        let pipe = c.flags & sys::VMBUS_CHANNEL_INIT_FLAG_IS_PIPE != 0;
         let ring_max = max_payload(Channel::ring_bytes(c.ring_pages.1));
         let (may_send, phase, immediate) = (
             c.may_send() && !self.sending_from_suspend(serial),
@@ -216,6 +217,16 @@ impl World {
                 func,
                 h,
                 format!("flags {flags:#x} outside VMBUS_CHANNEL_FORMAT_FLAGS"),
+            );
+            return NtStatus::STATUS_INVALID_PARAMETER;
+        }
+        if wait && pipe {
+            st.record(
+                V::TransactionOnPipe,
+                func,
+                h,
+                "a pipe-mode channel (VMBUS_CHANNEL_INIT_FLAG_IS_PIPE) has no transactions: \
+                 no WAIT_FOR_COMPLETION",
             );
             return NtStatus::STATUS_INVALID_PARAMETER;
         }
@@ -732,6 +743,16 @@ impl World {
             c.may_send() && !self.sending_from_suspend(serial),
             c.phase.delivers_to_host(),
         );
+        if wait && c.flags & sys::VMBUS_CHANNEL_INIT_FLAG_IS_PIPE != 0 {
+            st.record(
+                V::TransactionOnPipe,
+                F,
+                h,
+                "a pipe-mode channel (VMBUS_CHANNEL_INIT_FLAG_IS_PIPE) has no transactions: \
+                 no WAIT_FOR_COMPLETION",
+            );
+            return fail(NtStatus::STATUS_INVALID_PARAMETER);
+        }
         let ring_max = max_payload(Channel::ring_bytes(c.ring_pages.1));
         let link = c.link.clone();
         if flags & !sys::VMBUS_CHANNEL_FORMAT_FLAGS != 0 {

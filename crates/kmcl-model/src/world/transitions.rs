@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// `EVT_VMB_CHANNEL_PNP_FAILURE`.
+type PnpFailureFn = unsafe extern "C" fn(sys::VMBCHANNEL, sys::NTSTATUS);
+
 impl World {
     /// Waits until no other transition owns the channel and takes it. `Err` (with the guard)
     /// if the channel is gone or the world shuts down.
@@ -76,6 +79,34 @@ impl World {
                 },
             );
         }
+    }
+
+    /// [`Host::fail_pnp_connection`](crate::Host::fail_pnp_connection).
+    pub(crate) fn fail_pnp_connection(&self, status: NtStatus) -> usize {
+        let targets: Vec<(u64, sys::VMBCHANNEL, PnpFailureFn)> = {
+            let g = self.lock();
+            g.channels
+                .values()
+                .filter(|c| c.phase == Phase::Enabled && c.target.is_some())
+                .filter_map(|c| c.pnp_failure.map(|f| (c.serial, c.raw(), f)))
+                .collect()
+        };
+        crate::irql::with_irql(Irql::Passive, || {
+            for &(serial, ch, f) in &targets {
+                in_callback(
+                    self.frame(serial, FrameKind::State(StateCb::PnpFailure)),
+                    Irql::Passive,
+                    || {
+                        // SAFETY: the guest registered `f` as the channel's PnP failure
+                        // callback (VmbClientChannelInitSetTargetPnp); it is called as KMCL
+                        // calls it: at PASSIVE_LEVEL, with the channel handle and the status,
+                        // and no model lock held.
+                        unsafe { f(ch, status.0) }
+                    },
+                );
+            }
+        });
+        targets.len()
     }
 
     /// Runs the start half of the state model: Started, queue on, PostStarted, Active. The

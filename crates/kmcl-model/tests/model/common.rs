@@ -409,6 +409,8 @@ pub struct GuestBuilder<'h> {
     processing_complete: bool,
     passive: bool,
     max_packet: Option<u32>,
+    max_external: Option<(u32, u32)>,
+    flags: u32,
     ring: Option<(u32, u32)>,
     target: Option<(sys::GUID, Option<sys::GUID>)>,
 }
@@ -436,6 +438,8 @@ impl<'h> GuestBuilder<'h> {
             processing_complete: false,
             passive: false,
             max_packet: None,
+            max_external: None,
+            flags: 0,
             ring: None,
             target: None,
         }
@@ -474,6 +478,14 @@ impl<'h> GuestBuilder<'h> {
     }
     pub fn max_packet(mut self, n: u32) -> Self {
         self.max_packet = Some(n);
+        self
+    }
+    pub fn max_external(mut self, size: u32, chain: u32) -> Self {
+        self.max_external = Some((size, chain));
+        self
+    }
+    pub fn flags(mut self, f: u32) -> Self {
+        self.flags = f;
         self
     }
     pub fn ring(mut self, i: u32, o: u32) -> Self {
@@ -522,6 +534,12 @@ impl<'h> GuestBuilder<'h> {
         assert_eq!(set_state_callbacks(ch, &cbs), NtStatus::STATUS_SUCCESS);
         if let Some(n) = self.max_packet {
             assert_eq!(set_max_packet(ch, n), NtStatus::STATUS_SUCCESS);
+        }
+        if let Some((size, chain)) = self.max_external {
+            assert_eq!(set_max_external(ch, size, chain), NtStatus::STATUS_SUCCESS);
+        }
+        if self.flags != 0 {
+            assert_eq!(set_flags(ch, self.flags), NtStatus::STATUS_SUCCESS);
         }
         if let Some((i, o)) = self.ring {
             assert_eq!(set_ring_pages(ch, i, o), NtStatus::STATUS_SUCCESS);

@@ -234,7 +234,10 @@ fn fail_stops_the_queue_until_the_channel_closes() {
 fn external_data_is_an_mdl_valid_until_completion() {
     let host = connected();
     let _guard = host.violation_guard();
-    let g = GuestBuilder::new(&host).on_packet(hold).opened();
+    let g = GuestBuilder::new(&host)
+        .on_packet(hold)
+        .max_external(4096, 1)
+        .opened();
     let txn = host
         .send_with_external(b"hdr", b"external bytes")
         .expect("send");
@@ -301,5 +304,75 @@ fn many_delivery_threads_deliver_concurrently() {
         MAX.load(Ordering::SeqCst) >= 2,
         "ProcessPacket ran on several threads at once"
     );
+    g.teardown();
+}
+
+#[test]
+fn external_data_is_refused_beyond_what_the_guest_declared() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    let g = GuestBuilder::new(&host).on_packet(echo).opened();
+    assert_eq!(
+        host.send_with_external(b"hdr", b"x").map(|_| ()),
+        Err(kmcl_model::HostSendError::ExternalDataRefused {
+            len: 1,
+            limit: None
+        }),
+        "no VmbChannelInitSetMaximumExternalData: none at all"
+    );
+    g.teardown();
+    let g = GuestBuilder::new(&host)
+        .on_packet(echo)
+        .max_external(16, 1)
+        .opened();
+    assert_eq!(
+        host.send_with_external(b"hdr", &[7; 17]).map(|_| ()),
+        Err(kmcl_model::HostSendError::ExternalDataRefused {
+            len: 17,
+            limit: Some(16)
+        })
+    );
+    let txn = host.send_with_external(b"hdr", &[7; 16]).expect("fits");
+    assert!(host.wait_completion(txn, T).is_some());
+    g.teardown();
+}
+
+/// `STATUS_PENDING` from `VmbChannelPacketGetExternalData`: the guest returns without retiring
+/// the packet, and the model delivers it again at PASSIVE_LEVEL, where the data is ready.
+#[test]
+fn pending_external_data_is_delivered_again_at_passive() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    let g = GuestBuilder::new(&host)
+        .on_packet(|g, d| {
+            let (s, mdl) = external(d.tok, 0);
+            if s == NtStatus::STATUS_PENDING {
+                g.event(format!("pending at {:?}", d.irql));
+                return; // KMCL's: not retired
+            }
+            g.event(format!("mapped at {:?}", d.irql));
+            let bytes = mdl_bytes(mdl).unwrap_or_default();
+            complete(d.tok, &bytes);
+        })
+        .max_external(4096, 1)
+        .opened();
+    host.faults().external_data_pending(1);
+    let txn = host.send_with_external(b"hdr", b"late data").expect("send");
+    let c = host
+        .wait_completion(txn, T)
+        .expect("completed after the redelivery");
+    assert_eq!(c.payload, b"late data");
+    assert_eq!(
+        g.event_names(),
+        [
+            "opened",
+            "started",
+            "post_started",
+            "pending at Dispatch",
+            "mapped at Passive"
+        ]
+        .map(String::from)
+    );
+    assert_eq!(host.stats().redelivered_at_passive, 1);
     g.teardown();
 }

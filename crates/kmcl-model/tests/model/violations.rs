@@ -718,3 +718,41 @@ fn violation_ambiguous_target() {
     lone.assert_no_violations();
     b.assert_no_violations();
 }
+
+#[test]
+fn violation_retired_after_pending() {
+    let host = connected();
+    let g = GuestBuilder::new(&host)
+        .on_packet(|_, d| {
+            let (s, _) = external(d.tok, 0);
+            assert_eq!(s, NtStatus::STATUS_PENDING);
+            complete(d.tok, b"too soon"); // KMCL still has it
+        })
+        .max_external(4096, 1)
+        .opened();
+    host.faults().external_data_pending(1);
+    host.send_with_external(b"hdr", b"data").expect("send");
+    wait_until("the violation", || !host.violations().is_empty());
+    expect_one(&host, V::RetiredAfterPending, "VmbChannelPacketComplete");
+    g.teardown();
+    host.assert_no_violations();
+}
+
+#[test]
+fn violation_transaction_on_pipe() {
+    let host = connected();
+    let g = GuestBuilder::new(&host)
+        .flags(sys::VMBUS_CHANNEL_INIT_FLAG_IS_PIPE)
+        .opened();
+    let p = packet_allocate(g.ch).expect("allocate");
+    assert_eq!(
+        send(p, b"x", sys::VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION),
+        NtStatus::STATUS_INVALID_PARAMETER
+    );
+    expect_one(&host, V::TransactionOnPipe, "VmbPacketSend");
+    // Without a transaction a pipe sends as usual.
+    assert_eq!(send(p, b"x", 0), NtStatus::STATUS_SUCCESS);
+    assert!(host.recv(T).is_some());
+    g.teardown();
+    host.assert_no_violations();
+}
