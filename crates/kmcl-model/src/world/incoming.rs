@@ -537,19 +537,19 @@ impl World {
         let st = &mut *g;
         // `VmbChannelPacketGetExternalData` said STATUS_PENDING: the packet stays KMCL's and is
         // delivered again at PASSIVE_LEVEL, where its data is ready.
-        if st.incoming.get(&job.token).is_some_and(|r| r.pending) {
-            if let Some(rec) = st.incoming.remove(&job.token) {
-                if rec.mdl.is_some() {
-                    mdl::retire_incoming(self.id, job.token);
-                }
-                if let Some(c) = st.channels.get_mut(&rec.channel) {
-                    c.outstanding = c.outstanding.saturating_sub(1);
-                    let mut p = rec.packet;
-                    p.deferred = true;
-                    c.deferred.push_back(p);
-                }
-                self.work_cv.notify_all();
+        if st.incoming.get(&job.token).is_some_and(|r| r.pending)
+            && let Some(rec) = st.incoming.remove(&job.token)
+        {
+            if rec.mdl.is_some() {
+                mdl::retire_incoming(self.id, job.token);
             }
+            if let Some(c) = st.channels.get_mut(&rec.channel) {
+                c.outstanding = c.outstanding.saturating_sub(1);
+                let mut p = rec.packet;
+                p.deferred = true;
+                c.deferred.push_back(p);
+            }
+            self.work_cv.notify_all();
         }
         st.quarantine.push_back(job.view);
         if st.quarantine.len() > QUARANTINE {
