@@ -13,7 +13,7 @@
 //!   `_KMCL_CLIENT_INTERFACE_V1` and every `nc-vmbuskernelmodeclientlibapi-fn_vmb_*` page; the
 //!   pages stopped naming `Vmbkmcl.lib` in 2018). [`Library::query`] takes the result and its
 //!   reference. It needs no import library, so it builds with any WDK that has the header.
-//! * **The linked functions, feature `linked`.** [`Library::linked`] makes the same table of the
+//! * **The linked functions, feature `linked`.** `Library::linked` makes the same table of the
 //!   plain functions that `vmbkmcl.lib` exports (kmcl-sys links it with its `link` feature), for
 //!   WDKs that still ship that library; whether WDK 10.0.26100 does is not established.
 //!
@@ -96,6 +96,54 @@
 //! What it cannot refuse (a packet completed after its channel is gone, a PASSIVE-only call
 //! made at DISPATCH_LEVEL) is documented on each function under `# IRQL` and caught at run time
 //! by the model's verifier on Linux and by Driver Verifier on Windows.
+//!
+//! # Every client function
+//!
+//! The 40 functions of the client API and the interface-only `VmbChannelGetMmioSpace`, where
+//! kmcl reaches each, what `kmcl-model` does for it, and the tests (kmcl's `tests/*.rs`, the
+//! model's `tests/model/*.rs`, the driver's `tests/*.rs`). Functions kmcl calls itself are
+//! "internal": a driver never sees them.
+//!
+//! | KMCL function | kmcl | kmcl-model | Tests |
+//! |---|---|---|---|
+//! | `VmbChannelAllocate` | [`ChannelBuilder::new`] | a disabled channel under the parent device | lifecycle.rs; model lifecycle.rs |
+//! | `VmbChannelCleanup` | dropping [`ChannelBuilder`], [`Channel`], [`DisabledChannel`] (after the last [`Gpadl`]) | refuses an enabled channel, reports leaks | api.rs; model violations.rs |
+//! | `VmbChannelEnable` | [`ChannelBuilder::enable`], [`DisabledChannel::enable`] | waits for the host's open | lifecycle.rs |
+//! | `VmbChannelDisable` | [`Channel::disable`], dropping a [`Channel`] | Suspend, waits for delivered packets, cancels sends, Closed | incoming.rs, outgoing.rs |
+//! | `VmbChannelPause` / `VmbChannelStart` | [`ChannelRef::pause`], [`ChannelRef::start`] | Suspend / Started, PostStarted | api.rs; driver pause.rs |
+//! | `VmbChannelSetPointer` / `VmbChannelGetPointer` | internal: the channel's context (handler, library, bounce buffers, GPADL count, packet pool) | a pointer slot | every test |
+//! | `VmbChannelInitSetMaximumPacketSize` | [`ChannelBuilder::max_packet_size`] (also sizes the bounce buffers) | refuses larger sends and completions | lifecycle.rs, bytes.rs |
+//! | `VmbChannelInitSetMaximumExternalData` | [`ChannelBuilder::max_external_data`] | the host's external data is limited to it | api.rs; model incoming.rs |
+//! | `VmbChannelInitSetClientContextSize` | [`ChannelBuilder::client_context_size`] (V1 has no accessor) | up to one page | api.rs |
+//! | `VmbChannelInitSetProcessPacketCallbacks` | internal: [`ChannelHandler::process_packet`], [`ChannelHandler::processing_complete`] | DISPATCH_LEVEL deliveries, batches | incoming.rs |
+//! | `VmbChannelInitSetStateChangeCallbacks` | internal: [`ChannelHandler::opened`] .. [`ChannelHandler::closed`] | the state model, at PASSIVE_LEVEL | lifecycle.rs |
+//! | `VmbChannelInitSetFriendlyName` | [`ChannelBuilder::friendly_name`] | kept | lifecycle.rs |
+//! | `VmbChannelInitSetFlags` | [`ChannelBuilder::flags`] ([`ChannelFlags::IS_PIPE`]) | pipe mode: no transactions | api.rs; model violations.rs |
+//! | `VmbClientChannelInitSetRingBufferPageCount` | [`ChannelBuilder::ring_pages`] | ring sizes; too large fails the open | lifecycle.rs; model lifecycle.rs |
+//! | `VmbClientChannelInitSetTargetPnp` | [`ChannelBuilder::target`], [`ChannelHandler::pnp_failure`] | PnP lookup by GUID, ambiguity reported, `Host::fail_pnp_connection` | lifecycle.rs, api.rs; driver binding.rs |
+//! | `VmbChannelSetIncomingProcessingAtPassive` | [`ChannelBuilder::incoming_at_passive`] | PASSIVE_LEVEL deliveries | api.rs |
+//! | `VmbChannelSetInterruptLatency` | [`ChannelRef::set_interrupt_latency`] | only while open; returns the previous value | api.rs |
+//! | `VmbChannelSetTransactionQuota` | [`ChannelRef::set_transaction_quota`] | holds deliveries back at the quota | api.rs |
+//! | `VmbChannelGetInterfaceInstance` | [`ChannelRef::interface_instance`] | the offer's instance once open | api.rs |
+//! | `VmbChannelGetMmioSpace` (table only) | [`ChannelRef::mmio_space`] | `ModelConfig::mmio_space` | api.rs |
+//! | `VmbChannelPacketComplete` | [`IncomingPacket::complete`], dropping an [`IncomingPacket`] | once per packet; the response to the host | incoming.rs |
+//! | `VmbChannelPacketFail` | [`IncomingPacket::fail`] | stops the incoming queue | api.rs |
+//! | `VmbChannelPacketDeferToPassive` | [`IncomingPacket::defer_to_passive`] (and kmcl's own, when every bounce buffer is busy) | redelivered at PASSIVE_LEVEL; only inline | api.rs, bytes.rs |
+//! | `VmbChannelPacketGetExternalData` | [`IncomingPacket::external_data`] ([`ExternalData::Pending`]) | an MDL; `STATUS_PENDING` on request, then redelivery | api.rs; model incoming.rs |
+//! | `VmbChannelSendSynchronousRequest` | [`ChannelRef::send_sync`] | waits for the host; timeouts, refused in Started | outgoing.rs; driver negotiation.rs |
+//! | `VmbChannelSizeofPacket` | [`ChannelRef::packet_object_size`] (sizes the pool) | maximum packet size plus an overhead | api.rs |
+//! | `VmbPacketAllocate` | [`ChannelRef::allocate_packet`] | NULL on request (`FaultPlan::fail_allocations`) | outgoing.rs |
+//! | `VmbPacketInitialize` | [`ChannelRef::preallocated_packet`] ([`ChannelBuilder::preallocated_packets`]) | caller memory; never freed by `VmbPacketFree` | api.rs |
+//! | `VmbPacketFree` | dropping an unsent [`OutgoingPacket`]; after its completion | once; not in flight; not for initialized packets | outgoing.rs |
+//! | `VmbPacketSend` | [`OutgoingPacket::send`], [`OutgoingPacket::send_vec`] | through the ring; failures on request, with or without the routine | outgoing.rs; driver faults.rs |
+//! | `VmbPacketSendWithExternalMdl` | [`OutgoingPacket::send_with_external_mdl`] (`unsafe`: the MDL) | needs `WAIT_FOR_COMPLETION` | api.rs |
+//! | `VmbPacketSendWithExternalPfns` | [`OutgoingPacket::send_with_external_pfns`] (`unsafe`: the pages) | needs `WAIT_FOR_COMPLETION` | api.rs |
+//! | `VmbPacketSetCompletionRoutine` | internal: every send's completion trampoline | runs once, with the host's status | outgoing.rs |
+//! | `VmbPacketSetPointer` / `VmbPacketGetPointer` | internal: a send's in-flight state | a pointer slot | outgoing.rs |
+//! | `VmbPacketGetChannel` | [`OutgoingPacket::channel`] | the packet's channel | api.rs |
+//! | `VmbChannelCreateGpadlFromBuffer` | [`ChannelRef::create_gpadl`] (the [`Gpadl`] owns the [`SharedBuffer`]) | only while open; the host sees the bytes | api.rs; model gpadl.rs |
+//! | `VmbChannelCreateGpadlFromMdl` | [`ChannelRef::create_gpadl_from_mdl`] (`unsafe`: the MDL) | as from a buffer | model gpadl.rs |
+//! | `VmbChannelDeleteGpadl` | dropping a [`Gpadl`], [`Gpadl::delete`] | once; all by the end of Closed | api.rs; model violations.rs |
 #![no_std]
 // UNSAFETY: this crate is the one place where KMCL's raw handles and callbacks are turned into
 // owned Rust values; every block states the KMCL rule it relies on.

@@ -328,7 +328,7 @@ impl<'ch> OutgoingPacket<'ch> {
     /// `on_complete` has run, exactly once, and then it is freed.
     ///
     /// The payload is copied into memory the packet owns until completion, since KMCL may
-    /// queue the packet and read the buffer later (reference §6.2 [inf]); that copy and the
+    /// queue the packet and read the buffer later (reference §6.2, inferred); that copy and the
     /// closure are one fallible allocation, so a send never panics on low memory.
     /// `on_complete` runs at ≤ DISPATCH_LEVEL, possibly before `send` returns, and must not
     /// block or take a lock held around `send`.
