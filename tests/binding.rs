@@ -17,10 +17,10 @@
 use std::time::Duration;
 
 use kmcl_model::{Host, ModelConfig, Vm};
-use vmbmsg_core::sim::{SimConfig, SimPlatform, answer};
+use vmbmsg_core::sim::{HostSide, SimConfig, SimPlatform, answer};
 use vmbmsg_core::{Core, Library, NtStatus, ParentDevice};
 use vmbmsg_proto::ioctl::ChannelState;
-use vmbmsg_proto::wire::{HostMessage, PROTOCOL_V1};
+use vmbmsg_proto::wire::{HostMessage, PROTOCOL_V1_1};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -40,7 +40,8 @@ fn offer(vm: &Vm, instance: u32) -> Host {
         ..ModelConfig::default()
     });
     let sim = SimConfig::default();
-    host.set_responder(move |gp| answer(&sim, gp).map(|r| (NtStatus::STATUS_SUCCESS, r)));
+    let side = HostSide::default();
+    host.set_responder(move |gp| answer(&sim, &side, gp).map(|r| (NtStatus::STATUS_SUCCESS, r)));
     host
 }
 
@@ -61,7 +62,7 @@ fn device(host: &Host) -> (Core<SimPlatform>, Library) {
 }
 
 fn echo(host: &Host, payload: &[u8]) -> Vec<u8> {
-    let message = HostMessage::echo(PROTOCOL_V1, 1, payload);
+    let message = HostMessage::echo(PROTOCOL_V1_1, 1, payload);
     let mut buf = vec![0; message.encoded_len()];
     let n = message.write(&mut buf).unwrap();
     buf.truncate(n);

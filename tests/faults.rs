@@ -54,8 +54,8 @@ fn good_reply(payload: &[u8]) -> Vec<u8> {
     encode(&match m.body {
         GuestBody::Negotiate { .. } => Reply::negotiate_accept(m.id, PROTOCOL_V1),
         GuestBody::Ping { nonce } => Reply::ping(m.version, m.id, nonce),
-        GuestBody::Send { .. } => {
-            Reply::status_only(MessageKind::SEND, m.version, m.id, NtStatus::STATUS_SUCCESS)
+        GuestBody::Send { .. } | GuestBody::BulkOffer { .. } | GuestBody::SendBulk { .. } => {
+            Reply::status_only(m.kind(), m.version, m.id, NtStatus::STATUS_SUCCESS)
         }
     })
 }
@@ -173,7 +173,11 @@ fn packet_allocation_failure_fails_the_request_with_insufficient_resources() {
     let s = stats(&sim);
     assert_eq!(s.alloc_failures.get(), 2);
     assert_eq!((s.ping_failed.get(), s.send_failed.get()), (1, 1));
-    assert_eq!(s.tx_packets.get(), 1, "only the NEGOTIATE went out");
+    assert_eq!(
+        s.tx_packets.get(),
+        2,
+        "only the NEGOTIATE and the BULK_OFFER went out"
+    );
     assert_eq!(sim.host().stats().packets_allocated, 0);
     still_serving(&sim);
     finish_clean(sim);
@@ -270,8 +274,8 @@ fn a_failed_send_fails_the_request_with_the_librarys_status_and_frees_the_packet
     assert_eq!((s.ping_failed.get(), s.send_failed.get()), (1, 1));
     assert_eq!(
         s.tx_packets.get(),
-        1,
-        "failed sends are not counted as sent"
+        2,
+        "failed sends are not counted as sent (the NEGOTIATE and the BULK_OFFER were)"
     );
     still_serving(&sim);
     finish_clean(sim);
@@ -297,8 +301,8 @@ fn a_failed_send_whose_completion_routine_runs_anyway_fails_the_request_once() {
     assert_eq!((s.ping_failed.get(), s.send_failed.get()), (1, 1));
     assert_eq!(
         s.tx_packets.get(),
-        1,
-        "failed sends are not counted as sent"
+        2,
+        "failed sends are not counted as sent (the NEGOTIATE and the BULK_OFFER were)"
     );
     sim.host().faults().run_routine_of_failed_sends(false);
     still_serving(&sim);

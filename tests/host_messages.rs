@@ -8,7 +8,7 @@ use common::{RECV_LEN, T, finish, ioctl, ready, stats};
 use vmbmsg_core::NtStatus;
 use vmbmsg_proto::ioctl::{IOCTL_VMBMSG_RECV, parse_recv_output};
 use vmbmsg_proto::wire::{
-    HEADER_SIZE, HostMessage, MAX_PAYLOAD, MalformedReason, MessageKind, PROTOCOL_V1,
+    HEADER_SIZE, HostMessage, MAX_PAYLOAD, MalformedReason, MessageKind, PROTOCOL_V1_1,
     QUEUE_FULL_STATUS, ReplyBody, make_version, parse_reply, peek_header,
 };
 
@@ -18,7 +18,7 @@ fn echo_returns_the_same_payload_for_every_size() {
     for len in [0, 1, 7, 64, 1024, 4096, MAX_PAYLOAD] {
         let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let txn = sim
-            .host_message(HostMessage::echo(PROTOCOL_V1, 42, &payload))
+            .host_message(HostMessage::echo(PROTOCOL_V1_1, 42, &payload))
             .expect("send");
         let reply = sim.completion(txn, T);
         let reply = parse_reply(&reply, MessageKind::ECHO, 42).expect("a valid ECHO reply");
@@ -80,9 +80,9 @@ fn malformed(sim: &vmbmsg_core::sim::Simulation, bytes: &[u8]) -> NtStatus {
 
 fn valid(kind: MessageKind, payload: &[u8]) -> Vec<u8> {
     let m = if kind == MessageKind::ECHO {
-        HostMessage::echo(PROTOCOL_V1, 9, payload)
+        HostMessage::echo(PROTOCOL_V1_1, 9, payload)
     } else {
-        HostMessage::notify(PROTOCOL_V1, 9, payload)
+        HostMessage::notify(PROTOCOL_V1_1, 9, payload)
     };
     let mut buf = vec![0; m.encoded_len()];
     m.write(&mut buf).unwrap();

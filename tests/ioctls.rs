@@ -11,10 +11,10 @@ use vmbmsg_core::sim::{Behavior, SimConfig};
 use vmbmsg_proto::ioctl::{
     ABI_VERSION, BAD_REPLY_STATUS, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_GET_STATS,
     IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_RESET_STATS, IOCTL_VMBMSG_SEND, InfoOut,
-    PingOut, SEND_IN_MAX, SendOut, StatsOut, TOO_MANY_PARKED_STATUS, parse_recv_output,
-    read_output,
+    PingOut, SEND_IN_MAX, SEND_PAYLOAD_MAX, SendOut, StatsOut, TOO_MANY_PARKED_STATUS,
+    parse_recv_output, read_output,
 };
-use vmbmsg_proto::wire::{MAX_PAYLOAD, PROTOCOL_V1};
+use vmbmsg_proto::wire::{MAX_PAYLOAD, PROTOCOL_V1_1};
 
 #[test]
 fn unknown_codes_are_invalid_device_requests() {
@@ -36,8 +36,12 @@ fn get_info_reports_versions_state_and_limits() {
     let sim = ready();
     let i = info(&sim);
     assert_eq!(i.abi_version.get(), ABI_VERSION);
-    assert_eq!(i.protocol_version.get(), PROTOCOL_V1);
-    assert_eq!(i.max_payload.get() as usize, MAX_PAYLOAD);
+    assert_eq!(i.protocol_version.get(), PROTOCOL_V1_1);
+    assert_eq!(
+        i.max_payload.get() as usize,
+        SEND_PAYLOAD_MAX,
+        "a 1.1 session with its bulk area"
+    );
     assert_eq!(i.notify_queue_depth.get(), 32);
     let (major, minor, patch) = vmbmsg_core::DRIVER_VERSION;
     assert_eq!(
@@ -167,7 +171,7 @@ fn send_delivers_the_payload_and_returns_the_hosts_status() {
         assert_eq!(ioctl(&sim, IOCTL_VMBMSG_SEND, &input, out_len).status, want);
     }
     let mut over = vec![0u8; SEND_IN_MAX + 1];
-    over[..4].copy_from_slice(&((MAX_PAYLOAD + 1) as u32).to_le_bytes());
+    over[..4].copy_from_slice(&((SEND_PAYLOAD_MAX + 1) as u32).to_le_bytes());
     assert_eq!(
         ioctl(&sim, IOCTL_VMBMSG_SEND, &over, size_of::<SendOut>()).status,
         NtStatus::STATUS_INVALID_PARAMETER
@@ -178,7 +182,7 @@ fn send_delivers_the_payload_and_returns_the_hosts_status() {
         2,
         "the host's failure status counts as a failed SEND"
     );
-    assert_eq!(s.tx_packets.get(), 3, "NEGOTIATE and two SENDs");
+    assert_eq!(s.tx_packets.get(), 4, "NEGOTIATE, BULK_OFFER and two SENDs");
     finish(sim);
 }
 

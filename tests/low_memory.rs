@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kmcl_model::{Host, ModelConfig};
-use vmbmsg_core::sim::{SimConfig, answer};
+use vmbmsg_core::sim::{HostSide, SimConfig, answer};
 use vmbmsg_core::{
     CancelToken, Core, CoreConfig, IoRequest, Library, NtStatus, ParentDevice, Platform,
 };
@@ -30,7 +30,7 @@ use vmbmsg_proto::ioctl::{
     ChannelState, IOCTL_VMBMSG_GET_INFO, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND,
     InfoOut, NOT_READY_STATUS, PingOut, RECV_OUT_MAX, SendIn, SendOut, write_send_input,
 };
-use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1, ReplyBody, parse_reply};
+use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1_1, ReplyBody, parse_reply};
 
 // ---- the allocator -----------------------------------------------------------------------------
 
@@ -259,11 +259,11 @@ fn host_traffic(host: &Host) {
     for (kind, message) in [
         (
             MessageKind::ECHO,
-            HostMessage::echo(PROTOCOL_V1, 1, b"echo in low memory"),
+            HostMessage::echo(PROTOCOL_V1_1, 1, b"echo in low memory"),
         ),
         (
             MessageKind::NOTIFY,
-            HostMessage::notify(PROTOCOL_V1, 2, b"notify in low memory"),
+            HostMessage::notify(PROTOCOL_V1_1, 2, b"notify in low memory"),
         ),
     ] {
         let mut buf = vec![0; message.encoded_len()];
@@ -301,7 +301,8 @@ fn run(fail_at: u64) -> u64 {
         ..ModelConfig::default()
     });
     let sim = SimConfig::default();
-    host.set_responder(move |gp| answer(&sim, gp).map(|r| (NtStatus::STATUS_SUCCESS, r)));
+    let side = HostSide::default();
+    host.set_responder(move |gp| answer(&sim, &side, gp).map(|r| (NtStatus::STATUS_SUCCESS, r)));
     let mut run = Run {
         host,
         outcomes: Arc::new(Outcomes::default()),

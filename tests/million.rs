@@ -15,7 +15,7 @@ use vmbmsg_proto::ioctl::{
     SendOut, parse_recv_output, write_send_input,
 };
 use vmbmsg_proto::wire::{
-    HostMessage, MessageKind, PROTOCOL_V1, QUEUE_FULL_STATUS, ReplyBody, parse_reply, peek_header,
+    HostMessage, MessageKind, PROTOCOL_V1_1, QUEUE_FULL_STATUS, ReplyBody, parse_reply, peek_header,
 };
 
 const TOTAL: u64 = 1_000_000;
@@ -25,15 +25,15 @@ const BATCH: u64 = 2_000;
 fn packet(i: u64) -> (u8, Vec<u8>) {
     let payload: Vec<u8> = (0..(i % 200)).map(|b| (b ^ i) as u8).collect();
     match i % 10 {
-        0..=5 => (0, encode(HostMessage::echo(PROTOCOL_V1, i, &payload))),
-        6 | 7 => (1, encode(HostMessage::notify(PROTOCOL_V1, i, &payload))),
+        0..=5 => (0, encode(HostMessage::echo(PROTOCOL_V1_1, i, &payload))),
+        6 | 7 => (1, encode(HostMessage::notify(PROTOCOL_V1_1, i, &payload))),
         8 => {
-            let mut b = encode(HostMessage::echo(PROTOCOL_V1, i, &payload));
+            let mut b = encode(HostMessage::echo(PROTOCOL_V1_1, i, &payload));
             b.truncate(b.len().saturating_sub(1).min(23));
             (2, b)
         }
         _ => {
-            let mut b = encode(HostMessage::echo(PROTOCOL_V1, i, &payload));
+            let mut b = encode(HostMessage::echo(PROTOCOL_V1_1, i, &payload));
             b[4..6].copy_from_slice(&0x0666u16.to_le_bytes());
             (3, b)
         }
@@ -174,8 +174,8 @@ fn a_million_mixed_packets_on_four_delivery_threads() {
     assert_eq!(s.send_ok.get(), sends);
     assert_eq!(
         s.tx_packets.get(),
-        1 + pings + sends,
-        "NEGOTIATE, PINGs and SENDs"
+        2 + pings + sends,
+        "NEGOTIATE, BULK_OFFER, PINGs and SENDs"
     );
     assert_eq!(s.unconsumed_packets.get(), 0);
     let host = sim.host().stats();

@@ -15,7 +15,7 @@ use vmbmsg_proto::ioctl::{
     ChannelState, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, NOT_READY_STATUS, PingOut,
     parse_recv_output,
 };
-use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1, ReplyBody, parse_reply};
+use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1_1, ReplyBody, parse_reply};
 
 fn ping(sim: &Simulation) -> NtStatus {
     ioctl(sim, IOCTL_VMBMSG_PING, &[], size_of::<PingOut>()).status
@@ -34,7 +34,7 @@ fn a_paused_channel_holds_everything_and_hands_it_over_after_the_resume() {
     assert_eq!(ping(&sim), NOT_READY_STATUS, "nothing is sent while paused");
 
     // The host keeps its side open: what it sends waits in the ring.
-    let version = PROTOCOL_V1;
+    let version = PROTOCOL_V1_1;
     let received = stats(&sim).rx_packets.get();
     let echo = sim
         .host_message(HostMessage::echo(version, 7, b"sent while paused"))
@@ -57,7 +57,7 @@ fn a_paused_channel_holds_everything_and_hands_it_over_after_the_resume() {
     assert_eq!(sim.core().state(), ChannelState::READY);
     assert_eq!(
         sim.core().protocol_version(),
-        PROTOCOL_V1,
+        PROTOCOL_V1_1,
         "the session goes on"
     );
     assert_eq!(

@@ -18,6 +18,11 @@
 //! * library: 10 `VmbPacketAllocate` failures and 10 `VmbPacketSend` failures per 1 000
 //!   requests;
 //! * user mode: 10 of 1 000 parked RECVs cancelled.
+//!
+//! The session is protocol 1.1 with a bulk area: 10 of 1 000 host packets are ECHO_BULKs
+//! (written into the host's half, checked in place after the reply), and one SEND in 50 carries
+//! 20 000 bytes, so it goes through the guest's half (SEND_BULK; the host reads and checks
+//! every byte from the GPADL).
 #![cfg(not(windows))] // the simulation (vmbmsg_core::sim) runs on the model, which the Windows build does not link
 
 mod common;
@@ -30,15 +35,20 @@ use common::{RECV_LEN, T, send_input};
 use kmcl_model::GuestPacket;
 use vmbmsg_core::CoreConfig;
 use vmbmsg_core::NtStatus;
-use vmbmsg_core::sim::{SimConfig, Simulation};
+use vmbmsg_core::sim::{BulkArea, SimConfig, Simulation};
 use vmbmsg_proto::ioctl::{
     BAD_REPLY_STATUS, IOCTL_VMBMSG_PING, IOCTL_VMBMSG_RECV, IOCTL_VMBMSG_SEND, PingOut, SendOut,
     parse_recv_output,
 };
 use vmbmsg_proto::wire::{
-    GuestBody, HostMessage, MessageKind, PROTOCOL_V1, QUEUE_FULL_STATUS, Reply, ReplyBody,
+    GuestBody, HostMessage, MessageKind, PROTOCOL_V1_1, QUEUE_FULL_STATUS, Reply, ReplyBody,
     make_version, parse_guest_message, parse_reply, peek_header,
 };
+
+/// The large SEND payload of talker `t`, request `k`: above one ring packet.
+fn bulk_payload(t: u64, k: u64) -> Vec<u8> {
+    (0..20_000u64).map(|b| (b * 7 + k + t) as u8).collect()
+}
 
 /// `(VmRSS, VmHWM)` of this process, in KiB.
 fn memory_kib() -> (u64, u64) {
@@ -72,64 +82,103 @@ fn encode_reply(r: &Reply<'_>) -> Vec<u8> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Class {
     Echo,
+    /// ECHO_BULK of `len` bytes at `offset` of the host's half.
+    EchoBulk {
+        offset: u32,
+        len: u32,
+    },
     Notify,
     NotifyNoCompletion,
     Malformed,
 }
 
+/// Host packets that are ECHO_BULKs: 10 per 1 000, each batch of 2 000 has 20, in their own
+/// 3 KiB of the host's half.
+fn bulk_echo(i: u64) -> Option<(u32, u32)> {
+    let (in_batch, in_1000) = (i % 2000, i % 1000);
+    if !(540..550).contains(&in_1000) {
+        return None;
+    }
+    let slot = (in_batch / 1000) * 10 + (in_1000 - 540);
+    Some(((slot * 3072) as u32, 1 + (i % 3072) as u32))
+}
+
 fn host_packet(i: u64, payload: &mut Vec<u8>) -> (Class, Vec<u8>) {
     payload.clear();
+    if let Some((offset, len)) = bulk_echo(i) {
+        payload.extend((0..u64::from(len)).map(|b| (b * 3 + i) as u8));
+        return (
+            Class::EchoBulk { offset, len },
+            encode(HostMessage::echo_bulk(PROTOCOL_V1_1, i, offset, len)),
+        );
+    }
     payload.extend((0..(i % 96)).map(|b| (b ^ i) as u8));
     match i % 1000 {
         0..=99 => {
-            let mut b = encode(HostMessage::echo(PROTOCOL_V1, i, payload));
+            let mut b = encode(HostMessage::echo(PROTOCOL_V1_1, i, payload));
             b.truncate(b.len().saturating_sub(1).min(23));
             (Class::Malformed, b)
         }
         100..=199 => {
-            let mut b = encode(HostMessage::echo(PROTOCOL_V1, i, payload));
+            let mut b = encode(HostMessage::echo(PROTOCOL_V1_1, i, payload));
             b[4..6].copy_from_slice(&0x0666u16.to_le_bytes());
             (Class::Malformed, b)
         }
         200..=219 => {
-            let mut b = encode(HostMessage::notify(PROTOCOL_V1, i, payload));
+            let mut b = encode(HostMessage::notify(PROTOCOL_V1_1, i, payload));
             b[0..4].copy_from_slice(&make_version(3, 0).to_le_bytes());
             (Class::Malformed, b)
         }
         220..=239 => {
-            let mut b = encode(HostMessage::echo(PROTOCOL_V1, i, payload));
+            let mut b = encode(HostMessage::echo(PROTOCOL_V1_1, i, payload));
             b[8..12].copy_from_slice(&(payload.len() as u32 + 8).to_le_bytes());
             (Class::Malformed, b)
         }
         240..=339 => (
             Class::NotifyNoCompletion,
-            encode(HostMessage::notify(PROTOCOL_V1, i, payload)),
+            encode(HostMessage::notify(PROTOCOL_V1_1, i, payload)),
         ),
         340..=539 => (
             Class::Notify,
-            encode(HostMessage::notify(PROTOCOL_V1, i, payload)),
+            encode(HostMessage::notify(PROTOCOL_V1_1, i, payload)),
         ),
         _ => (
             Class::Echo,
-            encode(HostMessage::echo(PROTOCOL_V1, i, payload)),
+            encode(HostMessage::echo(PROTOCOL_V1_1, i, payload)),
         ),
     }
 }
 
 /// The host's answer to guest packet number `n` (fault-injected at fixed rates), and whether
 /// it is to be completed a second time.
-fn answer(n: u64, gp: &GuestPacket) -> (NtStatus, Vec<u8>, bool) {
+fn answer(n: u64, gp: &GuestPacket, area: &BulkArea) -> (NtStatus, Vec<u8>, bool) {
     let ok = NtStatus::STATUS_SUCCESS;
     let Ok(m) = parse_guest_message(&gp.payload) else {
         return (ok, Vec::new(), false);
     };
     let kind = peek_header(&gp.payload).map_or(MessageKind::new(0), |h| h.kind);
+    if let GuestBody::SendBulk { offset, len } = m.body {
+        // Every byte arrived: the talker's pattern, read from the guest's half.
+        assert!(offset + len <= area.guest_half);
+        let mut got = vec![0; len as usize];
+        gp.gpadl_read(area.gpadl, offset as usize, &mut got)
+            .expect("the GPADL is mapped");
+        let first = got[0];
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(b, v)| *v == first.wrapping_add((b * 7) as u8)),
+            "a bulk SEND's payload arrived intact"
+        );
+    }
     let good = |id| match m.body {
-        GuestBody::Negotiate { .. } => encode_reply(&Reply::negotiate_accept(id, PROTOCOL_V1)),
+        GuestBody::Negotiate { .. } => encode_reply(&Reply::negotiate_accept(id, PROTOCOL_V1_1)),
         GuestBody::Ping { nonce } => encode_reply(&Reply::ping(m.version, id, nonce)),
-        GuestBody::Send { .. } => encode_reply(&Reply::status_only(kind, m.version, id, ok)),
+        GuestBody::Send { .. } | GuestBody::SendBulk { .. } | GuestBody::BulkOffer { .. } => {
+            encode_reply(&Reply::status_only(kind, m.version, id, ok))
+        }
     };
-    if kind == MessageKind::NEGOTIATE {
+    if kind == MessageKind::NEGOTIATE || kind == MessageKind::BULK_OFFER {
         return (ok, good(m.id), false);
     }
     match n % 1000 {
@@ -175,13 +224,19 @@ fn soak_ten_million_packets_with_faults_both_ways() {
         ..SimConfig::default()
     })
     .expect("start");
+    // The simulation's host negotiated 1.1 and accepted the bulk area; this responder takes
+    // over the session.
+    let area = sim
+        .host_side()
+        .bulk()
+        .expect("a 1.1 session with a bulk area");
     // The host's answers: numbered, fault-injected; transactions to complete twice queued.
     let guest_packets = std::sync::Arc::new(AtomicU64::new(0));
     let twice = std::sync::Arc::new(Mutex::new(Vec::<u64>::new()));
     {
         let (n, twice) = (guest_packets.clone(), twice.clone());
         sim.host().set_responder(move |gp| {
-            let (status, reply, again) = answer(n.fetch_add(1, Ordering::Relaxed), gp);
+            let (status, reply, again) = answer(n.fetch_add(1, Ordering::Relaxed), gp, &area);
             if again {
                 twice.lock().unwrap().push(gp.id());
             }
@@ -197,6 +252,7 @@ fn soak_ten_million_packets_with_faults_both_ways() {
     let tally = Tally::default();
     let mut counts = [0u64; 4]; // echo, notify (incl. queue-full), no-completion, malformed
     let mut queue_full = 0u64;
+    let mut echo_bulk = 0u64;
 
     std::thread::scope(|s| {
         // User mode draining notifications, cancelling one parked RECV in a hundred.
@@ -240,6 +296,13 @@ fn soak_ten_million_packets_with_faults_both_ways() {
                     let payload = [t as u8; 48];
                     let input = send_input(&payload);
                     for k in 0..per_talker {
+                        let bulk_input;
+                        let input = if k % 50 == 1 {
+                            bulk_input = send_input(&bulk_payload(t, k));
+                            &bulk_input
+                        } else {
+                            &input
+                        };
                         match k % 1000 {
                             500 if t == 0 => {
                                 sim.host().faults().fail_allocations(1);
@@ -256,7 +319,7 @@ fn soak_ten_million_packets_with_faults_both_ways() {
                         let c = if k % 2 == 0 {
                             sim.ioctl(IOCTL_VMBMSG_PING, &[], size_of::<PingOut>())
                         } else {
-                            sim.ioctl(IOCTL_VMBMSG_SEND, &input, size_of::<SendOut>())
+                            sim.ioctl(IOCTL_VMBMSG_SEND, input, size_of::<SendOut>())
                         }
                         .wait(T)
                         .expect("PING/SEND completes");
@@ -293,6 +356,12 @@ fn soak_ten_million_packets_with_faults_both_ways() {
             let batch: Vec<_> = (i..(i + BATCH).min(host_total))
                 .map(|k| {
                     let (class, bytes) = host_packet(k, &mut payload);
+                    if let Class::EchoBulk { offset, .. } = class {
+                        let at = (area.guest_half + offset) as usize;
+                        sim.host()
+                            .gpadl_write(area.gpadl, at, &payload)
+                            .expect("the host writes its half");
+                    }
                     let completion = class != Class::NotifyNoCompletion;
                     let txn = sim.host().send(&bytes, completion).expect("host send");
                     (k, class, txn)
@@ -309,6 +378,24 @@ fn soak_ten_million_packets_with_faults_both_ways() {
                         };
                         assert_eq!(payload.len() as u64, k % 96);
                         counts[0] += 1;
+                    }
+                    Class::EchoBulk { offset, len } => {
+                        let r = parse_reply(&c.payload, MessageKind::ECHO_BULK, k)
+                            .expect("ECHO_BULK reply");
+                        assert_eq!(r.body, ReplyBody::EchoBulk { offset, len });
+                        let mut echoed = vec![0; len as usize];
+                        let at = (area.guest_half + offset) as usize;
+                        sim.host()
+                            .gpadl_read(area.gpadl, at, &mut echoed)
+                            .expect("mapped");
+                        assert!(
+                            echoed
+                                .iter()
+                                .enumerate()
+                                .all(|(b, v)| *v == (b as u64 * 3 + k) as u8)
+                        );
+                        counts[0] += 1;
+                        echo_bulk += 1;
                     }
                     Class::Notify => {
                         let r = parse_reply(&c.payload, MessageKind::NOTIFY, k).expect("reply");
@@ -399,6 +486,11 @@ fn soak_ten_million_packets_with_faults_both_ways() {
     );
     sim.host().assert_no_violations();
     assert!(kmcl_model::orphan_violations().is_empty());
+    assert!(echo_bulk > 0, "the bulk echo path ran");
+    assert!(
+        sim.host().stats().gpadls_alive == 0,
+        "the bulk area's GPADL was deleted with the channel"
+    );
     let guest_total = guest_packets.load(Ordering::Relaxed);
     let injected = t(&tally.alloc_injected)
         + t(&tally.send_injected)
@@ -409,7 +501,7 @@ fn soak_ten_million_packets_with_faults_both_ways() {
         + malformed
         + cancelled.load(Ordering::Relaxed);
     println!(
-        "soak: {} packets ({host_total} host->guest: {echo} ECHO, {notify_total} NOTIFY of which \
+        "soak: {} packets ({host_total} host->guest: {echo} ECHO ({echo_bulk} of them bulk), {notify_total} NOTIFY of which \
          {} without completion and {queue_full} queue-full, {malformed} malformed; {guest_total} \
          guest->host for {requests} PING/SEND) in {elapsed:.2?}; faults injected {injected} \
          (library: {} alloc + {} send; host answers: {} bad, {} transport, {} duplicate, {} \

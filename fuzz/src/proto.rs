@@ -37,12 +37,18 @@ pub fn run(data: &[u8]) {
             round_trip(data, m.encoded_len(), |b| {
                 m.write(b).map_err(|e| e.to_string())
             });
-            let (HostBody::Echo { payload } | HostBody::Notify { payload }) = m.body;
             // The driver's answers to it are always writable.
-            let echo = Reply::echo(m.version, m.id, payload);
+            let echo = match m.body {
+                HostBody::Echo { payload } | HostBody::Notify { payload } => {
+                    Reply::echo(m.version, m.id, payload)
+                }
+                HostBody::EchoBulk { offset, len } => {
+                    Reply::echo_bulk(m.version, m.id, offset, len)
+                }
+            };
             let mut buf = vec![0u8; echo.encoded_len()];
-            let n = echo.write(&mut buf).expect("ECHO reply to a parsed ECHO");
-            let back = parse_reply(&buf[..n], MessageKind::ECHO, m.id).expect("parses back");
+            let n = echo.write(&mut buf).expect("the reply to a parsed ECHO");
+            let back = parse_reply(&buf[..n], echo.kind, m.id).expect("parses back");
             assert_eq!(back, echo);
         }
         Err(e) => {

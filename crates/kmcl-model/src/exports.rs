@@ -963,10 +963,13 @@ pub unsafe extern "C" fn VmbPacketGetPointer(packet: VMBPACKET) -> PVOID {
 
 // ---- GPADLs ----------------------------------------------------------------------------------
 
-/// Publishes a copy of `buffer` as a GPADL (only while the channel is open [inf]).
+/// Publishes `buffer` as a GPADL, live: the host reads and writes it in place until the GPADL is
+/// deleted (only while the channel is open [inf]).
 ///
 /// # Safety
-/// `buffer` is NULL or readable for `byte_count` bytes; `gpadl_handle` is NULL or writable.
+/// `buffer` is NULL or readable and writable for `byte_count` bytes until the GPADL is deleted
+/// (the GPADL contract; reads and writes are relaxed atomic byte copies); `gpadl_handle` is
+/// NULL or writable.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn VmbChannelCreateGpadlFromBuffer(
@@ -988,12 +991,16 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromBuffer(
     if out.is_null() {
         return NtStatus::STATUS_INVALID_PARAMETER.0;
     }
-    let bytes = if buf.len() == 0 || buf.is_null_with_length() {
+    // Live: the host reads and writes the buffer in place until the GPADL is deleted.
+    let memory = if buf.len() == 0 || buf.is_null_with_length() {
         Err(NtStatus::STATUS_INVALID_PARAMETER)
     } else {
-        Ok(buf.to_vec(usize::MAX))
+        Ok(crate::world::GpadlMemory::Guest {
+            addr: buffer.expose_provenance(),
+            len: buf.len(),
+        })
     };
-    match w.gpadl_create(F, s, h, flags, bytes) {
+    match w.gpadl_create(F, s, h, flags, memory) {
         Ok(id) => {
             out.write(id);
             NtStatus::STATUS_SUCCESS.0
@@ -1038,10 +1045,14 @@ pub unsafe extern "C" fn VmbChannelCreateGpadlFromMdl(
             } else {
                 off.checked_add(usize::try_from(data_length).unwrap_or(usize::MAX))
             };
-            end.and_then(|e| all.get(off..e))
-                .filter(|b| !b.is_empty())
-                .map(<[u8]>::to_vec)
-                .ok_or(NtStatus::STATUS_INVALID_PARAMETER)
+            match end {
+                Some(e) if e > off && e <= all.len() => Ok(crate::world::GpadlMemory::Mdl {
+                    bytes: all,
+                    offset: off,
+                    len: e - off,
+                }),
+                _ => Err(NtStatus::STATUS_INVALID_PARAMETER),
+            }
         }
     };
     match w.gpadl_create(F, s, h, flags, bytes) {

@@ -345,6 +345,38 @@ impl GuestPacket {
         self.id
     }
 
+    /// [`Host::gpadl_read`] for a responder, which has the packet but not the host.
+    ///
+    /// # Errors
+    /// As [`Host::gpadl_read`]; [`GpadlError::NoSuchGpadl`] once the world is gone.
+    pub fn gpadl_read(
+        &self,
+        handle: u32,
+        offset: usize,
+        dst: &mut [u8],
+    ) -> Result<(), crate::GpadlError> {
+        self.world
+            .upgrade()
+            .ok_or(crate::GpadlError::NoSuchGpadl)?
+            .gpadl_read(handle, offset, dst)
+    }
+
+    /// [`Host::gpadl_write`] for a responder.
+    ///
+    /// # Errors
+    /// As [`Host::gpadl_write`]; [`GpadlError::NoSuchGpadl`] once the world is gone.
+    pub fn gpadl_write(
+        &self,
+        handle: u32,
+        offset: usize,
+        src: &[u8],
+    ) -> Result<(), crate::GpadlError> {
+        self.world
+            .upgrade()
+            .ok_or(crate::GpadlError::NoSuchGpadl)?
+            .gpadl_write(handle, offset, src)
+    }
+
     /// Whether the guest waits for a completion (`WAIT_FOR_COMPLETION`).
     #[must_use]
     pub const fn completion_requested(&self) -> bool {
@@ -859,10 +891,47 @@ impl Host {
         self.world.raw_rings()
     }
 
-    /// The guest memory a live GPADL describes (copied when it was created).
+    /// A copy of all the guest memory a live GPADL describes, as it is now; `None` when no
+    /// such GPADL is alive.
     #[must_use]
     pub fn gpadl_bytes(&self, handle: u32) -> Option<Vec<u8>> {
-        self.world.gpadl_bytes(handle)
+        let mut bytes = vec![0; self.world.gpadl_len(handle)?];
+        self.world.gpadl_read(handle, 0, &mut bytes).ok()?;
+        Some(bytes)
+    }
+
+    /// The length of a live GPADL.
+    #[must_use]
+    pub fn gpadl_len(&self, handle: u32) -> Option<usize> {
+        self.world.gpadl_len(handle)
+    }
+
+    /// Reads `dst.len()` bytes at `offset` of a live GPADL: the guest's memory as it is now
+    /// (the guest may change it at any time, as the host's writes change what it reads).
+    ///
+    /// # Errors
+    /// [`GpadlError::NoSuchGpadl`] (never created, or deleted), [`GpadlError::OutOfRange`].
+    pub fn gpadl_read(
+        &self,
+        handle: u32,
+        offset: usize,
+        dst: &mut [u8],
+    ) -> Result<(), crate::GpadlError> {
+        self.world.gpadl_read(handle, offset, dst)
+    }
+
+    /// Writes `src` at `offset` of a live GPADL, into the guest's memory.
+    ///
+    /// # Errors
+    /// As [`gpadl_read`](Self::gpadl_read), and [`GpadlError::ReadOnly`] for a GPADL created
+    /// from a model MDL.
+    pub fn gpadl_write(
+        &self,
+        handle: u32,
+        offset: usize,
+        src: &[u8],
+    ) -> Result<(), crate::GpadlError> {
+        self.world.gpadl_write(handle, offset, src)
     }
 }
 

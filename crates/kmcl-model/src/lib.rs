@@ -75,7 +75,7 @@ pub use ntstatus::NtStatus;
 pub use transport::{RingSnapshot, TransportStats};
 pub use violation::{Violation, ViolationKind, orphan_violations};
 pub use vmbus_ring::RingStats;
-pub use world::RawRings;
+pub use world::{GpadlError, RawRings};
 
 /// Re-exported so tests name the same FFI types the model implements.
 pub use kmcl_sys;

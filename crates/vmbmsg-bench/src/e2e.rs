@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vmbmsg_core::NtStatus;
 use vmbmsg_core::sim::{SimConfig, Simulation};
 use vmbmsg_proto::ioctl::IOCTL_VMBMSG_SEND;
-use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1, parse_reply};
+use vmbmsg_proto::wire::{HostMessage, MessageKind, PROTOCOL_V1_1, parse_reply};
 
 /// One measurement: a direction and payload size, packets answered in `elapsed`.
 #[derive(Clone, Copy, Debug)]
@@ -96,7 +96,7 @@ pub fn host_to_guest(sim: &Simulation, size: usize, duration: Duration, depth: u
     loop {
         while window.len() < depth && Instant::now() < deadline {
             let txn = sim
-                .host_message(HostMessage::echo(PROTOCOL_V1, id, &payload))
+                .host_message(HostMessage::echo(PROTOCOL_V1_1, id, &payload))
                 .expect("host send");
             window.push_back((id, txn));
             id += 1;

@@ -11,11 +11,11 @@ use core::sync::atomic::Ordering;
 use kmcl::{ChannelRef, Completion, NtStatus, OutgoingPacket, SendError, SendFlags};
 use vmbmsg_proto::ioctl::{
     ABI_VERSION, BAD_REPLY_STATUS, ChannelState, InfoOut, IoctlCode, NOT_READY_STATUS, PingOut,
-    SendOut, StateReason, TOO_MANY_PARKED_STATUS, parse_send_input, write_output,
+    SEND_PAYLOAD_MAX, SendOut, StateReason, TOO_MANY_PARKED_STATUS, parse_send_input, write_output,
     write_recv_output,
 };
 use vmbmsg_proto::wire::{
-    GuestMessage, HEADER_SIZE, MAX_PAYLOAD, MessageKind, PING_SIZE, SUPPORTED_MAX, SUPPORTED_MIN,
+    BULK_REF_SIZE, GuestMessage, HEADER_SIZE, MAX_PAYLOAD, MessageKind, PING_SIZE, SUPPORTED_MIN,
     parse_ping_reply, parse_reply,
 };
 use zerocopy::little_endian::{I32, U16, U32, U64};
@@ -79,8 +79,12 @@ fn info<P: Platform>(shared: &Shared<P>) -> InfoOut {
         state_reason: StateReason::new(shared.state_reason.load(Ordering::Acquire)),
         protocol_version: U32::new(shared.version.load(Ordering::Acquire)),
         protocol_min: U32::new(SUPPORTED_MIN),
-        protocol_max: U32::new(SUPPORTED_MAX),
-        max_payload: as_u32(MAX_PAYLOAD),
+        protocol_max: U32::new(crate::packet::proposed_max(&shared.config)),
+        max_payload: as_u32(if shared.bulk.is_set() {
+            SEND_PAYLOAD_MAX
+        } else {
+            MAX_PAYLOAD
+        }),
         notify_queue_depth: as_u32(shared.config.notify_depth),
         max_parked_recv: as_u32(shared.config.max_parked_recv),
     }
@@ -259,6 +263,11 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
         request.complete(NOT_READY_STATUS, 0);
         return;
     };
+    if payload.len() > MAX_PAYLOAD {
+        send_bulk(core, request, &permit, channel.handle());
+        drop(permit);
+        return;
+    }
     let version = permit.version;
     let id = shared.next_id();
     let mut message = Vec::new();
@@ -290,18 +299,92 @@ fn send<P: Platform>(core: &Core<P>, request: P::Request) {
     };
     let done = {
         let shared = TryArc::clone(shared);
-        move |c: Completion<'_>| send_answered(&shared, id, c)
+        move |c: Completion<'_>| send_answered(&shared, MessageKind::SEND, id, c)
     };
     let sent = packet.send_vec(message, SendFlags::WAIT_FOR_COMPLETION, done);
     drop(permit);
     after_send(shared, sent, len);
 }
 
-/// The end of a SEND's transaction, as [`ping_answered`] for a PING.
-fn send_answered<P: Platform>(shared: &Shared<P>, id: u64, c: Completion<'_>) {
+/// A SEND above [`MAX_PAYLOAD`] (protocol 1.1): the payload goes into a free slot of the bulk
+/// area and a SEND_BULK names it; the slot is free again when the transaction ends. Fails with
+/// `STATUS_INVALID_PARAMETER` on a session without a bulk area (GET_INFO's `max_payload`) and
+/// `STATUS_DEVICE_BUSY` while every slot is in use.
+///
+/// # IRQL
+/// ≤ DISPATCH_LEVEL.
+#[inline(never)]
+fn send_bulk<P: Platform>(
+    core: &Core<P>,
+    request: P::Request,
+    permit: &crate::SendPermit<'_>,
+    channel: ChannelRef<'_>,
+) {
+    let shared = &core.shared;
+    let Some(bulk) = shared.bulk.get() else {
+        request.complete(NtStatus::STATUS_INVALID_PARAMETER, 0);
+        return;
+    };
+    let Some(slot) = shared.bulk_slots.take() else {
+        bump(&shared.stats.send_failed);
+        request.complete(NtStatus::STATUS_DEVICE_BUSY, 0);
+        return;
+    };
+    // The input was parsed before; parse again for the borrow (cheap: a header).
+    let written = parse_send_input(request.input())
+        .map_err(|e| e.status())
+        .and_then(|payload| {
+            let offset = bulk.write_slot(slot, payload)?;
+            let len =
+                u32::try_from(payload.len()).map_err(|_| NtStatus::STATUS_INVALID_PARAMETER)?;
+            Ok((offset, len))
+        });
+    drop(bulk);
+    let (offset, len) = match written {
+        Ok(range) => range,
+        Err(status) => {
+            shared.bulk_slots.give_back(slot);
+            request.complete(status, 0);
+            return;
+        }
+    };
+    let version = permit.version;
+    let id = shared.next_id();
+    let mut message = [0u8; BULK_REF_SIZE];
+    let size = match GuestMessage::send_bulk(version, id, offset, len).write(&mut message) {
+        Ok(n) => n,
+        Err(e) => {
+            shared.bulk_slots.give_back(slot);
+            request.complete(e.status(), 0);
+            return;
+        }
+    };
+    let Some(packet) = packet_for(core, channel, id, request, &shared.stats.send_failed) else {
+        shared.bulk_slots.give_back(slot);
+        return;
+    };
+    let done = {
+        let shared = TryArc::clone(shared);
+        move |c: Completion<'_>| {
+            // The host is done with the slot: it answered, or the send failed or was cancelled
+            // by the close (after which the GPADL is gone).
+            shared.bulk_slots.give_back(slot);
+            send_answered(&shared, MessageKind::SEND_BULK, id, c);
+        }
+    };
+    let sent = packet.send(
+        message.get(..size).unwrap_or_default(),
+        SendFlags::WAIT_FOR_COMPLETION,
+        done,
+    );
+    after_send(shared, sent, size);
+}
+
+/// The end of a SEND's (or SEND_BULK's) transaction, as [`ping_answered`] for a PING.
+fn send_answered<P: Platform>(shared: &Shared<P>, kind: MessageKind, id: u64, c: Completion<'_>) {
     let request = shared.waiting.take_answered(id);
     let host_status = if c.status.is_success() {
-        match parse_reply(c.response, MessageKind::SEND, id) {
+        match parse_reply(c.response, kind, id) {
             Ok(reply) => Ok(reply.status),
             Err(e) => {
                 shared.stats.malformed(e.reason());

@@ -33,6 +33,7 @@ extern crate alloc;
 #[cfg(not(windows))]
 extern crate std;
 
+mod bulk;
 mod ioctl;
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -190,6 +191,14 @@ pub struct CoreConfig {
     pub concurrent_deliveries: u32,
     /// Ring size of each direction, in 4 KiB pages (KMCL allocates the rings).
     pub ring_pages: u32,
+    /// Protocol 1.1's bulk area, the guest's half: this many slots of 64 KiB
+    /// ([`MAX_BULK_PAYLOAD`](vmbmsg_proto::wire::MAX_BULK_PAYLOAD)), one per SEND above 16 KiB in
+    /// flight (one more at once fails with `STATUS_DEVICE_BUSY`). At most 32; 0 turns 1.1 off
+    /// (the driver proposes 1.0 only).
+    pub bulk_send_slots: u32,
+    /// The bulk area's host half, in bytes: room for the host's ECHO_BULK payloads in flight.
+    /// 0 turns 1.1 off.
+    pub bulk_host_bytes: u32,
 }
 
 impl Default for CoreConfig {
@@ -202,6 +211,8 @@ impl Default for CoreConfig {
             reply_buffers: 4,
             concurrent_deliveries: 4,
             ring_pages: 32,
+            bulk_send_slots: 2,
+            bulk_host_bytes: 64 * 1024,
         }
     }
 }
@@ -221,6 +232,9 @@ pub struct Memory {
     /// The two rings KMCL allocates for the channel (not the driver's allocation, but the
     /// device's cost).
     pub rings: usize,
+    /// Protocol 1.1's bulk area, allocated when a session negotiates 1.1 (not in
+    /// `driver_total`: a 1.0 host never costs it), kept across sessions once allocated.
+    pub bulk_area: usize,
 }
 
 impl CoreConfig {
@@ -241,6 +255,11 @@ impl CoreConfig {
         let rings = usize::try_from(self.ring_pages)
             .unwrap_or(usize::MAX)
             .saturating_mul(2 * 4096);
+        let bulk_area = self.bulk_halves().map_or(0, |(guest, host)| {
+            usize::try_from(u64::from(guest) + u64::from(host))
+                .unwrap_or(usize::MAX)
+                .next_multiple_of(4096)
+        });
         Memory {
             notify_queue,
             reply_buffers,
@@ -250,6 +269,7 @@ impl CoreConfig {
                 .saturating_add(bounce_buffers)
                 .saturating_add(fixed),
             rings,
+            bulk_area,
         }
     }
 }
@@ -277,6 +297,14 @@ struct Shared<P: Platform> {
     waiting: WaitingRequests<P::Request>,
     /// Request ids and PING nonces; never 0.
     next_id: AtomicU64,
+    /// The bulk area of a 1.1 session: set in `EvtChannelPostStarted` when the host accepted
+    /// it, taken and deleted in `EvtChannelClosed` (module `bulk`).
+    bulk: Rundown<bulk::Bulk>,
+    /// Free slots of the bulk area's guest half. Not reset between sessions: a slot comes back
+    /// when its SEND_BULK transaction ends, whichever session it was.
+    bulk_slots: bulk::Slots,
+    /// The bulk area's memory between sessions, reused by the next 1.1 session.
+    bulk_spare: SpinLock<Option<kmcl::SharedBuffer>>,
     /// `channel_down` is tearing the channel down (so its Closed callback is ours, not the
     /// host's rescind).
     going_down: AtomicBool,
@@ -486,6 +514,7 @@ impl<P: Platform> Core<P> {
             let buf = ReplyBuffer::try_from(buf.into_boxed_slice()).map_err(|_| NO_MEMORY)?;
             replies.push(buf);
         }
+        let bulk_slots = bulk::Slots::new(config.bulk_send_slots);
         let shared = TryArc::try_new(Shared {
             platform,
             config,
@@ -501,6 +530,9 @@ impl<P: Platform> Core<P> {
             replies: SpinLock::new(replies),
             waiting: WaitingRequests::new(),
             next_id: AtomicU64::new(1),
+            bulk: Rundown::new(),
+            bulk_slots,
+            bulk_spare: SpinLock::new(None),
             going_down: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             paused_version: AtomicU32::new(0),

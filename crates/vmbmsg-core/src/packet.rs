@@ -6,10 +6,10 @@ use core::sync::atomic::Ordering;
 use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, NtStatus, PacketFlags, Timeout};
 use vmbmsg_proto::ioctl::{ChannelState, StateReason, write_recv_output};
 use vmbmsg_proto::wire::{
-    GuestMessage, HostBody, HostMessage, MalformedReason, MessageKind, NEGOTIATE_REPLY_SIZE,
-    NEGOTIATE_REQUEST_SIZE, NegotiateOutcome, PREMATURE_STATUS, QUEUE_FULL_STATUS, Reply,
-    STATUS_REPLY_SIZE, SUPPORTED_MAX, SUPPORTED_MIN, parse_host_message, parse_host_message_fast,
-    parse_negotiate_reply,
+    BULK_REF_SIZE, GuestMessage, HostBody, HostMessage, MalformedReason, MessageKind,
+    NEGOTIATE_REPLY_SIZE, NEGOTIATE_REQUEST_SIZE, NegotiateOutcome, PREMATURE_STATUS, PROTOCOL_V1,
+    PROTOCOL_V1_1, QUEUE_FULL_STATUS, Reply, STATUS_REPLY_SIZE, SUPPORTED_MAX, SUPPORTED_MIN,
+    parse_host_message, parse_host_message_fast, parse_negotiate_reply,
 };
 
 use crate::notify::PushError;
@@ -60,7 +60,24 @@ impl<P: Platform> ChannelHandler for Handler<P> {
         if self.shared.ready_version().is_some() {
             return; // the session was taken up again in `started`
         }
-        negotiate(&self.shared, channel);
+        let Some(version) = negotiate(&self.shared, channel) else {
+            return;
+        };
+        // 1.1: offer the bulk area before any data message; the session runs without it when
+        // that fails (SEND payloads up to MAX_PAYLOAD), and GET_INFO says so.
+        let mut without_bulk = false;
+        if version >= PROTOCOL_V1_1 && !self.shared.bulk.is_set() {
+            match crate::bulk::offer(&self.shared, channel, version) {
+                Some(bulk) => self.shared.bulk.set(bulk),
+                None => without_bulk = true,
+            }
+        }
+        self.shared.open_sends(version);
+        if without_bulk {
+            self.shared
+                .state_reason
+                .store(StateReason::BULK_UNAVAILABLE.get(), Ordering::Release);
+        }
     }
 
     fn suspend(&self, _channel: ChannelRef<'_>) {
@@ -72,6 +89,14 @@ impl<P: Platform> ChannelHandler for Handler<P> {
     fn closed(&self, _channel: ChannelRef<'_>) {
         // Suspend did this already when the channel was running; not when it was paused.
         self.shared.stop_sends();
+        // Every GPADL is deleted by the end of this callback (KMCL's rule). Nothing uses the
+        // bulk area any more (deliveries are over, sends stopped); its memory is kept for the
+        // next 1.1 session.
+        if let Some(bulk) = self.shared.bulk.take_and_wait()
+            && let Some(buffer) = bulk.delete()
+        {
+            *self.shared.bulk_spare.lock() = Some(buffer);
+        }
         // No notification can arrive any more: a parked RECV would wait forever. When the
         // host closed the channel, user mode may retry later; when we are tearing the device
         // down, it is gone.
@@ -153,6 +178,7 @@ fn on_message<P: Platform>(shared: &Shared<P>, packet: IncomingPacket, message: 
     let kind = match message.body {
         HostBody::Echo { .. } => MessageKind::ECHO,
         HostBody::Notify { .. } => MessageKind::NOTIFY,
+        HostBody::EchoBulk { .. } => MessageKind::ECHO_BULK,
     };
     let Some(version) = shared.ready_version() else {
         shared.stats.malformed(MalformedReason::Premature);
@@ -195,6 +221,51 @@ fn on_message<P: Platform>(shared: &Shared<P>, packet: IncomingPacket, message: 
                 status,
             );
         }
+        HostBody::EchoBulk { offset, len } => {
+            bump(&shared.stats.echo_count);
+            echo_bulk(shared, packet, version, message.id, offset, len);
+        }
+    }
+}
+
+/// Answers an ECHO_BULK (1.1): the host's range of the bulk area is echoed in place, and the
+/// reply names it. A session without a bulk area, or a range outside the host's half, is the
+/// host's error: completed with `STATUS_DATA_ERROR`, counted as a bad bulk range.
+#[cold]
+#[inline(never)]
+fn echo_bulk<P: Platform>(
+    shared: &Shared<P>,
+    packet: IncomingPacket,
+    version: u32,
+    id: u64,
+    offset: u32,
+    len: u32,
+) {
+    let echoed = match shared.bulk.get() {
+        Some(bulk) => bulk.echo_in_place(offset, len),
+        None => Err(NtStatus::STATUS_DATA_ERROR),
+    };
+    if let Err(status) = echoed {
+        if status == NtStatus::STATUS_DATA_ERROR {
+            shared.stats.malformed(MalformedReason::BadBulkRange);
+        }
+        complete_status(shared, packet, MessageKind::ECHO_BULK, version, id, status);
+        return;
+    }
+    let mut buf = [0u8; BULK_REF_SIZE];
+    match Reply::echo_bulk(version, id, offset, len).write(&mut buf) {
+        Ok(n) => {
+            shared.stats.completed(NtStatus::STATUS_SUCCESS);
+            packet.complete(buf.get(..n).unwrap_or_default());
+        }
+        Err(e) => complete_status(
+            shared,
+            packet,
+            MessageKind::ECHO_BULK,
+            version,
+            id,
+            e.status(),
+        ),
     }
 }
 
@@ -280,18 +351,29 @@ pub(crate) fn deliver_notification<P: Platform>(shared: &Shared<P>, payload: &[u
     }
 }
 
-/// Proposes our version range with a synchronous request and records the outcome.
+/// The newest version the driver proposes: [`SUPPORTED_MAX`] (1.1), or 1.0 when the
+/// configuration has no bulk area.
+pub(crate) fn proposed_max(config: &crate::CoreConfig) -> u32 {
+    if config.bulk_halves().is_some() {
+        SUPPORTED_MAX
+    } else {
+        PROTOCOL_V1
+    }
+}
+
+/// Proposes our version range with a synchronous request; returns the version the host chose,
+/// or records why there is none (NEGOTIATION_FAILED and its reason).
 ///
 /// # IRQL
 /// PASSIVE_LEVEL (from `EvtChannelPostStarted`).
-fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
+fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) -> Option<u32> {
     shared.set_state(ChannelState::NEGOTIATING);
     let id = shared.next_id();
+    let max = proposed_max(&shared.config);
     let mut request = [0u8; NEGOTIATE_REQUEST_SIZE];
-    let Ok(len) = GuestMessage::negotiate(id, SUPPORTED_MIN, SUPPORTED_MAX).write(&mut request)
-    else {
+    let Ok(len) = GuestMessage::negotiate(id, SUPPORTED_MIN, max).write(&mut request) else {
         shared.negotiation_failed(StateReason::SEND_FAILED);
-        return;
+        return None;
     };
     let mut reply = [0u8; NEGOTIATE_REPLY_SIZE];
     let sent = channel.send_sync(
@@ -301,12 +383,7 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
     );
     shared.stats.sent(len);
     let outcome = match sent {
-        Ok(n) => parse_negotiate_reply(
-            reply.get(..n).unwrap_or_default(),
-            id,
-            SUPPORTED_MIN,
-            SUPPORTED_MAX,
-        ),
+        Ok(n) => parse_negotiate_reply(reply.get(..n).unwrap_or_default(), id, SUPPORTED_MIN, max),
         Err(status) => {
             // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
             // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version. The last one is the host's
@@ -321,15 +398,19 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) {
                 StateReason::SEND_FAILED
             };
             shared.negotiation_failed(why);
-            return;
+            return None;
         }
     };
     match outcome {
-        Ok(NegotiateOutcome::Accepted(version)) => shared.open_sends(version),
-        Ok(NegotiateOutcome::Rejected(_)) => shared.negotiation_failed(StateReason::REJECTED),
+        Ok(NegotiateOutcome::Accepted(version)) => Some(version),
+        Ok(NegotiateOutcome::Rejected(_)) => {
+            shared.negotiation_failed(StateReason::REJECTED);
+            None
+        }
         Err(e) => {
             shared.stats.malformed(e.reason());
             shared.negotiation_failed(StateReason::MALFORMED_REPLY);
+            None
         }
     }
 }

@@ -30,9 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use kmcl_model::{GuestPacket, Host, HostSendError, HostTxn, ModelConfig, OpenError};
+use kmcl_model::{GpadlError, GuestPacket, Host, HostSendError, HostTxn, ModelConfig, OpenError};
 use vmbmsg_proto::wire::{
-    GuestBody, HostMessage, MessageKind, PROTOCOL_V1, Reply, choose_version, parse_guest_message,
+    GuestBody, HostMessage, MessageKind, PROTOCOL_V1, PROTOCOL_V1_1, Reply, choose_version,
+    parse_guest_message,
 };
 
 use crate::{CancelToken, Core, CoreConfig, IoRequest, Library, NtStatus, ParentDevice, Platform};
@@ -341,6 +342,66 @@ pub struct SimConfig {
     /// How the driver reaches KMCL: the queried client interface table (what the driver does
     /// by default) or the linked functions (its `linked-kmcl` feature).
     pub kmcl: KmclPath,
+    /// Whether the host accepts the guest's BULK_OFFER (1.1); refused, the session runs
+    /// without a bulk area.
+    pub accept_bulk: bool,
+}
+
+/// The guest's bulk area as the simulated host knows it from an accepted BULK_OFFER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkArea {
+    /// The GPADL handle.
+    pub gpadl: u32,
+    /// Bytes of the guest's half (offset 0).
+    pub guest_half: u32,
+    /// Bytes of the host's half (offset `guest_half`).
+    pub host_half: u32,
+}
+
+/// What the simulated host remembers between packets: the session's bulk area and the last
+/// SEND payloads it received (ring or bulk), for tests to check.
+#[derive(Debug, Default)]
+pub struct HostSide {
+    bulk: Mutex<Option<BulkArea>>,
+    sends: Mutex<VecDeque<Vec<u8>>>,
+}
+
+/// How many SEND payloads [`HostSide`] keeps.
+const SENDS_KEPT: usize = 16;
+
+impl HostSide {
+    /// The bulk area of the session, if the host accepted one.
+    #[must_use]
+    pub fn bulk(&self) -> Option<BulkArea> {
+        *lock(&self.bulk)
+    }
+
+    /// The last SEND payloads received (at most 16), oldest first.
+    #[must_use]
+    pub fn sends(&self) -> Vec<Vec<u8>> {
+        lock(&self.sends).iter().cloned().collect()
+    }
+
+    fn record_send(&self, payload: Vec<u8>) {
+        let mut sends = lock(&self.sends);
+        if sends.len() == SENDS_KEPT {
+            sends.pop_front();
+        }
+        sends.push_back(payload);
+    }
+}
+
+/// Why the simulated host could not run a bulk echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkEchoError {
+    /// No bulk area was offered and accepted in this session.
+    NoBulkArea,
+    /// The payload does not fit the host's half at that offset (or is empty or above 64 KiB).
+    OutOfRange,
+    /// The host could not reach the GPADL (deleted).
+    Gpadl(GpadlError),
+    /// The model refused the send.
+    Send(HostSendError),
 }
 
 /// How a simulated driver reaches KMCL ([`kmcl::Library`]).
@@ -358,21 +419,22 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             negotiation: Negotiation::Accept,
-            host_versions: vec![PROTOCOL_V1],
+            host_versions: vec![PROTOCOL_V1, PROTOCOL_V1_1],
             behavior: Behavior::Normal,
             send_status: NtStatus::STATUS_SUCCESS,
             delivery_threads: 1,
             core: CoreConfig::default(),
             kmcl: KmclPath::Table,
+            accept_bulk: true,
         }
     }
 }
 
-/// The answer the simulated host gives to one guest packet under `config` (`None`: answer
-/// later or never): what [`Simulation`]'s host responder sends, for harnesses that drive a
-/// [`Core`] themselves.
+/// The answer the simulated host gives to one guest packet under `config`, with the session's
+/// memory `side` (`None`: answer later or never): what [`Simulation`]'s host responder sends,
+/// for harnesses that drive a [`Core`] themselves.
 #[must_use]
-pub fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
+pub fn answer(config: &SimConfig, side: &HostSide, packet: &GuestPacket) -> Option<Vec<u8>> {
     let message = match parse_guest_message(&packet.payload) {
         Ok(m) => m,
         Err(e) => {
@@ -390,6 +452,8 @@ pub fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
             max_version,
         } => match config.negotiation {
             Negotiation::Accept => {
+                // A new session: the old one's bulk area is gone with its channel.
+                *lock(&side.bulk) = None;
                 match choose_version(min_version, max_version, &config.host_versions) {
                     Some(v) => Reply::negotiate_accept(message.id, v),
                     None => Reply::negotiate_reject(message.id),
@@ -399,24 +463,87 @@ pub fn answer(config: &SimConfig, packet: &GuestPacket) -> Option<Vec<u8>> {
             Negotiation::Silent => return None,
             Negotiation::Garbage => return Some(b"not a negotiate reply".to_vec()),
         },
-        GuestBody::Send { .. } | GuestBody::Ping { .. } => match config.behavior {
-            Behavior::Slow(_) | Behavior::Silent => return None,
-            Behavior::Malformed => return Some(vec![0xA5; 40]),
-            Behavior::Normal => match message.body {
-                GuestBody::Ping { nonce } => Reply::ping(message.version, message.id, nonce),
-                _ => Reply::status_only(
-                    MessageKind::SEND,
-                    message.version,
-                    message.id,
-                    config.send_status,
-                ),
-            },
-        },
+        GuestBody::BulkOffer {
+            gpadl,
+            guest_to_host_len,
+            host_to_guest_len,
+        } => {
+            let total = u64::from(guest_to_host_len) + u64::from(host_to_guest_len);
+            // The GPADL exists and is as long as the offer says (the parser made both halves
+            // non-empty, so `total >= 2`).
+            let mut last = [0u8; 1];
+            let mapped = usize::try_from(total - 1)
+                .is_ok_and(|end| packet.gpadl_read(gpadl, end, &mut last).is_ok());
+            let status = if config.accept_bulk && mapped {
+                *lock(&side.bulk) = Some(BulkArea {
+                    gpadl,
+                    guest_half: guest_to_host_len,
+                    host_half: host_to_guest_len,
+                });
+                NtStatus::STATUS_SUCCESS
+            } else {
+                NtStatus::STATUS_NOT_SUPPORTED
+            };
+            Reply::status_only(MessageKind::BULK_OFFER, message.version, message.id, status)
+        }
+        GuestBody::Send { .. } | GuestBody::Ping { .. } | GuestBody::SendBulk { .. } => {
+            match config.behavior {
+                Behavior::Slow(_) | Behavior::Silent => return None,
+                Behavior::Malformed => return Some(vec![0xA5; 40]),
+                Behavior::Normal => match message.body {
+                    GuestBody::Ping { nonce } => Reply::ping(message.version, message.id, nonce),
+                    GuestBody::Send { payload } => {
+                        side.record_send(payload.to_vec());
+                        Reply::status_only(
+                            MessageKind::SEND,
+                            message.version,
+                            message.id,
+                            config.send_status,
+                        )
+                    }
+                    GuestBody::SendBulk { offset, len } => {
+                        let status = match read_guest_half(side, packet, offset, len) {
+                            Some(payload) => {
+                                side.record_send(payload);
+                                config.send_status
+                            }
+                            None => NtStatus::STATUS_DATA_ERROR,
+                        };
+                        Reply::status_only(
+                            MessageKind::SEND_BULK,
+                            message.version,
+                            message.id,
+                            status,
+                        )
+                    }
+                    GuestBody::Negotiate { .. } | GuestBody::BulkOffer { .. } => return None,
+                },
+            }
+        }
     };
     let mut buf = vec![0; reply.encoded_len()];
     let n = reply.write(&mut buf).unwrap_or(0);
     buf.truncate(n);
     Some(buf)
+}
+
+/// The `len` bytes at `offset` of the guest's half of the session's bulk area, as a host reads
+/// them; `None` when there is no area or the range is not inside the guest's half.
+fn read_guest_half(
+    side: &HostSide,
+    packet: &GuestPacket,
+    offset: u32,
+    len: u32,
+) -> Option<Vec<u8>> {
+    let area = side.bulk()?;
+    if u64::from(offset) + u64::from(len) > u64::from(area.guest_half) {
+        return None;
+    }
+    let mut payload = vec![0; usize::try_from(len).ok()?];
+    packet
+        .gpadl_read(area.gpadl, usize::try_from(offset).ok()?, &mut payload)
+        .ok()?;
+    Some(payload)
 }
 
 /// The driver core and a simulated host, connected.
@@ -430,6 +557,7 @@ pub struct Simulation {
     /// when the simulation is dropped.
     library: Option<Library>,
     config: Arc<Mutex<SimConfig>>,
+    side: Arc<HostSide>,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
 }
@@ -507,19 +635,21 @@ impl Simulation {
                 .ok()
         };
         let config = Arc::new(Mutex::new(config));
+        let side = Arc::new(HostSide::default());
         {
-            let config = config.clone();
+            let (config, side) = (config.clone(), side.clone());
             host.set_responder(move |packet| {
                 let config = lock(&config).clone();
-                answer(&config, packet).map(|r| (NtStatus::STATUS_SUCCESS, r))
+                answer(&config, &side, packet).map(|r| (NtStatus::STATUS_SUCCESS, r))
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let worker = {
-            let (host, config, stop) = (host.clone(), config.clone(), stop.clone());
+            let (host, config, side, stop) =
+                (host.clone(), config.clone(), side.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("sim-host".into())
-                .spawn(move || slow_host(&host, &config, &stop))
+                .spawn(move || slow_host(&host, &config, &side, &stop))
                 .ok()
         };
         let path = lock(&config).kmcl;
@@ -532,6 +662,7 @@ impl Simulation {
             work_items,
             library: Some(library),
             config,
+            side,
             stop,
             worker,
         };
@@ -613,6 +744,48 @@ impl Simulation {
         Ok(self.completion(txn, timeout))
     }
 
+    /// What the host remembers of the session: its bulk area, the SEND payloads received.
+    #[must_use]
+    pub fn host_side(&self) -> &HostSide {
+        &self.side
+    }
+
+    /// The host echoes `payload` through the bulk area (1.1): writes it at `offset` of its half,
+    /// sends ECHO_BULK and waits for the guest's completion. Returns the completion payload and
+    /// the bytes of the range after it (the guest's echo).
+    ///
+    /// # Errors
+    /// [`BulkEchoError`].
+    pub fn host_echo_bulk(
+        &self,
+        offset: u32,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>), BulkEchoError> {
+        let area = self.side.bulk().ok_or(BulkEchoError::NoBulkArea)?;
+        let len = u32::try_from(payload.len()).map_err(|_| BulkEchoError::OutOfRange)?;
+        if len == 0
+            || payload.len() > vmbmsg_proto::wire::MAX_BULK_PAYLOAD
+            || u64::from(offset) + u64::from(len) > u64::from(area.host_half)
+        {
+            return Err(BulkEchoError::OutOfRange);
+        }
+        let at = usize::try_from(u64::from(area.guest_half) + u64::from(offset))
+            .map_err(|_| BulkEchoError::OutOfRange)?;
+        self.host
+            .gpadl_write(area.gpadl, at, payload)
+            .map_err(BulkEchoError::Gpadl)?;
+        let txn = self
+            .host_message(HostMessage::echo_bulk(self.version(), 0, offset, len))
+            .map_err(BulkEchoError::Send)?;
+        let completion = self.completion(txn, timeout);
+        let mut echoed = vec![0; payload.len()];
+        self.host
+            .gpadl_read(area.gpadl, at, &mut echoed)
+            .map_err(BulkEchoError::Gpadl)?;
+        Ok((completion, echoed))
+    }
+
     /// Sends a host message with completion requested.
     ///
     /// # Errors
@@ -676,7 +849,7 @@ fn library_of(host: &Host, path: KmclPath) -> Result<Library, NtStatus> {
 }
 
 /// Answers the packets the responder left for later: after the configured delay, or never.
-fn slow_host(host: &Host, config: &Mutex<SimConfig>, stop: &AtomicBool) {
+fn slow_host(host: &Host, config: &Mutex<SimConfig>, side: &HostSide, stop: &AtomicBool) {
     let mut held = Vec::new();
     while !stop.load(Ordering::Acquire) {
         let Some(packet) = host.recv(Duration::from_millis(20)) else {
@@ -691,7 +864,7 @@ fn slow_host(host: &Host, config: &Mutex<SimConfig>, stop: &AtomicBool) {
                     negotiation: Negotiation::Accept,
                     ..now
                 };
-                match answer(&normal, &packet) {
+                match answer(&normal, side, &packet) {
                     Some(reply) => packet.complete(NtStatus::STATUS_SUCCESS, &reply),
                     None => held.push(packet),
                 }

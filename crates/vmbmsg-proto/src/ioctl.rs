@@ -32,6 +32,7 @@ use zerocopy::little_endian::U32;
 use zerocopy::little_endian::U64;
 
 use crate::open_enum::open_enum;
+use crate::wire::MAX_BULK_PAYLOAD;
 use crate::wire::MAX_PAYLOAD;
 use crate::wire::MalformedReason;
 
@@ -299,12 +300,12 @@ pub enum IoctlError {
         /// Bytes actually after the fixed header.
         actual: usize,
     },
-    /// A payload above [`MAX_PAYLOAD`].
+    /// A payload above its maximum ([`SEND_PAYLOAD_MAX`] for SEND, [`MAX_PAYLOAD`] for RECV).
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
     PayloadTooLarge {
         /// Declared or given length.
         len: usize,
-        /// [`MAX_PAYLOAD`].
+        /// The maximum.
         max: usize,
     },
     /// A reserved field or flag is not zero.
@@ -394,6 +395,10 @@ open_enum! {
         /// NEGOTIATION_FAILED: the proposal could not be sent, or the channel closed while it
         /// waited.
         SEND_FAILED = 4,
+        /// READY with protocol 1.1, but without its bulk area (the driver could not allocate
+        /// or map it, or the host refused it): SEND payloads are limited to
+        /// [`MAX_PAYLOAD`] bytes (`max_payload`).
+        BULK_UNAVAILABLE = 5,
     }
 }
 
@@ -421,7 +426,8 @@ pub struct InfoOut {
     pub protocol_min: U32,
     /// The newest protocol version the driver proposes ([`crate::wire::SUPPORTED_MAX`]).
     pub protocol_max: U32,
-    /// Largest SEND / RECV payload ([`MAX_PAYLOAD`]).
+    /// Largest SEND payload now: [`SEND_PAYLOAD_MAX`] on a session with a bulk area (protocol
+    /// 1.1), [`MAX_PAYLOAD`] otherwise (the largest RECV payload always).
     pub max_payload: U32,
     /// Capacity of the notification queue.
     pub notify_queue_depth: U32,
@@ -612,20 +618,22 @@ pub struct RecvOut {
 }
 const _: () = assert!(size_of::<RecvOut>() == 24);
 
+/// The largest SEND payload the IOCTL accepts: [`MAX_BULK_PAYLOAD`]. Above [`MAX_PAYLOAD`] it
+/// travels through the bulk area, so only a session that has one takes it (GET_INFO's
+/// `max_payload`); others fail it with `STATUS_INVALID_PARAMETER`.
+pub const SEND_PAYLOAD_MAX: usize = MAX_BULK_PAYLOAD;
+
 /// The largest SEND input.
-pub const SEND_IN_MAX: usize = size_of::<SendIn>() + MAX_PAYLOAD;
+pub const SEND_IN_MAX: usize = size_of::<SendIn>() + SEND_PAYLOAD_MAX;
 
 /// The largest RECV output, and the output size RECV requires.
 pub const RECV_OUT_MAX: usize = size_of::<RecvOut>() + MAX_PAYLOAD;
 
 // ---- helpers --------------------------------------------------------------------------------
 
-fn payload_len_u32(len: usize) -> Result<u32, IoctlError> {
-    let too_large = IoctlError::PayloadTooLarge {
-        len,
-        max: MAX_PAYLOAD,
-    };
-    if len > MAX_PAYLOAD {
+fn payload_len_u32(len: usize, max: usize) -> Result<u32, IoctlError> {
+    let too_large = IoctlError::PayloadTooLarge { len, max };
+    if len > max {
         return Err(too_large);
     }
     u32::try_from(len).map_err(|_| too_large)
@@ -683,10 +691,10 @@ pub fn parse_send_input(input: &[u8]) -> Result<&[u8], IoctlError> {
     }
     let declared = header.payload_len.get();
     let len = usize::try_from(declared).unwrap_or(usize::MAX);
-    if len > MAX_PAYLOAD {
+    if len > SEND_PAYLOAD_MAX {
         return Err(IoctlError::PayloadTooLarge {
             len,
-            max: MAX_PAYLOAD,
+            max: SEND_PAYLOAD_MAX,
         });
     }
     if len != payload.len() {
@@ -722,7 +730,7 @@ fn write_variable(
 /// [`IoctlError::PayloadTooLarge`], [`IoctlError::InputTooSmall`] when `buf` is too short.
 pub fn write_send_input(buf: &mut [u8], payload: &[u8]) -> Result<usize, IoctlError> {
     let header = SendIn {
-        payload_len: U32::new(payload_len_u32(payload.len())?),
+        payload_len: U32::new(payload_len_u32(payload.len(), SEND_PAYLOAD_MAX)?),
         flags: U32::ZERO,
     };
     write_variable(buf, header.as_bytes(), payload, |needed, got| {
@@ -741,7 +749,7 @@ pub fn write_recv_output(
     payload: &[u8],
 ) -> Result<usize, IoctlError> {
     let header = RecvOut {
-        payload_len: U32::new(payload_len_u32(payload.len())?),
+        payload_len: U32::new(payload_len_u32(payload.len(), MAX_PAYLOAD)?),
         reserved: U32::ZERO,
         sequence: U64::new(sequence),
         dropped_since_last: U64::new(dropped_since_last),
@@ -906,7 +914,7 @@ mod tests {
         assert!(IoctlCode::Recv.check_buffers(0, RECV_OUT_MAX - 1).is_err());
         assert_eq!(IoctlCode::Recv.check_buffers(0, RECV_OUT_MAX), Ok(()));
         assert_eq!(RECV_OUT_MAX, 24 + 16 * 1024);
-        assert_eq!(SEND_IN_MAX, 8 + 16 * 1024);
+        assert_eq!(SEND_IN_MAX, 8 + 64 * 1024);
     }
 
     #[test]
@@ -957,7 +965,12 @@ mod tests {
     #[test]
     fn send_input_round_trip_and_checks() {
         let mut buf = vec![0u8; SEND_IN_MAX];
-        for payload in [&b""[..], b"x", &[7u8; MAX_PAYLOAD]] {
+        for payload in [
+            &b""[..],
+            b"x",
+            &[7u8; MAX_PAYLOAD],
+            &[8u8; SEND_PAYLOAD_MAX],
+        ] {
             let n = write_send_input(&mut buf, payload).unwrap();
             assert_eq!(n, 8 + payload.len());
             assert_eq!(parse_send_input(&buf[..n]), Ok(payload));
@@ -999,7 +1012,7 @@ mod tests {
             parse_send_input(&huge),
             Err(IoctlError::PayloadTooLarge {
                 len: u32::MAX as usize,
-                max: MAX_PAYLOAD
+                max: SEND_PAYLOAD_MAX
             })
         );
         assert_eq!(
@@ -1009,7 +1022,7 @@ mod tests {
                 got: 10
             })
         );
-        let big = vec![0u8; MAX_PAYLOAD + 1];
+        let big = vec![0u8; SEND_PAYLOAD_MAX + 1];
         let mut out = vec![0u8; SEND_IN_MAX + 8];
         assert!(matches!(
             write_send_input(&mut out, &big),

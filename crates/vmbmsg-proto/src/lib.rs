@@ -36,6 +36,9 @@
 //! | `PING` | `0x0003` | guest → host | `nonce: u64` | 32 | `nonce: u64` (the same) | 32 |
 //! | `ECHO` | `0x0101` | host → guest | payload, 0..=16384 bytes | 24..=16408 | the same payload | 24..=16408 |
 //! | `NOTIFY` | `0x0102` | host → guest | payload, 0..=16384 bytes | 24..=16408 | none; `STATUS_SUCCESS`, or `STATUS_QUOTA_EXCEEDED` when the guest's queue is full | 24 |
+//! | `BULK_OFFER` | `0x0004` | guest → host | 1.1: `gpadl: u32, guest_to_host_len: u32, host_to_guest_len: u32, reserved: u32` (the bulk area) | 40 | none; the host's status (it may use the area only after success) | 24 |
+//! | `SEND_BULK` | `0x0005` | guest → host | 1.1: `offset: u32, len: u32`, the payload in the guest's half of the bulk area | 32 | none; the host's status | 24 |
+//! | `ECHO_BULK` | `0x0103` | host → guest | 1.1: `offset: u32, len: u32`, the payload in the host's half | 32 | the same `offset, len`: the echo lies there | 32 |
 //!
 //! **Reply rule.** A reply has the REPLY flag, the request's kind and id, and a status. With a
 //! success status it carries the body above; with a failure status it has no body
@@ -47,8 +50,8 @@
 //! kind), `STATUS_INVALID_DEVICE_REQUEST` (wrong direction). An ECHO or NOTIFY that arrives
 //! before negotiation succeeded is completed with `STATUS_INVALID_DEVICE_STATE`.
 //!
-//! **Versions.** `PROTOCOL_V1` = 1.0 = `0x00010000`; this guest supports
-//! `SUPPORTED_MIN..=SUPPORTED_MAX` = V1..=V1. When the channel opens, the guest sends NEGOTIATE
+//! **Versions.** `PROTOCOL_V1` = 1.0 = `0x00010000` and `PROTOCOL_V1_1` = 1.1 = `0x00010001`;
+//! this guest supports `SUPPORTED_MIN..=SUPPORTED_MAX` = V1..=V1_1. When the channel opens, the guest sends NEGOTIATE
 //! as a synchronous request at PASSIVE_LEVEL with a 32-byte completion buffer, proposing
 //! its range. The host answers with one version inside the range
 //! ([`choose_version`](wire::choose_version): the newest both support) or rejects with
@@ -56,7 +59,20 @@
 //! ([`parse_negotiate_reply`](wire::parse_negotiate_reply)). NEGOTIATE and its reply always
 //! carry version V1 in the header (the negotiate exchange is frozen); every later message
 //! carries the negotiated version. A header version this crate does not support is rejected
-//! by every parser.
+//! by every parser, and a 1.1 kind in a 1.0 message is an unknown kind.
+//!
+//! **Bulk transfers (1.1).** A payload larger than one ring packet travels through guest memory
+//! the host maps, a GPADL. Right after a 1.1 negotiation, before any data message, the guest
+//! creates its bulk area and offers it with BULK_OFFER (synchronous, like NEGOTIATE): its first
+//! `guest_to_host_len` bytes are the guest's half, the next `host_to_guest_len` bytes the
+//! host's. The sender of a bulk message owns the range it names, from the moment it sends the
+//! message until the reply arrives: the guest writes a SEND_BULK payload into its half and does
+//! not touch it until the host's reply; the host writes an ECHO_BULK payload into its half and
+//! the guest, before replying, reads it and writes the echo back over it. Payloads are 1..=
+//! `MAX_BULK_PAYLOAD` = 65536 bytes (four ring packets' worth); smaller ones (≤ 16384) still
+//! travel in the ring as SEND and ECHO. A range outside the sender's half, or a bulk message on
+//! a session without an accepted offer, is refused with `STATUS_DATA_ERROR`. The guest deletes
+//! the GPADL when the channel closes; the host must not use it after the close.
 //!
 //! # IOCTL interface
 //!
@@ -71,7 +87,7 @@
 //! | `IOCTL_VMBMSG_GET_STATS` | `0x8A4D6004` | `0x801` | read | none | `StatsOut`, 328 bytes | `STATUS_SUCCESS`, `STATUS_BUFFER_TOO_SMALL` |
 //! | `IOCTL_VMBMSG_RESET_STATS` | `0x8A4DA008` | `0x802` | write | none | none | `STATUS_SUCCESS` |
 //! | `IOCTL_VMBMSG_PING` | `0x8A4DA00C` | `0x803` | write | none | `PingOut`, 24 bytes (the host's status inside) | `STATUS_SUCCESS`, `STATUS_BUFFER_TOO_SMALL`, `STATUS_DEVICE_NOT_READY` (channel not READY), `STATUS_INSUFFICIENT_RESOURCES`, `STATUS_INVALID_NETWORK_RESPONSE` (bad reply), `STATUS_CANCELLED` |
-//! | `IOCTL_VMBMSG_SEND` | `0x8A4DA010` | `0x804` | write | `SendIn` (8 bytes) + exactly `payload_len` bytes, at most 16384 | `SendOut`, 8 bytes (the host's status inside) | `STATUS_SUCCESS`, `STATUS_BUFFER_TOO_SMALL`, `STATUS_INVALID_PARAMETER` (length mismatch, payload too large, flags), `STATUS_DEVICE_NOT_READY`, `STATUS_INSUFFICIENT_RESOURCES`, `STATUS_INVALID_NETWORK_RESPONSE`, `STATUS_CANCELLED` |
+//! | `IOCTL_VMBMSG_SEND` | `0x8A4DA010` | `0x804` | write | `SendIn` (8 bytes) + exactly `payload_len` bytes, at most GET_INFO's `max_payload` (16384; 65536 with a bulk area) | `SendOut`, 8 bytes (the host's status inside) | `STATUS_SUCCESS`, `STATUS_BUFFER_TOO_SMALL`, `STATUS_INVALID_PARAMETER` (length mismatch, payload too large, flags), `STATUS_DEVICE_NOT_READY`, `STATUS_DEVICE_BUSY` (every bulk slot in use: retry), `STATUS_INSUFFICIENT_RESOURCES`, `STATUS_INVALID_NETWORK_RESPONSE`, `STATUS_CANCELLED` |
 //! | `IOCTL_VMBMSG_RECV` | `0x8A4D6014` | `0x805` | read | none | `RecvOut` (24 bytes) + payload; buffer at least 16408 bytes | `STATUS_SUCCESS` (pends while the queue is empty), `STATUS_BUFFER_TOO_SMALL`, `STATUS_QUOTA_EXCEEDED` (too many parked RECVs), `STATUS_CANCELLED` |
 //!
 //! Any other code completes with `STATUS_INVALID_DEVICE_REQUEST`. Buffer errors come from
@@ -144,7 +160,7 @@ mod doc_tables {
 
     #[test]
     fn protocol_table_matches_kinds_and_sizes() {
-        assert_eq!(MessageKind::KNOWN.len(), 5);
+        assert_eq!(MessageKind::KNOWN.len(), 8);
         for kind in MessageKind::KNOWN {
             let name = kind.name().unwrap_or_default();
             let cells = row(name);
@@ -177,6 +193,14 @@ mod doc_tables {
         assert_eq!(row("ECHO")[6], variable);
         assert_eq!(row("SEND")[6], wire::STATUS_REPLY_SIZE.to_string());
         assert_eq!(row("NOTIFY")[6], wire::STATUS_REPLY_SIZE.to_string());
+        assert_eq!(row("BULK_OFFER")[4], wire::BULK_OFFER_SIZE.to_string());
+        assert_eq!(row("BULK_OFFER")[6], wire::STATUS_REPLY_SIZE.to_string());
+        assert_eq!(row("SEND_BULK")[4], wire::BULK_REF_SIZE.to_string());
+        assert_eq!(row("SEND_BULK")[6], wire::STATUS_REPLY_SIZE.to_string());
+        assert_eq!(row("ECHO_BULK")[4], wire::BULK_REF_SIZE.to_string());
+        assert_eq!(row("ECHO_BULK")[6], wire::BULK_REF_SIZE.to_string());
+        assert_eq!(wire::MAX_BULK_PAYLOAD, 65536);
+        assert_eq!(wire::PROTOCOL_V1_1, 0x0001_0001);
         // The header table and the limits the text quotes.
         assert_eq!(wire::HEADER_SIZE, 24);
         assert_eq!(wire::MAX_PAYLOAD, 16384);

@@ -9,10 +9,12 @@ use vmbmsg_proto::wire::GuestMessage;
 use vmbmsg_proto::wire::HEADER_SIZE;
 use vmbmsg_proto::wire::HostBody;
 use vmbmsg_proto::wire::HostMessage;
+use vmbmsg_proto::wire::MAX_BULK_PAYLOAD;
 use vmbmsg_proto::wire::MAX_MESSAGE;
 use vmbmsg_proto::wire::MAX_PAYLOAD;
 use vmbmsg_proto::wire::MessageKind;
 use vmbmsg_proto::wire::PROTOCOL_V1;
+use vmbmsg_proto::wire::PROTOCOL_V1_1;
 use vmbmsg_proto::wire::ProtoError;
 use vmbmsg_proto::wire::Reply;
 use vmbmsg_proto::wire::ReplyBody;
@@ -30,15 +32,42 @@ enum Msg {
         id: u64,
         payload: Vec<u8>,
     },
+    /// An ECHO_BULK (1.1).
+    HostBulk {
+        id: u64,
+        offset: u32,
+        len: u32,
+    },
     Guest(GuestOwned),
     Reply(ReplyOwned),
 }
 
 #[derive(Clone, Debug)]
 enum GuestOwned {
-    Negotiate { id: u64, min: u32, max: u32 },
-    Send { id: u64, payload: Vec<u8> },
-    Ping { id: u64, nonce: u64 },
+    Negotiate {
+        id: u64,
+        min: u32,
+        max: u32,
+    },
+    Send {
+        id: u64,
+        payload: Vec<u8>,
+    },
+    Ping {
+        id: u64,
+        nonce: u64,
+    },
+    BulkOffer {
+        id: u64,
+        gpadl: u32,
+        g2h: u32,
+        h2g: u32,
+    },
+    SendBulk {
+        id: u64,
+        offset: u32,
+        len: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +84,7 @@ enum BodyOwned {
     Negotiate(u32),
     Ping(u64),
     Echo(Vec<u8>),
+    EchoBulk(u32, u32),
 }
 
 impl GuestOwned {
@@ -63,18 +93,36 @@ impl GuestOwned {
             Self::Negotiate { id, min, max } => GuestMessage::negotiate(*id, *min, *max),
             Self::Send { id, payload } => GuestMessage::send(PROTOCOL_V1, *id, payload),
             Self::Ping { id, nonce } => GuestMessage::ping(PROTOCOL_V1, *id, *nonce),
+            Self::BulkOffer {
+                id,
+                gpadl,
+                g2h,
+                h2g,
+            } => GuestMessage::bulk_offer(PROTOCOL_V1_1, *id, *gpadl, *g2h, *h2g),
+            Self::SendBulk { id, offset, len } => {
+                GuestMessage::send_bulk(PROTOCOL_V1_1, *id, *offset, *len)
+            }
         }
     }
 }
 
 impl ReplyOwned {
     fn view(&self) -> Reply<'_> {
-        let version = PROTOCOL_V1;
+        // A success reply of a 1.1 kind is in 1.1; failures may be in 1.0 whatever the kind.
+        let version = if self.status.is_success() {
+            self.kind.since()
+        } else {
+            PROTOCOL_V1
+        };
         let body = match &self.body {
             BodyOwned::Empty => ReplyBody::Empty,
             BodyOwned::Negotiate(version) => ReplyBody::Negotiate { version: *version },
             BodyOwned::Ping(nonce) => ReplyBody::Ping { nonce: *nonce },
             BodyOwned::Echo(payload) => ReplyBody::Echo { payload },
+            BodyOwned::EchoBulk(offset, len) => ReplyBody::EchoBulk {
+                offset: *offset,
+                len: *len,
+            },
         };
         Reply {
             kind: self.kind,
@@ -99,6 +147,9 @@ impl Msg {
                 assert_eq!(m.encoded_len(), HEADER_SIZE + payload.len());
                 m.write(&mut buf)
             }
+            Self::HostBulk { id, offset, len } => {
+                HostMessage::echo_bulk(PROTOCOL_V1_1, *id, *offset, *len).write(&mut buf)
+            }
             Self::Guest(g) => g.view().write(&mut buf),
             Self::Reply(r) => r.view().write(&mut buf),
         };
@@ -111,6 +162,7 @@ impl Msg {
         match self {
             Self::Host { echo: true, .. } => MessageKind::ECHO,
             Self::Host { echo: false, .. } => MessageKind::NOTIFY,
+            Self::HostBulk { .. } => MessageKind::ECHO_BULK,
             Self::Guest(g) => g.view().kind(),
             Self::Reply(r) => r.kind,
         }
@@ -119,10 +171,13 @@ impl Msg {
     fn id(&self) -> u64 {
         match self {
             Self::Host { id, .. }
+            | Self::HostBulk { id, .. }
             | Self::Guest(
                 GuestOwned::Negotiate { id, .. }
                 | GuestOwned::Send { id, .. }
-                | GuestOwned::Ping { id, .. },
+                | GuestOwned::Ping { id, .. }
+                | GuestOwned::BulkOffer { id, .. }
+                | GuestOwned::SendBulk { id, .. },
             )
             | Self::Reply(ReplyOwned { id, .. }) => *id,
         }
@@ -131,7 +186,7 @@ impl Msg {
     /// Parses `bytes` with the parser for this message's direction.
     fn parse(&self, bytes: &[u8]) -> Result<(), ProtoError> {
         match self {
-            Self::Host { .. } => parse_host_message(bytes).map(drop),
+            Self::Host { .. } | Self::HostBulk { .. } => parse_host_message(bytes).map(drop),
             Self::Guest(_) => parse_guest_message(bytes).map(drop),
             Self::Reply(r) => parse_reply(bytes, r.kind, r.id).map(drop),
         }
@@ -143,6 +198,15 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         8 => vec(any::<u8>(), 0..=64),
         1 => vec(any::<u8>(), MAX_PAYLOAD - 8..=MAX_PAYLOAD),
     ]
+}
+
+/// A bulk reference the parsers accept: 1..=MAX_BULK_PAYLOAD bytes, its end within u32.
+fn bulk_ref() -> impl Strategy<Value = (u32, u32)> {
+    (
+        1u32..=u32::try_from(MAX_BULK_PAYLOAD).unwrap(),
+        any::<u32>(),
+    )
+        .prop_map(|(len, offset)| (offset.min(u32::MAX - len), len))
 }
 
 fn version_range() -> impl Strategy<Value = (u32, u32)> {
@@ -185,14 +249,20 @@ fn reply() -> impl Strategy<Value = ReplyOwned> {
             id,
             BodyOwned::Echo(p)
         )),
-        (any::<u64>(), any::<bool>()).prop_map(move |(id, send)| {
-            let kind = if send {
-                MessageKind::SEND
-            } else {
-                MessageKind::NOTIFY
-            };
+        (any::<u64>(), 0..4usize).prop_map(move |(id, which)| {
+            let kind = [
+                MessageKind::SEND,
+                MessageKind::NOTIFY,
+                MessageKind::BULK_OFFER,
+                MessageKind::SEND_BULK,
+            ][which];
             ok(kind, id, BodyOwned::Empty)
         }),
+        (any::<u64>(), bulk_ref()).prop_map(move |(id, (offset, len))| ok(
+            MessageKind::ECHO_BULK,
+            id,
+            BodyOwned::EchoBulk(offset, len)
+        )),
     ]
 }
 
@@ -209,6 +279,21 @@ fn message() -> impl Strategy<Value = Msg> {
             .prop_map(|(id, payload)| Msg::Guest(GuestOwned::Send { id, payload })),
         (any::<u64>(), any::<u64>())
             .prop_map(|(id, nonce)| Msg::Guest(GuestOwned::Ping { id, nonce })),
+        (any::<u64>(), bulk_ref()).prop_map(|(id, (offset, len))| Msg::HostBulk {
+            id,
+            offset,
+            len
+        }),
+        (any::<u64>(), any::<u32>(), 1u32..=1 << 30, 1u32..=1 << 30).prop_map(
+            |(id, gpadl, g2h, h2g)| Msg::Guest(GuestOwned::BulkOffer {
+                id,
+                gpadl,
+                g2h,
+                h2g
+            })
+        ),
+        (any::<u64>(), bulk_ref())
+            .prop_map(|(id, (offset, len))| Msg::Guest(GuestOwned::SendBulk { id, offset, len })),
         reply().prop_map(Msg::Reply),
     ]
 }
@@ -280,6 +365,12 @@ proptest! {
                 };
                 prop_assert_eq!(parsed.body, expected);
             }
+            Msg::HostBulk { id, offset, len } => {
+                let parsed = parse_host_message(&bytes).unwrap();
+                prop_assert_eq!(parsed.id, *id);
+                prop_assert_eq!(parsed.version, PROTOCOL_V1_1);
+                prop_assert_eq!(parsed.body, HostBody::EchoBulk { offset: *offset, len: *len });
+            }
             Msg::Guest(g) => {
                 let parsed = parse_guest_message(&bytes).unwrap();
                 prop_assert_eq!(parsed, g.view());
@@ -341,7 +432,7 @@ proptest! {
         let mut bytes = msg.encode();
         bytes[4..6].copy_from_slice(&kind.get().to_le_bytes());
         match &msg {
-            Msg::Host { .. } | Msg::Guest(_) => {
+            Msg::Host { .. } | Msg::HostBulk { .. } | Msg::Guest(_) => {
                 prop_assert_eq!(parse_host_message(&bytes), Err(ProtoError::UnknownKind(kind.get())));
                 prop_assert_eq!(parse_guest_message(&bytes), Err(ProtoError::UnknownKind(kind.get())));
             }
@@ -358,7 +449,7 @@ proptest! {
     fn requests_parse_only_in_their_direction(msg in message()) {
         let bytes = msg.encode();
         match &msg {
-            Msg::Host { .. } => {
+            Msg::Host { .. } | Msg::HostBulk { .. } => {
                 let err = parse_guest_message(&bytes).unwrap_err();
                 prop_assert_eq!(err, ProtoError::WrongDirection { kind: msg.kind() });
             }
@@ -386,5 +477,47 @@ proptest! {
             );
             prop_assert!(err.reason().index() < vmbmsg_proto::wire::MalformedReason::COUNT);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The 1.1 kinds do not exist in 1.0: a request (or success reply) of one in a 1.0 header
+    /// is an unknown kind, answered as such; a failure reply may still carry it.
+    #[test]
+    fn bulk_kinds_are_unknown_in_1_0(msg in message()) {
+        let kind = msg.kind();
+        prop_assume!(kind.since() == PROTOCOL_V1_1);
+        let failure = matches!(&msg, Msg::Reply(r) if !r.status.is_success());
+        let mut bytes = msg.encode();
+        bytes[0..4].copy_from_slice(&PROTOCOL_V1.to_le_bytes());
+        if failure {
+            prop_assert_eq!(msg.parse(&bytes), Ok(()));
+        } else {
+            prop_assert_eq!(msg.parse(&bytes), Err(ProtoError::UnknownKind(kind.get())));
+        }
+    }
+
+    /// A bulk reference that cannot describe a range is refused by parser and writer alike.
+    #[test]
+    fn bad_bulk_references_are_rejected(id in any::<u64>(), offset in any::<u32>(), len in any::<u32>()) {
+        let usable = len != 0
+            && usize::try_from(len).unwrap() <= MAX_BULK_PAYLOAD
+            && offset.checked_add(len).is_some();
+        prop_assume!(!usable);
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let expected = Err(ProtoError::BadBulkReference { offset, len });
+        prop_assert_eq!(GuestMessage::send_bulk(PROTOCOL_V1_1, id, offset, len).write(&mut buf), expected);
+        prop_assert_eq!(HostMessage::echo_bulk(PROTOCOL_V1_1, id, offset, len).write(&mut buf), expected);
+        // The same bytes, written by hand, do not parse.
+        let good = HostMessage::echo_bulk(PROTOCOL_V1_1, id, 0, 1);
+        let n = good.write(&mut buf).unwrap();
+        buf[24..28].copy_from_slice(&offset.to_le_bytes());
+        buf[28..32].copy_from_slice(&len.to_le_bytes());
+        prop_assert_eq!(
+            parse_host_message(&buf[..n]).map(drop),
+            Err(ProtoError::BadBulkReference { offset, len })
+        );
     }
 }

@@ -426,7 +426,8 @@ pub struct PingArgs {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// The message: text, `@FILE` for a file's bytes, `@-` for stdin, `@@text` for text that
-    /// starts with `@`. At most 16384 bytes.
+    /// starts with `@`. At most 65536 bytes; above 16384 the driver moves it through its bulk
+    /// buffer, which needs protocol 1.1 (`info` shows the session's max payload).
     #[arg(value_name = "TEXT|@FILE")]
     pub message: OsString,
     /// Milliseconds to wait for the host's answer; then the SEND is cancelled.

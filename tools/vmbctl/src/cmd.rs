@@ -9,7 +9,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use vmbmsg_proto::ioctl::IoctlCode;
-use vmbmsg_proto::wire::MAX_PAYLOAD;
+use vmbmsg_proto::ioctl::SEND_PAYLOAD_MAX;
 
 use crate::cli::{Command, PingArgs, RecvArgs, ScriptArgs, ScriptLine, SendArgs, split_words};
 use crate::device::Device;
@@ -226,7 +226,7 @@ pub fn message_bytes(arg: &OsString) -> Result<Vec<u8>, Error> {
     } else if text == "@-" {
         let mut buf = Vec::new();
         std::io::stdin()
-            .take(MAX_PAYLOAD as u64 + 1)
+            .take(SEND_PAYLOAD_MAX as u64 + 1)
             .read_to_end(&mut buf)
             .map_err(|source| Error::Io {
                 context: "reading the message from stdin".into(),
@@ -241,9 +241,9 @@ pub fn message_bytes(arg: &OsString) -> Result<Vec<u8>, Error> {
     } else {
         text.as_bytes().to_vec()
     };
-    if bytes.len() > MAX_PAYLOAD {
+    if bytes.len() > SEND_PAYLOAD_MAX {
         return Err(Error::Usage(format!(
-            "the message is {} bytes; a SEND carries at most {MAX_PAYLOAD}",
+            "the message is {} bytes; a SEND carries at most {SEND_PAYLOAD_MAX}",
             bytes.len()
         )));
     }

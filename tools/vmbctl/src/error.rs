@@ -162,6 +162,14 @@ fn status_meaning(op: IoctlCode, status: NtStatus) -> Option<&'static str> {
         NtStatus::STATUS_INSUFFICIENT_RESOURCES => {
             "the driver could not allocate a packet or buffer; retry later"
         }
+        NtStatus::STATUS_DEVICE_BUSY if op == IoctlCode::Send => {
+            "every bulk slot is carrying another large SEND; retry when one is answered"
+        }
+        NtStatus::STATUS_INVALID_PARAMETER if op == IoctlCode::Send => {
+            "the driver refused the SEND: a message above 16384 bytes needs the bulk buffer of \
+             protocol 1.1 (`vmbctl info` shows this session's max payload); otherwise vmbctl \
+             and the driver disagree on the IOCTL ABI"
+        }
         NtStatus::STATUS_BUFFER_TOO_SMALL | NtStatus::STATUS_INVALID_PARAMETER => {
             "the driver refused vmbctl's buffers: vmbctl and the driver disagree on the IOCTL \
              ABI (compare `vmbctl --version` with the driver version in `vmbctl info`)"

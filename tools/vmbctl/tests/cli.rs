@@ -135,9 +135,9 @@ mod cases {
             err.contains("vmbctl: error: --device needs the Windows device backend"),
             "{err}"
         );
-        let (code, _, err) = run_sim(&["send", &"x".repeat(16_385)]);
+        let (code, _, err) = run_sim(&["send", &"x".repeat(65_537)]);
         assert_eq!(code, 2, "{err}");
-        assert!(err.contains("at most 16384"), "{err}");
+        assert!(err.contains("at most 65536"), "{err}");
         let (code, _, err) = run_sim(&["send", "@/nonexistent/vmbctl-test"]);
         assert_eq!(code, 2, "{err}");
         assert!(
@@ -169,8 +169,8 @@ mod cases {
         for want in [
             "channel state           READY",
             "ABI version             1",
-            "protocol version        1.0",
-            "max payload             16384 bytes",
+            "protocol version        1.1 (driver offers 1.0..=1.1)",
+            "max payload             65536 bytes",
         ] {
             assert!(out.contains(want), "{want:?} in\n{out}");
         }
@@ -184,11 +184,11 @@ mod cases {
         assert_eq!(info.len(), 1);
         assert_eq!(info[0]["abi_version"], 1);
         assert_eq!(info[0]["channel_state"], "READY");
-        assert_eq!(info[0]["protocol_version"], "1.0");
-        assert_eq!(info[0]["protocol_version_value"], 0x0001_0000);
+        assert_eq!(info[0]["protocol_version"], "1.1");
+        assert_eq!(info[0]["protocol_version_value"], 0x0001_0001);
         assert_eq!(info[0]["state_reason"], "NONE");
         assert_eq!(lines[0]["data"]["schema"], 2, "the format's version, first");
-        assert_eq!(info[0]["max_payload"], 16384);
+        assert_eq!(info[0]["max_payload"], 65536);
     }
 
     fn stats_and_reset_stats() {
@@ -202,7 +202,10 @@ mod cases {
         let stats = of_type(&lines, "stats");
         let counters = stats[0]["counters"].as_object().unwrap();
         assert_eq!(counters.len(), 25);
-        assert_eq!(counters["tx_packets"], 1, "the NEGOTIATE");
+        assert_eq!(
+            counters["tx_packets"], 2,
+            "the NEGOTIATE and the BULK_OFFER"
+        );
         assert_eq!(stats[0]["malformed_by_reason"]["premature"], 0);
         let (code, out, _) = run_sim(&["reset-stats"]);
         assert_eq!((code, out.as_str()), (0, "statistics reset\n"));
@@ -269,7 +272,12 @@ mod cases {
         let (code, out, err) = run_sim(&["send", &arg]);
         assert_eq!(code, 0, "{err}");
         assert!(out.starts_with("sent 16384 bytes"), "{out}");
-        std::fs::write(&file, vec![0u8; 16_385]).unwrap();
+        // Above one ring packet: through the bulk buffer (protocol 1.1).
+        std::fs::write(&file, vec![0x5Au8; 65_536]).unwrap();
+        let (code, out, err) = run_sim(&["send", &arg]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("sent 65536 bytes"), "{out}");
+        std::fs::write(&file, vec![0u8; 65_537]).unwrap();
         let (code, _, err) = run_sim(&["send", &arg]);
         assert_eq!(code, 2, "over the limit: {err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -35,6 +35,8 @@ use crate::violation::{Violation, ViolationKind as V};
 use vmbus_ring::OutgoingKind;
 
 mod gpadl;
+pub use gpadl::GpadlError;
+pub(crate) use gpadl::GpadlMemory;
 mod incoming;
 mod outgoing;
 mod poison;
@@ -314,7 +316,7 @@ struct IncomingRec {
 #[derive(Debug)]
 struct Gpadl {
     channel: u64,
-    bytes: Vec<u8>,
+    memory: gpadl::GpadlMemory,
     leak_reported: bool,
 }
 

@@ -317,15 +317,27 @@ pub fn packet_get_pointer(p: Pkt) -> usize {
     // SAFETY: handle-only call.
     unsafe { sys::VmbPacketGetPointer(p.raw()) }.expose_provenance()
 }
-pub fn gpadl_from_buffer(ch: Ch, flags: u32, buf: &[u8]) -> (NtStatus, u32) {
+/// A GPADL over static bytes: the host may read them (a host write would fault: they are
+/// read-only; use [`gpadl_from_raw`] for memory the host writes).
+pub fn gpadl_from_buffer(ch: Ch, flags: u32, buf: &'static [u8]) -> (NtStatus, u32) {
+    // SAFETY: static bytes are readable for ever; the tests using this never write them.
+    unsafe { gpadl_from_raw(ch, flags, buf.as_ptr().cast_mut(), buf.len()) }
+}
+
+/// A GPADL over `len` bytes at `ptr`.
+///
+/// # Safety
+/// `ptr` is readable (and writable, if the host writes) for `len` bytes until the GPADL is
+/// deleted, and only accessed atomically meanwhile.
+pub unsafe fn gpadl_from_raw(ch: Ch, flags: u32, ptr: *mut u8, len: usize) -> (NtStatus, u32) {
     let mut h = 0;
-    // SAFETY: `buf` is readable for its length (the model copies it); `h` is writable.
+    // SAFETY: the caller's guarantee on `ptr`; `h` is writable.
     let s = NtStatus(unsafe {
         sys::VmbChannelCreateGpadlFromBuffer(
             ch.raw(),
             flags,
-            buf.as_ptr().cast_mut().cast(),
-            len32(buf),
+            ptr.cast(),
+            u32::try_from(len).expect("a test buffer fits u32"),
             &raw mut h,
         )
     });

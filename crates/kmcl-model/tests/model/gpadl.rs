@@ -2,7 +2,9 @@
 
 use std::sync::Mutex;
 
-use kmcl_model::{NtStatus, connected, mdl_create, mdl_free};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use kmcl_model::{GpadlError, NtStatus, connected, mdl_create, mdl_free};
 
 use crate::common::*;
 
@@ -51,6 +53,60 @@ fn gpadl_from_an_mdl_range() {
     );
     gpadl_delete(g.ch, h1);
     gpadl_delete(g.ch, h2);
+    assert!(mdl_free(mdl));
+    g.teardown();
+}
+
+/// Hyper-V maps the guest's pages: what the host writes, the guest reads in place, and the
+/// other way round, until the GPADL is deleted; after that the host reaches nothing.
+#[test]
+fn the_host_reads_and_writes_a_buffer_gpadl_in_place_until_it_is_deleted() {
+    let host = connected();
+    let _guard = host.violation_guard();
+    let g = GuestBuilder::new(&host).opened();
+    let buf: Vec<AtomicU8> = (0..64).map(|_| AtomicU8::new(1)).collect();
+    // SAFETY: `buf` outlives the GPADL (deleted below) and is only accessed atomically.
+    let (s, h) = unsafe { gpadl_from_raw(g.ch, 0, buf.as_ptr().cast_mut().cast(), buf.len()) };
+    assert_eq!(s, NtStatus::STATUS_SUCCESS);
+    assert_eq!(host.gpadl_len(h), Some(64));
+    host.gpadl_write(h, 8, b"host").expect("in range");
+    let seen: Vec<u8> = buf[6..14]
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(seen, [1, 1, b'h', b'o', b's', b't', 1, 1]);
+    buf[63].store(9, Ordering::Relaxed);
+    let mut tail = [0u8; 2];
+    host.gpadl_read(h, 62, &mut tail).expect("in range");
+    assert_eq!(tail, [1, 9]);
+    assert_eq!(
+        host.gpadl_read(h, 63, &mut tail),
+        Err(GpadlError::OutOfRange)
+    );
+    assert_eq!(
+        host.gpadl_write(h, usize::MAX, b"x"),
+        Err(GpadlError::OutOfRange)
+    );
+    gpadl_delete(g.ch, h);
+    assert_eq!(
+        host.gpadl_read(h, 0, &mut tail),
+        Err(GpadlError::NoSuchGpadl)
+    );
+    assert_eq!(
+        host.gpadl_write(h, 0, b"late"),
+        Err(GpadlError::NoSuchGpadl)
+    );
+    assert!(
+        buf.iter()
+            .skip(12)
+            .take(50)
+            .all(|b| b.load(Ordering::Relaxed) == 1)
+    );
+    let mdl = mdl_create(b"abcdefgh");
+    let (s, hm) = gpadl_from_mdl(g.ch, mdl, 0, 0);
+    assert_eq!(s, NtStatus::STATUS_SUCCESS);
+    assert_eq!(host.gpadl_write(hm, 0, b"x"), Err(GpadlError::ReadOnly));
+    gpadl_delete(g.ch, hm);
     assert!(mdl_free(mdl));
     g.teardown();
 }

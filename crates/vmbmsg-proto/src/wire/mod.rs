@@ -16,7 +16,8 @@
 //! 2. `version` is in [`SUPPORTED_MIN`]`..=`[`SUPPORTED_MAX`] ([`ProtoError::UnsupportedVersion`]);
 //! 3. no unknown `flags` bit ([`ProtoError::ReservedNonZero`]);
 //! 4. requests: a known kind ([`ProtoError::UnknownKind`]), the REPLY flag clear
-//!    ([`ProtoError::ReplyFlag`]), the kind travels in this direction
+//!    ([`ProtoError::ReplyFlag`]), the kind known in the header's version
+//!    ([`ProtoError::UnknownKind`]: the 1.1 kinds are unknown in a 1.0 message), the kind travels in this direction
 //!    ([`ProtoError::WrongDirection`]), `status` is 0 ([`ProtoError::ReservedNonZero`]);
 //!    replies: the REPLY flag set, the expected kind ([`ProtoError::KindMismatch`]) and id
 //!    ([`ProtoError::IdMismatch`]);
@@ -24,7 +25,11 @@
 //! 6. `payload_len <= MAX_PAYLOAD` ([`ProtoError::PayloadTooLarge`]) and
 //!    `payload_len == bytes.len() - HEADER_SIZE` ([`ProtoError::LengthMismatch`]);
 //! 7. the body: a fixed-size body shorter than its struct is [`ProtoError::Truncated`], longer is
-//!    [`ProtoError::BodyLength`]; reserved body fields are zero; a NEGOTIATE range is valid.
+//!    [`ProtoError::BodyLength`]; reserved body fields are zero; a NEGOTIATE range is valid; a
+//!    success reply's kind is known in its version ([`ProtoError::UnknownKind`]; a failure reply
+//!    may carry any kind, it answers whatever arrived); a bulk reference is 1..=
+//!    [`MAX_BULK_PAYLOAD`] bytes ending within `u32` and a BULK_OFFER has two non-empty halves
+//!    ([`ProtoError::BadBulkReference`]).
 //!
 //! A parser checks what one message can show. Session rules are the caller's: a data message
 //! before negotiation ([`MalformedReason::Premature`], completed with [`PREMATURE_STATUS`]), a
@@ -77,6 +82,13 @@
 //!             let queued = true; // push a copy of the payload into the bounded queue
 //!             let status = if queued { NtStatus::STATUS_SUCCESS } else { QUEUE_FULL_STATUS };
 //!             Reply::status_only(MessageKind::NOTIFY, version, id, status).write(reply)
+//!         }
+//!         Ok(HostMessage { version, id, body: HostBody::EchoBulk { offset, len } }) => {
+//!             // 1.1: check the range against the host's half of the bulk area, copy it out
+//!             // and back; without a bulk area:
+//!             let _ = (offset, len);
+//!             let status = NtStatus::STATUS_DATA_ERROR;
+//!             Reply::status_only(MessageKind::ECHO_BULK, version, id, status).write(reply)
 //!         }
 //!         Err(e) => {
 //!             // count e.reason(), then:
@@ -139,8 +151,12 @@ pub const PROTOCOL_V1: u32 = make_version(1, 0);
 /// The oldest protocol version this guest (and this crate's parsers) speaks.
 pub const SUPPORTED_MIN: u32 = PROTOCOL_V1;
 
+/// Protocol version 1.1 (`0x0001_0001`): 1.0 plus bulk transfers through a GPADL
+/// ([`MessageKind::BULK_OFFER`], [`MessageKind::SEND_BULK`], [`MessageKind::ECHO_BULK`]).
+pub const PROTOCOL_V1_1: u32 = make_version(1, 1);
+
 /// The newest protocol version this guest (and this crate's parsers) speaks.
-pub const SUPPORTED_MAX: u32 = PROTOCOL_V1;
+pub const SUPPORTED_MAX: u32 = PROTOCOL_V1_1;
 const _: () = assert!(SUPPORTED_MIN <= SUPPORTED_MAX && version_major(SUPPORTED_MIN) >= 1);
 
 /// The header version of every NEGOTIATE request and reply, whatever versions they talk
@@ -187,6 +203,16 @@ pub const MAX_PAYLOAD: usize = 16 * 1024;
 
 /// The largest message, request or reply: the channel's maximum packet size.
 pub const MAX_MESSAGE: usize = HEADER_SIZE + MAX_PAYLOAD;
+
+/// The largest payload a bulk transfer (1.1) moves through the GPADL: four ring packets' worth.
+pub const MAX_BULK_PAYLOAD: usize = 64 * 1024;
+
+/// Size of a BULK_OFFER request (header + [`BulkOffer`]).
+pub const BULK_OFFER_SIZE: usize = HEADER_SIZE + size_of::<BulkOffer>();
+
+/// Size of a SEND_BULK or ECHO_BULK request, and of a successful ECHO_BULK reply (header +
+/// [`BulkRef`]).
+pub const BULK_REF_SIZE: usize = HEADER_SIZE + size_of::<BulkRef>();
 
 /// Size of a NEGOTIATE request (header + [`NegotiateRequest`]).
 pub const NEGOTIATE_REQUEST_SIZE: usize = HEADER_SIZE + size_of::<NegotiateRequest>();
@@ -284,6 +310,27 @@ open_enum! {
         /// Host→guest: a payload the guest queues for user mode; the reply is a status
         /// (success or [`QUEUE_FULL_STATUS`]).
         NOTIFY = 0x0102,
+        /// Guest→host, 1.1: the guest's bulk area, a GPADL ([`BulkOffer`]); the reply is a
+        /// status. The host may use it only after a success reply.
+        BULK_OFFER = 0x0004,
+        /// Guest→host, 1.1: a SEND whose payload lies in the guest's half of the bulk area
+        /// ([`BulkRef`]); the reply is the host's status.
+        SEND_BULK = 0x0005,
+        /// Host→guest, 1.1: an ECHO whose payload lies in the host's half of the bulk area
+        /// ([`BulkRef`]); the guest writes the echo back over it and replies with the same
+        /// [`BulkRef`].
+        ECHO_BULK = 0x0103,
+    }
+}
+
+impl MessageKind {
+    /// The protocol version that introduced the kind (1.0 for unknown kinds).
+    #[must_use]
+    pub const fn since(self) -> u32 {
+        match self.get() {
+            0x0004 | 0x0005 | 0x0103 => PROTOCOL_V1_1,
+            _ => PROTOCOL_V1,
+        }
     }
 }
 
@@ -301,8 +348,8 @@ impl MessageKind {
     #[must_use]
     pub const fn direction(self) -> Option<Direction> {
         match self.get() {
-            0x0001..=0x0003 => Some(Direction::GuestToHost),
-            0x0101..=0x0102 => Some(Direction::HostToGuest),
+            0x0001..=0x0005 => Some(Direction::GuestToHost),
+            0x0101..=0x0103 => Some(Direction::HostToGuest),
             _ => None,
         }
     }
@@ -400,6 +447,41 @@ pub struct NegotiateReply {
     pub reserved: U32,
 }
 const _: () = assert!(size_of::<NegotiateReply>() == 8);
+
+/// BULK_OFFER request body (1.1): the guest's bulk area, one GPADL of
+/// `guest_to_host_len + host_to_guest_len` bytes. The guest writes SEND_BULK payloads in the
+/// first `guest_to_host_len` bytes; the host writes ECHO_BULK payloads in the
+/// `host_to_guest_len` bytes after them. Both lengths are non-zero.
+#[repr(C)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, IntoBytes, FromBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct BulkOffer {
+    /// The GPADL handle.
+    pub gpadl: U32,
+    /// Bytes of the guest's half (offset 0).
+    pub guest_to_host_len: U32,
+    /// Bytes of the host's half (offset `guest_to_host_len`).
+    pub host_to_guest_len: U32,
+    /// Must be zero.
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<BulkOffer>() == 16);
+
+/// SEND_BULK and ECHO_BULK body (1.1): where in the bulk area the payload lies, as an offset
+/// into the sender's half and a length of 1..=[`MAX_BULK_PAYLOAD`] bytes. Whether the range is
+/// inside that half is the receiver's session check.
+#[repr(C)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, IntoBytes, FromBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct BulkRef {
+    /// Offset into the sender's half of the bulk area.
+    pub offset: U32,
+    /// Payload bytes.
+    pub len: U32,
+}
+const _: () = assert!(size_of::<BulkRef>() == 8);
 
 /// Body of a PING request and of its successful reply.
 #[repr(C)]
@@ -518,6 +600,16 @@ pub enum ProtoError {
         /// Proposed maximum.
         max: u32,
     },
+    /// 1.1: a bulk reference (or a BULK_OFFER's halves) that cannot describe a range: a zero
+    /// length, one above [`MAX_BULK_PAYLOAD`], or an end past `u32::MAX`. A range outside the
+    /// offered area is the receiver's session check and fails the same way.
+    #[error("bad bulk range: offset {offset}, length {len}")]
+    BadBulkReference {
+        /// Offset (for a BULK_OFFER: the guest half's length).
+        offset: u32,
+        /// Length (for a BULK_OFFER: the host half's length).
+        len: u32,
+    },
     /// Writers only: the output buffer is too small.
     #[error("output buffer too small: needs {needed} bytes, got {got}")]
     BufferTooSmall {
@@ -539,7 +631,7 @@ impl ProtoError {
     ///
     /// | Error | Status |
     /// |---|---|
-    /// | `Truncated`, `LengthMismatch`, `BodyLength`, `PayloadTooLarge`, `ReservedNonZero`, `InvalidVersionRange` | `STATUS_DATA_ERROR` |
+    /// | `Truncated`, `LengthMismatch`, `BodyLength`, `PayloadTooLarge`, `ReservedNonZero`, `InvalidVersionRange`, `BadBulkReference` | `STATUS_DATA_ERROR` |
     /// | `UnsupportedVersion` | `STATUS_REVISION_MISMATCH` |
     /// | `UnknownKind` | `STATUS_NOT_SUPPORTED` |
     /// | `WrongDirection`, `ReplyFlag` | `STATUS_INVALID_DEVICE_REQUEST` |
@@ -553,7 +645,8 @@ impl ProtoError {
             | Self::BodyLength { .. }
             | Self::PayloadTooLarge { .. }
             | Self::ReservedNonZero { .. }
-            | Self::InvalidVersionRange { .. } => NtStatus::STATUS_DATA_ERROR,
+            | Self::InvalidVersionRange { .. }
+            | Self::BadBulkReference { .. } => NtStatus::STATUS_DATA_ERROR,
             Self::UnsupportedVersion(_) => NtStatus::STATUS_REVISION_MISMATCH,
             Self::UnknownKind(_) => NtStatus::STATUS_NOT_SUPPORTED,
             Self::WrongDirection { .. } | Self::ReplyFlag { .. } => {
@@ -587,6 +680,7 @@ impl ProtoError {
             Self::InvalidVersionRange { .. } | Self::VersionOutOfRange { .. } => {
                 MalformedReason::BadVersionRange
             }
+            Self::BadBulkReference { .. } => MalformedReason::BadBulkRange,
             Self::BufferTooSmall { .. } | Self::BodyShape { .. } => MalformedReason::Other,
         }
     }
@@ -622,11 +716,14 @@ pub enum MalformedReason {
     Premature = 9,
     /// Anything else (the writer-only errors; never produced by a parser).
     Other = 10,
+    /// [`ProtoError::BadBulkReference`], and a bulk range outside the offered area or a bulk
+    /// message on a session without one (1.1).
+    BadBulkRange = 11,
 }
 
 impl MalformedReason {
     /// Every reason, indexed by its value.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Truncated,
         Self::LengthMismatch,
         Self::UnknownKind,
@@ -638,9 +735,10 @@ impl MalformedReason {
         Self::BadVersionRange,
         Self::Premature,
         Self::Other,
+        Self::BadBulkRange,
     ];
 
-    /// Number of reasons (`11`); `index() < COUNT` always.
+    /// Number of reasons (`12`); `index() < COUNT` always.
     pub const COUNT: usize = Self::ALL.len();
 
     /// The counter slot of this reason.
@@ -670,6 +768,7 @@ impl MalformedReason {
             Self::BadVersionRange => "bad_version_range",
             Self::Premature => "premature",
             Self::Other => "other",
+            Self::BadBulkRange => "bad_bulk_range",
         }
     }
 }
@@ -699,6 +798,14 @@ pub enum HostBody<'a> {
     Notify {
         /// Up to [`MAX_PAYLOAD`] bytes.
         payload: &'a [u8],
+    },
+    /// 1.1: echo the `len` bytes at `offset` of the host's half of the bulk area (write them
+    /// back in place) and reply with [`Reply::echo_bulk`].
+    EchoBulk {
+        /// Offset into the host's half.
+        offset: u32,
+        /// 1..=[`MAX_BULK_PAYLOAD`] bytes.
+        len: u32,
     },
 }
 
@@ -732,6 +839,22 @@ pub enum GuestBody<'a> {
     Ping {
         /// Echoed by the reply.
         nonce: u64,
+    },
+    /// 1.1: the guest's bulk area ([`BulkOffer`]).
+    BulkOffer {
+        /// The GPADL handle.
+        gpadl: u32,
+        /// Bytes of the guest's half.
+        guest_to_host_len: u32,
+        /// Bytes of the host's half.
+        host_to_guest_len: u32,
+    },
+    /// 1.1: a SEND whose payload is the `len` bytes at `offset` of the guest's half.
+    SendBulk {
+        /// Offset into the guest's half.
+        offset: u32,
+        /// 1..=[`MAX_BULK_PAYLOAD`] bytes.
+        len: u32,
     },
 }
 
@@ -773,6 +896,13 @@ pub enum ReplyBody<'a> {
     Echo {
         /// Up to [`MAX_PAYLOAD`] bytes.
         payload: &'a [u8],
+    },
+    /// Successful ECHO_BULK: the request's range, where the echo now lies.
+    EchoBulk {
+        /// Offset into the host's half.
+        offset: u32,
+        /// Payload bytes.
+        len: u32,
     },
 }
 
@@ -816,12 +946,38 @@ fn read_header(bytes: &[u8]) -> Result<(MessageHeader, &[u8]), ProtoError> {
     Ok((header, rest))
 }
 
-/// Step 5.
+/// Step 5: NEGOTIATE in its frozen version; a kind only in the versions that have it (a 1.1
+/// kind in a 1.0 message is an unknown kind).
 fn check_kind_version(kind: MessageKind, version: u32) -> Result<(), ProtoError> {
+    check_negotiate_version(kind, version)?;
+    check_since(kind, version)
+}
+
+/// NEGOTIATE travels in its frozen header version only, request and reply, success or not.
+fn check_negotiate_version(kind: MessageKind, version: u32) -> Result<(), ProtoError> {
     if kind == MessageKind::NEGOTIATE && version != NEGOTIATE_HEADER_VERSION {
         return Err(ProtoError::UnsupportedVersion(version));
     }
     Ok(())
+}
+
+/// A request, or a successful reply, of a kind its version does not have is of an unknown
+/// kind. (A failure reply may carry one: it answers whatever arrived.)
+fn check_since(kind: MessageKind, version: u32) -> Result<(), ProtoError> {
+    if version < kind.since() {
+        return Err(ProtoError::UnknownKind(kind.get()));
+    }
+    Ok(())
+}
+
+/// A [`BulkRef`] body: 1..=[`MAX_BULK_PAYLOAD`] bytes, `offset + len` within `u32`.
+fn bulk_ref(kind: MessageKind, payload: &[u8]) -> Result<(u32, u32), ProtoError> {
+    let b: BulkRef = fixed_body(kind, payload)?;
+    let (offset, len) = (b.offset.get(), b.len.get());
+    if len == 0 || to_usize(len) > MAX_BULK_PAYLOAD || offset.checked_add(len).is_none() {
+        return Err(ProtoError::BadBulkReference { offset, len });
+    }
+    Ok((offset, len))
 }
 
 /// Step 6.
@@ -891,18 +1047,19 @@ fn parse_request(bytes: &[u8], direction: Direction) -> Result<(MessageHeader, &
             expected_reply: false,
         });
     }
+    check_since(kind, header.version.get())?;
     if kind_direction != direction {
         return Err(ProtoError::WrongDirection { kind });
     }
     if header.status.get() != 0 {
         return Err(ProtoError::ReservedNonZero { field: "status" });
     }
-    check_kind_version(kind, header.version.get())?;
+    check_negotiate_version(kind, header.version.get())?;
     let payload = check_payload(&header, rest)?;
     Ok((header, payload))
 }
 
-/// Parses what the guest receives: a host→guest request (ECHO or NOTIFY).
+/// Parses what the guest receives: a host→guest request (ECHO, NOTIFY or, 1.1, ECHO_BULK).
 ///
 /// # Errors
 /// The first rule of the module's parsing rules that `bytes` breaks.
@@ -950,7 +1107,8 @@ pub fn parse_host_message_fast(bytes: &[u8]) -> Option<HostMessage<'_>> {
     })
 }
 
-/// [`parse_host_message`] with every rule checked in order: the path of malformed messages.
+/// [`parse_host_message`] with every rule checked in order: the path of malformed messages
+/// (and of ECHO_BULK, which the fast path leaves out: one per 64 KiB, not per packet).
 #[cold]
 #[inline(never)]
 fn parse_host_message_slow(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> {
@@ -958,6 +1116,10 @@ fn parse_host_message_slow(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> 
     let body = match header.kind {
         MessageKind::ECHO => HostBody::Echo { payload },
         MessageKind::NOTIFY => HostBody::Notify { payload },
+        MessageKind::ECHO_BULK => {
+            let (offset, len) = bulk_ref(header.kind, payload)?;
+            HostBody::EchoBulk { offset, len }
+        }
         kind => return Err(ProtoError::WrongDirection { kind }),
     };
     Ok(HostMessage {
@@ -967,7 +1129,8 @@ fn parse_host_message_slow(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> 
     })
 }
 
-/// Parses what the host receives: a guest→host request (NEGOTIATE, SEND or PING). Used by the
+/// Parses what the host receives: a guest→host request (NEGOTIATE, SEND, PING or, 1.1,
+/// BULK_OFFER and SEND_BULK). Used by the
 /// simulated host and the fuzzers.
 ///
 /// # Errors
@@ -991,6 +1154,28 @@ pub fn parse_guest_message(bytes: &[u8]) -> Result<GuestMessage<'_>, ProtoError>
             GuestBody::Ping {
                 nonce: b.nonce.get(),
             }
+        }
+        MessageKind::BULK_OFFER => {
+            let b: BulkOffer = fixed_body(kind, payload)?;
+            if b.reserved.get() != 0 {
+                return Err(ProtoError::ReservedNonZero { field: "reserved" });
+            }
+            let (g2h, h2g) = (b.guest_to_host_len.get(), b.host_to_guest_len.get());
+            if g2h == 0 || h2g == 0 || g2h.checked_add(h2g).is_none() {
+                return Err(ProtoError::BadBulkReference {
+                    offset: g2h,
+                    len: h2g,
+                });
+            }
+            GuestBody::BulkOffer {
+                gpadl: b.gpadl.get(),
+                guest_to_host_len: g2h,
+                host_to_guest_len: h2g,
+            }
+        }
+        MessageKind::SEND_BULK => {
+            let (offset, len) = bulk_ref(kind, payload)?;
+            GuestBody::SendBulk { offset, len }
         }
         kind => return Err(ProtoError::WrongDirection { kind }),
     };
@@ -1033,10 +1218,11 @@ pub fn parse_reply(
         });
     }
     let version = header.version.get();
-    check_kind_version(kind, version)?;
+    check_negotiate_version(kind, version)?;
     let payload = check_payload(&header, rest)?;
     let status = header.status();
     let body = if status.is_success() {
+        check_since(kind, version)?;
         match kind {
             MessageKind::NEGOTIATE => {
                 let b: NegotiateReply = fixed_body(kind, payload)?;
@@ -1054,7 +1240,14 @@ pub fn parse_reply(
                 }
             }
             MessageKind::ECHO => ReplyBody::Echo { payload },
-            MessageKind::SEND | MessageKind::NOTIFY => {
+            MessageKind::ECHO_BULK => {
+                let (offset, len) = bulk_ref(kind, payload)?;
+                ReplyBody::EchoBulk { offset, len }
+            }
+            MessageKind::SEND
+            | MessageKind::NOTIFY
+            | MessageKind::BULK_OFFER
+            | MessageKind::SEND_BULK => {
                 empty_body(kind, payload)?;
                 ReplyBody::Empty
             }

@@ -72,7 +72,9 @@ fn versions() {
     assert_eq!(version_major(0x0002_0007), 2);
     assert_eq!(version_minor(0x0002_0007), 7);
     assert!(is_supported_version(V1));
-    assert!(!is_supported_version(make_version(1, 1)));
+    assert!(is_supported_version(PROTOCOL_V1_1));
+    assert_eq!(PROTOCOL_V1_1, 0x0001_0001);
+    assert!(!is_supported_version(make_version(1, 2)));
     assert!(!is_supported_version(0));
 }
 
@@ -346,7 +348,7 @@ fn length_field_must_match() {
 fn header_field_checks() {
     let echo = MessageKind::ECHO.get();
     // Unsupported version, including a NEGOTIATE in a non-V1 header.
-    for v in [0, make_version(1, 1), make_version(2, 0), u32::MAX] {
+    for v in [0, make_version(1, 2), make_version(2, 0), u32::MAX] {
         assert_eq!(
             parse_host_message(&raw(v, echo, 0, 0, 0, 1)),
             Err(ProtoError::UnsupportedVersion(v))
@@ -683,7 +685,7 @@ fn status_classes() {
 
 #[test]
 fn malformed_reasons_are_dense_and_named() {
-    assert_eq!(MalformedReason::COUNT, 11);
+    assert_eq!(MalformedReason::COUNT, 12);
     let mut names = std::collections::HashSet::new();
     for (i, r) in MalformedReason::ALL.iter().enumerate() {
         assert_eq!(r.index(), i);
@@ -692,6 +694,7 @@ fn malformed_reasons_are_dense_and_named() {
     }
     assert_eq!(MalformedReason::from_index(MalformedReason::COUNT), None);
     assert_eq!(MalformedReason::Premature as u32, 9);
+    assert_eq!(MalformedReason::BadBulkRange as u32, 11);
 }
 
 #[test]
@@ -707,4 +710,134 @@ fn open_enums_keep_unknown_values() {
     }
     assert!(MessageFlags::REPLY.is_reply());
     assert!(!MessageFlags::NONE.is_reply());
+}
+
+const V1_1: u32 = PROTOCOL_V1_1;
+
+#[test]
+fn bulk_messages_bytes_and_round_trips() {
+    let offer = encode_guest(&GuestMessage::bulk_offer(
+        V1_1,
+        7,
+        0xAABB_CCDD,
+        0x2_0000,
+        0x1_0000,
+    ));
+    assert_eq!(offer.len(), BULK_OFFER_SIZE);
+    assert_eq!(BULK_OFFER_SIZE, 40);
+    assert_eq!(
+        &offer[0..8],
+        &[0x01, 0x00, 0x01, 0x00, 0x04, 0x00, 0x00, 0x00]
+    );
+    assert_eq!(
+        &offer[24..40],
+        &[
+            0xDD, 0xCC, 0xBB, 0xAA, // gpadl
+            0x00, 0x00, 0x02, 0x00, // guest_to_host_len
+            0x00, 0x00, 0x01, 0x00, // host_to_guest_len
+            0, 0, 0, 0, // reserved
+        ]
+    );
+    assert_eq!(
+        parse_guest_message(&offer).map(|m| m.body),
+        Ok(GuestBody::BulkOffer {
+            gpadl: 0xAABB_CCDD,
+            guest_to_host_len: 0x2_0000,
+            host_to_guest_len: 0x1_0000
+        })
+    );
+    let send = encode_guest(&GuestMessage::send_bulk(V1_1, 8, 4096, 20_000));
+    assert_eq!(send.len(), BULK_REF_SIZE);
+    assert_eq!(BULK_REF_SIZE, 32);
+    assert_eq!(&send[4..6], &[0x05, 0x00]);
+    assert_eq!(
+        parse_guest_message(&send).map(|m| m.body),
+        Ok(GuestBody::SendBulk {
+            offset: 4096,
+            len: 20_000
+        })
+    );
+    let echo = encode_host(&HostMessage::echo_bulk(V1_1, 9, 0, MAX_BULK_PAYLOAD as u32));
+    assert_eq!(&echo[4..6], &[0x03, 0x01]);
+    let parsed = parse_host_message(&echo).expect("ECHO_BULK parses");
+    assert_eq!(
+        parsed.body,
+        HostBody::EchoBulk {
+            offset: 0,
+            len: 65536
+        }
+    );
+    assert_eq!(
+        parse_host_message_fast(&echo),
+        None,
+        "ECHO_BULK takes the full parse"
+    );
+    let reply = encode_reply(&Reply::echo_bulk(V1_1, 9, 0, 65536));
+    assert_eq!(reply.len(), BULK_REF_SIZE);
+    assert_eq!(
+        parse_reply(&reply, MessageKind::ECHO_BULK, 9).map(|r| r.body),
+        Ok(ReplyBody::EchoBulk {
+            offset: 0,
+            len: 65536
+        })
+    );
+    for kind in [MessageKind::BULK_OFFER, MessageKind::SEND_BULK] {
+        let ok = encode_reply(&Reply::status_only(kind, V1_1, 3, NtStatus::STATUS_SUCCESS));
+        assert_eq!(ok.len(), STATUS_REPLY_SIZE);
+        assert!(parse_reply(&ok, kind, 3).is_ok());
+    }
+}
+
+#[test]
+fn bulk_kinds_need_1_1_and_sane_ranges() {
+    // A 1.1 kind in a 1.0 message is unknown; its failure reply is still writable in 1.0.
+    let mut echo = encode_host(&HostMessage::echo_bulk(V1_1, 1, 0, 8));
+    echo[0..4].copy_from_slice(&V1.to_le_bytes());
+    let err = parse_host_message(&echo).unwrap_err();
+    assert_eq!(err, ProtoError::UnknownKind(0x0103));
+    let failure = Reply::for_malformed(&echo, err.status());
+    assert_eq!(failure.version, V1);
+    let bytes = encode_reply(&failure);
+    assert!(parse_reply(&bytes, MessageKind::ECHO_BULK, 1).is_ok());
+    assert_eq!(
+        HostMessage::echo_bulk(V1, 1, 0, 8).write(&mut [0u8; 64]),
+        Err(ProtoError::UnknownKind(0x0103))
+    );
+    assert_eq!(
+        Reply::echo_bulk(V1, 1, 0, 8).write(&mut [0u8; 64]),
+        Err(ProtoError::UnknownKind(0x0103))
+    );
+    // Ranges: zero, too long, past u32.
+    for (offset, len) in [(0, 0), (0, MAX_BULK_PAYLOAD as u32 + 1), (u32::MAX, 1)] {
+        assert_eq!(
+            GuestMessage::send_bulk(V1_1, 1, offset, len).write(&mut [0u8; 64]),
+            Err(ProtoError::BadBulkReference { offset, len })
+        );
+    }
+    let e = ProtoError::BadBulkReference { offset: 1, len: 0 };
+    assert_eq!(e.status(), NtStatus::STATUS_DATA_ERROR);
+    assert_eq!(e.reason(), MalformedReason::BadBulkRange);
+    // An offer with an empty half, or halves past u32, or a reserved field set.
+    for (g2h, h2g) in [(0, 1), (1, 0), (u32::MAX, 1)] {
+        assert_eq!(
+            GuestMessage::bulk_offer(V1_1, 1, 5, g2h, h2g).write(&mut [0u8; 64]),
+            Err(ProtoError::BadBulkReference {
+                offset: g2h,
+                len: h2g
+            })
+        );
+    }
+    let mut offer = encode_guest(&GuestMessage::bulk_offer(V1_1, 1, 5, 1, 1));
+    offer[36] = 1;
+    assert_eq!(
+        parse_guest_message(&offer),
+        Err(ProtoError::ReservedNonZero { field: "reserved" })
+    );
+    // A bulk body of the wrong size.
+    let mut short = raw(V1_1, MessageKind::SEND_BULK.get(), 0, 4, 0, 1);
+    short.extend_from_slice(&[0; 4]);
+    assert!(matches!(
+        parse_guest_message(&short),
+        Err(ProtoError::Truncated { .. })
+    ));
 }

@@ -80,12 +80,23 @@ impl HostMessage<'_> {
         }
     }
 
+    /// An ECHO_BULK request (1.1) for the `len` bytes at `offset` of the host's half.
+    #[must_use]
+    pub const fn echo_bulk(version: u32, id: u64, offset: u32, len: u32) -> HostMessage<'static> {
+        HostMessage {
+            version,
+            id,
+            body: HostBody::EchoBulk { offset, len },
+        }
+    }
+
     /// The message kind.
     #[must_use]
     pub const fn kind(&self) -> MessageKind {
         match self.body {
             HostBody::Echo { .. } => MessageKind::ECHO,
             HostBody::Notify { .. } => MessageKind::NOTIFY,
+            HostBody::EchoBulk { .. } => MessageKind::ECHO_BULK,
         }
     }
 
@@ -96,6 +107,7 @@ impl HostMessage<'_> {
             HostBody::Echo { payload } | HostBody::Notify { payload } => {
                 HEADER_SIZE + payload.len()
             }
+            HostBody::EchoBulk { .. } => BULK_REF_SIZE,
         }
     }
 
@@ -104,13 +116,11 @@ impl HostMessage<'_> {
     ///
     /// # Errors
     /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
-    /// [`ProtoError::UnsupportedVersion`].
+    /// [`ProtoError::UnsupportedVersion`], [`ProtoError::UnknownKind`] (a 1.1 kind in a 1.0
+    /// message), [`ProtoError::BadBulkReference`].
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
         let kind = self.kind();
         check_write_version(kind, self.version)?;
-        let payload = match self.body {
-            HostBody::Echo { payload } | HostBody::Notify { payload } => payload,
-        };
         let h = header(
             self.version,
             kind,
@@ -118,7 +128,14 @@ impl HostMessage<'_> {
             NtStatus::STATUS_SUCCESS,
             self.id,
         );
-        write_frame(buf, h, payload)
+        match self.body {
+            HostBody::Echo { payload } | HostBody::Notify { payload } => {
+                write_frame(buf, h, payload)
+            }
+            HostBody::EchoBulk { offset, len } => {
+                write_frame(buf, h, bulk_ref_body(offset, len)?.as_bytes())
+            }
+        }
     }
 }
 
@@ -157,6 +174,37 @@ impl GuestMessage<'_> {
         }
     }
 
+    /// A BULK_OFFER request (1.1): the GPADL `gpadl` of `guest_to_host_len +
+    /// host_to_guest_len` bytes.
+    #[must_use]
+    pub const fn bulk_offer(
+        version: u32,
+        id: u64,
+        gpadl: u32,
+        guest_to_host_len: u32,
+        host_to_guest_len: u32,
+    ) -> GuestMessage<'static> {
+        GuestMessage {
+            version,
+            id,
+            body: GuestBody::BulkOffer {
+                gpadl,
+                guest_to_host_len,
+                host_to_guest_len,
+            },
+        }
+    }
+
+    /// A SEND_BULK request (1.1) for the `len` bytes at `offset` of the guest's half.
+    #[must_use]
+    pub const fn send_bulk(version: u32, id: u64, offset: u32, len: u32) -> GuestMessage<'static> {
+        GuestMessage {
+            version,
+            id,
+            body: GuestBody::SendBulk { offset, len },
+        }
+    }
+
     /// The message kind.
     #[must_use]
     pub const fn kind(&self) -> MessageKind {
@@ -164,6 +212,8 @@ impl GuestMessage<'_> {
             GuestBody::Negotiate { .. } => MessageKind::NEGOTIATE,
             GuestBody::Send { .. } => MessageKind::SEND,
             GuestBody::Ping { .. } => MessageKind::PING,
+            GuestBody::BulkOffer { .. } => MessageKind::BULK_OFFER,
+            GuestBody::SendBulk { .. } => MessageKind::SEND_BULK,
         }
     }
 
@@ -174,6 +224,8 @@ impl GuestMessage<'_> {
             GuestBody::Negotiate { .. } => NEGOTIATE_REQUEST_SIZE,
             GuestBody::Send { payload } => HEADER_SIZE + payload.len(),
             GuestBody::Ping { .. } => PING_SIZE,
+            GuestBody::BulkOffer { .. } => BULK_OFFER_SIZE,
+            GuestBody::SendBulk { .. } => BULK_REF_SIZE,
         }
     }
 
@@ -182,7 +234,9 @@ impl GuestMessage<'_> {
     ///
     /// # Errors
     /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
-    /// [`ProtoError::UnsupportedVersion`], [`ProtoError::InvalidVersionRange`].
+    /// [`ProtoError::UnsupportedVersion`], [`ProtoError::InvalidVersionRange`],
+    /// [`ProtoError::UnknownKind`] (a 1.1 kind in a 1.0 message),
+    /// [`ProtoError::BadBulkReference`].
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
         let kind = self.kind();
         check_write_version(kind, self.version)?;
@@ -212,8 +266,44 @@ impl GuestMessage<'_> {
                 };
                 write_frame(buf, h, body.as_bytes())
             }
+            GuestBody::BulkOffer {
+                gpadl,
+                guest_to_host_len,
+                host_to_guest_len,
+            } => {
+                if guest_to_host_len == 0
+                    || host_to_guest_len == 0
+                    || guest_to_host_len.checked_add(host_to_guest_len).is_none()
+                {
+                    return Err(ProtoError::BadBulkReference {
+                        offset: guest_to_host_len,
+                        len: host_to_guest_len,
+                    });
+                }
+                let body = BulkOffer {
+                    gpadl: U32::new(gpadl),
+                    guest_to_host_len: U32::new(guest_to_host_len),
+                    host_to_guest_len: U32::new(host_to_guest_len),
+                    reserved: U32::ZERO,
+                };
+                write_frame(buf, h, body.as_bytes())
+            }
+            GuestBody::SendBulk { offset, len } => {
+                write_frame(buf, h, bulk_ref_body(offset, len)?.as_bytes())
+            }
         }
     }
+}
+
+/// A [`BulkRef`] the parsers accept (see `bulk_ref`).
+fn bulk_ref_body(offset: u32, len: u32) -> Result<BulkRef, ProtoError> {
+    if len == 0 || to_usize(len) > MAX_BULK_PAYLOAD || offset.checked_add(len).is_none() {
+        return Err(ProtoError::BadBulkReference { offset, len });
+    }
+    Ok(BulkRef {
+        offset: U32::new(offset),
+        len: U32::new(len),
+    })
 }
 
 impl<'a> Reply<'a> {
@@ -264,7 +354,20 @@ impl<'a> Reply<'a> {
         }
     }
 
-    /// A reply without a body: any failure, or a SEND / NOTIFY success.
+    /// A successful ECHO_BULK reply (1.1): the echo lies where the request's payload was.
+    #[must_use]
+    pub const fn echo_bulk(version: u32, id: u64, offset: u32, len: u32) -> Reply<'static> {
+        Reply {
+            kind: MessageKind::ECHO_BULK,
+            version,
+            id,
+            status: NtStatus::STATUS_SUCCESS,
+            body: ReplyBody::EchoBulk { offset, len },
+        }
+    }
+
+    /// A reply without a body: any failure, or a SEND / NOTIFY / BULK_OFFER / SEND_BULK
+    /// success.
     #[must_use]
     pub const fn status_only(
         kind: MessageKind,
@@ -308,6 +411,7 @@ impl<'a> Reply<'a> {
                 ReplyBody::Negotiate { .. } => size_of::<NegotiateReply>(),
                 ReplyBody::Ping { .. } => size_of::<PingBody>(),
                 ReplyBody::Echo { payload } => payload.len(),
+                ReplyBody::EchoBulk { .. } => size_of::<BulkRef>(),
             }
     }
 
@@ -324,7 +428,16 @@ impl<'a> Reply<'a> {
     #[inline]
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
         let kind = self.kind;
-        check_write_version(kind, self.version)?;
+        if self.status.is_success() {
+            check_write_version(kind, self.version)?;
+        } else {
+            // A failure may answer a kind its version does not have (a 1.1 kind in a 1.0
+            // message is answered, as an unknown kind, in 1.0).
+            if !is_supported_version(self.version) {
+                return Err(ProtoError::UnsupportedVersion(self.version));
+            }
+            check_negotiate_version(kind, self.version)?;
+        }
         let h = header(
             self.version,
             kind,
@@ -334,7 +447,15 @@ impl<'a> Reply<'a> {
         );
         let shape_ok = match (self.status.is_success(), kind, self.body) {
             (false, _, ReplyBody::Empty)
-            | (true, MessageKind::SEND | MessageKind::NOTIFY, ReplyBody::Empty)
+            | (
+                true,
+                MessageKind::SEND
+                | MessageKind::NOTIFY
+                | MessageKind::BULK_OFFER
+                | MessageKind::SEND_BULK,
+                ReplyBody::Empty,
+            )
+            | (true, MessageKind::ECHO_BULK, ReplyBody::EchoBulk { .. })
             | (true, MessageKind::NEGOTIATE, ReplyBody::Negotiate { .. })
             | (true, MessageKind::PING, ReplyBody::Ping { .. })
             | (true, MessageKind::ECHO, ReplyBody::Echo { .. }) => true,
@@ -360,6 +481,9 @@ impl<'a> Reply<'a> {
                 write_frame(buf, h, body.as_bytes())
             }
             ReplyBody::Echo { payload } => write_frame(buf, h, payload),
+            ReplyBody::EchoBulk { offset, len } => {
+                write_frame(buf, h, bulk_ref_body(offset, len)?.as_bytes())
+            }
         }
     }
 }
