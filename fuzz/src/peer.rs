@@ -19,8 +19,8 @@ use vmbmsg_proto::ioctl::{
     IOCTL_VMBMSG_SEND, InfoOut, PingOut, SendOut, StatsOut, parse_recv_output, read_output,
 };
 use vmbmsg_proto::wire::{
-    GuestBody, MAX_MESSAGE, MessageKind, PROTOCOL_V1, Reply, ReplyBody, parse_guest_message,
-    parse_reply, peek_header,
+    GuestBody, HEADER_SIZE, HostMessage, MAX_BULK_PAYLOAD, MAX_MESSAGE, MessageKind, PROTOCOL_V1,
+    PROTOCOL_V1_1, Reply, ReplyBody, parse_guest_message, parse_reply, peek_header,
 };
 
 /// The most bytes a fuzzer puts in one buffer (a little over the largest message).
@@ -40,8 +40,10 @@ pub fn capped(mut v: Vec<u8>) -> Vec<u8> {
 /// How the host answers the driver's NEGOTIATE.
 #[derive(Arbitrary, Clone, Debug)]
 pub enum Negotiation {
-    /// Accepts with version 1.0.
+    /// Accepts with version 1.1 (bulk transfers), the highest the driver proposes.
     Accept,
+    /// Accepts with version 1.0 (no bulk area).
+    AcceptV1_0,
     /// Accepts with this version (usually outside the proposal).
     AcceptVersion(u32),
     /// Rejects.
@@ -138,7 +140,7 @@ fn encode(reply: &Reply<'_>) -> Vec<u8> {
 fn good(h: &Held) -> Vec<u8> {
     encode(&match h.kind {
         MessageKind::PING => Reply::ping(h.version, h.id, h.nonce),
-        MessageKind::NEGOTIATE => Reply::negotiate_accept(h.id, PROTOCOL_V1),
+        MessageKind::NEGOTIATE => Reply::negotiate_accept(h.id, PROTOCOL_V1_1),
         kind => Reply::status_only(kind, h.version, h.id, NtStatus::STATUS_SUCCESS),
     })
 }
@@ -189,12 +191,25 @@ pub fn render(answer: &Answer, h: &Held) -> (NtStatus, Vec<u8>) {
     }
 }
 
+/// The guest's bulk area as its last BULK_OFFER described it (1.1).
+#[derive(Clone, Copy, Debug)]
+pub struct BulkArea {
+    /// The GPADL handle.
+    pub gpadl: u32,
+    /// Bytes of the guest's half (offset 0).
+    pub guest_half: u32,
+    /// Bytes of the host's half (after the guest's).
+    pub host_half: u32,
+}
+
 /// The host side's shared state (the responder runs on the guest's sending thread).
 #[derive(Debug)]
 struct HostSide {
     negotiation: Negotiation,
+    offer: Answer,
     mode: Mode,
     held: Vec<Held>,
+    bulk: Option<BulkArea>,
 }
 
 /// How the model delivers host packets to the driver in a run.
@@ -223,6 +238,8 @@ pub struct PeerConfig {
     pub reply_buffers: u8,
     /// The host's answer to NEGOTIATE.
     pub negotiation: Negotiation,
+    /// The host's answer to the BULK_OFFER of a 1.1 session (at once, never held).
+    pub offer: Answer,
     /// The host's answers to PING and SEND at first.
     pub mode: Mode,
 }
@@ -237,6 +254,7 @@ impl PeerConfig {
             max_parked_recv: 2,
             reply_buffers: 2,
             negotiation: Negotiation::Accept,
+            offer: Answer::Good,
             mode: Mode::Answer(Answer::Good),
         }
     }
@@ -250,6 +268,10 @@ enum Expect {
     /// A well-formed ECHO with this id and payload, sent while READY: an ECHO reply with the
     /// payload, or a body-less failure reply.
     Echo(u64, Vec<u8>),
+    /// An ECHO_BULK with this id, offset and length, sent while READY in 1.1: an ECHO_BULK
+    /// reply naming the same range, or a body-less failure reply (`STATUS_DATA_ERROR` when
+    /// the range is outside the host's half).
+    EchoBulk(u64, u32, u32),
 }
 
 /// The driver core, its model world and everything the fuzzer started.
@@ -333,8 +355,10 @@ impl Peer {
         .expect("core");
         let side = Arc::new(Mutex::new(HostSide {
             negotiation: cfg.negotiation.clone(),
+            offer: cfg.offer.clone(),
             mode: cfg.mode.clone(),
             held: Vec::new(),
+            bulk: None,
         }));
         {
             let side = Arc::clone(&side);
@@ -444,6 +468,63 @@ impl Peer {
         }
     }
 
+    /// The bulk area of the last BULK_OFFER the host saw, if any (it may be deleted since).
+    #[must_use]
+    pub fn bulk_area(&self) -> Option<BulkArea> {
+        lock(&self.side).bulk
+    }
+
+    /// An ECHO_BULK for `len` bytes at `offset` of the host's half, after the host wrote
+    /// `fill` bytes there through the GPADL (as far as the range lies inside the area).
+    /// `offset` and `len` go on the wire as given, so they may lie outside the area, be 0 or
+    /// exceed [`MAX_BULK_PAYLOAD`]: the driver must refuse those with a failure reply. Does
+    /// nothing without a bulk area.
+    pub fn host_echo_bulk(&mut self, id: u64, offset: u32, len: u32, fill: u8, completion: bool) {
+        let Some(area) = self.bulk_area() else {
+            return;
+        };
+        let version = self.core.protocol_version();
+        let ready = self.core.state() == vmbmsg_proto::ioctl::ChannelState::READY;
+        let start = u64::from(area.guest_half) + u64::from(offset);
+        let end = (start + u64::from(len))
+            .min(u64::from(area.guest_half) + u64::from(area.host_half))
+            .min(start + MAX_BULK_PAYLOAD as u64);
+        if let (Ok(at), Ok(n)) = (usize::try_from(start), usize::try_from(end))
+            && n > at
+        {
+            // Gone with its channel, or out of range: the driver's check is what counts.
+            let _ = self.host.gpadl_write(area.gpadl, at, &vec![fill; n - at]);
+        }
+        // Written with a valid range, then the range patched in: the writer refuses bad ones.
+        let m = HostMessage::echo_bulk(version.max(PROTOCOL_V1), id, 0, 1);
+        let mut buf = vec![0; m.encoded_len()];
+        let Ok(n) = m.write(&mut buf) else {
+            return;
+        };
+        buf.truncate(n);
+        buf[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&offset.to_le_bytes());
+        buf[HEADER_SIZE + 4..HEADER_SIZE + 8].copy_from_slice(&len.to_le_bytes());
+        if let Ok(txn) = self.host.send(&buf, completion) {
+            let expect = if ready && version >= PROTOCOL_V1_1 {
+                Expect::EchoBulk(id, offset, len)
+            } else {
+                Expect::Reply
+            };
+            self.sent.push((txn, completion, expect));
+        }
+    }
+
+    /// The host writes `bytes` at `at` of the bulk area (either half), as a hostile host may
+    /// at any time. Does nothing without a bulk area.
+    pub fn host_scribble(&self, at: u32, bytes: &[u8]) {
+        if let Some(area) = self.bulk_area() {
+            let total = u64::from(area.guest_half) + u64::from(area.host_half);
+            if let Ok(at) = usize::try_from(u64::from(at) % total.max(1)) {
+                let _ = self.host.gpadl_write(area.gpadl, at, bytes);
+            }
+        }
+    }
+
     /// Delivers an IOCTL; the request is checked at [`finish`](Self::finish).
     pub fn ioctl(&mut self, code: u32, input: &[u8], output_len: usize) {
         let (request, pending) = self.core.platform().request(input, output_len);
@@ -484,15 +565,34 @@ impl Peer {
             }
             let header = peek_header(&c.payload).expect("every completion is a reply header");
             assert!(header.flags.is_reply(), "completion without the reply flag");
-            if let Expect::Echo(id, payload) = expect {
-                let r = parse_reply(&c.payload, MessageKind::ECHO, id).expect("an ECHO reply");
-                match r.body {
-                    ReplyBody::Echo { payload: got } => assert_eq!(got, payload.as_slice()),
-                    _ => assert!(
-                        !r.status.is_success(),
-                        "a success ECHO reply has the payload"
-                    ),
+            match expect {
+                Expect::Echo(id, payload) => {
+                    let r = parse_reply(&c.payload, MessageKind::ECHO, id).expect("an ECHO reply");
+                    match r.body {
+                        ReplyBody::Echo { payload: got } => assert_eq!(got, payload.as_slice()),
+                        _ => assert!(
+                            !r.status.is_success(),
+                            "a success ECHO reply has the payload"
+                        ),
+                    }
                 }
+                Expect::EchoBulk(id, offset, len) => {
+                    let r = parse_reply(&c.payload, MessageKind::ECHO_BULK, id)
+                        .expect("an ECHO_BULK reply");
+                    match r.body {
+                        ReplyBody::EchoBulk { offset: o, len: l } => {
+                            assert_eq!((o, l), (offset, len), "the reply names the same range");
+                        }
+                        _ => assert!(
+                            !r.status.is_success(),
+                            "a success ECHO_BULK reply names the range"
+                        ),
+                    }
+                    if len == 0 || len as usize > MAX_BULK_PAYLOAD {
+                        assert!(!r.status.is_success(), "a bad bulk range is refused");
+                    }
+                }
+                Expect::Reply => {}
             }
         }
     }
@@ -577,8 +677,12 @@ fn respond(side: &mut HostSide, gp: &GuestPacket) -> Option<(NtStatus, Vec<u8>)>
     let held = Held::of(gp);
     if held.kind == MessageKind::NEGOTIATE {
         let ok = NtStatus::STATUS_SUCCESS;
+        side.bulk = None;
         return match &side.negotiation {
             Negotiation::Accept => Some((ok, good(&held))),
+            Negotiation::AcceptV1_0 => {
+                Some((ok, encode(&Reply::negotiate_accept(held.id, PROTOCOL_V1))))
+            }
             Negotiation::AcceptVersion(v) => {
                 Some((ok, encode(&Reply::negotiate_accept(held.id, *v))))
             }
@@ -587,6 +691,32 @@ fn respond(side: &mut HostSide, gp: &GuestPacket) -> Option<(NtStatus, Vec<u8>)>
             Negotiation::TransportStatus(s) => Some((NtStatus(*s), good(&held))),
             Negotiation::Silent => None,
         };
+    }
+    if held.kind == MessageKind::BULK_OFFER {
+        if let Ok(m) = parse_guest_message(&gp.payload)
+            && let GuestBody::BulkOffer {
+                gpadl,
+                guest_to_host_len,
+                host_to_guest_len,
+            } = m.body
+        {
+            side.bulk = Some(BulkArea {
+                gpadl,
+                guest_half: guest_to_host_len,
+                host_half: host_to_guest_len,
+            });
+        }
+        return Some(render(&side.offer, &held));
+    }
+    if held.kind == MessageKind::SEND_BULK
+        && let Ok(m) = parse_guest_message(&gp.payload)
+        && let GuestBody::SendBulk { offset, len } = m.body
+        && let Some(area) = side.bulk
+    {
+        // A host reads the payload from the guest's half, as the simulation's does; the
+        // guest must have left it readable (the model checks the GPADL is live).
+        let mut payload = vec![0; (len as usize).min(MAX_BULK_PAYLOAD)];
+        let _ = gp.gpadl_read(area.gpadl, offset as usize, &mut payload);
     }
     match &side.mode {
         Mode::Answer(a) => Some(render(a, &held)),
