@@ -190,8 +190,11 @@ fn parse_behavior(s: &str) -> Result<HostBehavior, String> {
 /// `--negotiation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum NegotiationArg {
-    /// Choose the newest common version.
+    /// Choose the newest common version (1.1, with the bulk area).
     Accept,
+    /// A host that speaks only protocol 1.0 (no bulk area: SENDs up to 16384 bytes).
+    #[value(name = "accept-1.0")]
+    Accept10,
     /// Reject with STATUS_REVISION_MISMATCH.
     Reject,
     /// Never answer (the driver gives up after 5 s).

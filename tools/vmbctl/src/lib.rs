@@ -144,7 +144,7 @@ fn open(global: &Global) -> Result<Box<dyn Device>, Error> {
             HostBehavior::Malformed => Behavior::Malformed,
         },
         negotiation: match global.negotiation.unwrap_or(NegotiationArg::Accept) {
-            NegotiationArg::Accept => Negotiation::Accept,
+            NegotiationArg::Accept | NegotiationArg::Accept10 => Negotiation::Accept,
             NegotiationArg::Reject => Negotiation::Reject,
             NegotiationArg::Silent => Negotiation::Silent,
             NegotiationArg::Garbage => Negotiation::Garbage,
@@ -152,6 +152,7 @@ fn open(global: &Global) -> Result<Box<dyn Device>, Error> {
         send_status: global
             .host_send_status
             .unwrap_or(ntstatus::NtStatus::STATUS_SUCCESS),
+        only_v1_0: global.negotiation == Some(NegotiationArg::Accept10),
     };
     let how = if global.sim {
         "--sim"
@@ -165,7 +166,7 @@ fn open(global: &Global) -> Result<Box<dyn Device>, Error> {
              not a device, and lives for this one command (`vmbctl script` runs several on \
              one); simulated host: behavior {}, negotiation {}",
             behavior_name(options.behavior),
-            negotiation_name(options.negotiation)
+            negotiation_name(&options)
         );
     }
     Ok(Box::new(SimDevice::start(options)?))

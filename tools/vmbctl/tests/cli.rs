@@ -378,7 +378,7 @@ mod cases {
         let (code, out, err) = run_sim(&["smoke"]);
         assert_eq!(code, 0, "{out}{err}");
         let steps: Vec<&str> = out.lines().filter(|l| l.starts_with('[')).collect();
-        assert_eq!(steps.len(), 8, "{out}");
+        assert_eq!(steps.len(), 9, "{out}");
         assert!(steps.iter().all(|l| l.starts_with("[PASS]")), "{out}");
         for name in [
             "info",
@@ -386,6 +386,7 @@ mod cases {
             "reset-stats",
             "ping",
             "send",
+            "send-bulk",
             "recv",
             "recv-cancel",
             "stats-add-up",
@@ -396,8 +397,33 @@ mod cases {
             );
         }
         assert!(
-            out.ends_with("smoke: 8 passed, 0 failed, 0 skipped: OK\n"),
+            out.ends_with("smoke: 9 passed, 0 failed, 0 skipped: OK\n"),
             "{out}"
+        );
+    }
+
+    fn a_1_0_host_skips_the_bulk_step_and_refuses_large_sends() {
+        let (code, out, err) = run_sim(&["--negotiation", "accept-1.0", "smoke"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("protocol 1.0"), "{out}");
+        assert!(
+            out.contains("[SKIP] 6/9 send-bulk       no bulk area in this session"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("smoke: 8 passed, 0 failed, 1 skipped: OK\n"),
+            "{out}"
+        );
+        assert!(err.contains("negotiation accept-1.0"), "{err}");
+        let (code, out, _) = run_sim(&["--negotiation", "accept-1.0", "info"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("max payload             16384 bytes"), "{out}");
+        let (code, _, err) = run_sim(&["--negotiation", "accept-1.0", "send", &"x".repeat(20_000)]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("STATUS_INVALID_PARAMETER"), "{err}");
+        assert!(
+            err.contains("needs the bulk buffer of protocol 1.1"),
+            "{err}"
         );
     }
 
@@ -407,30 +433,31 @@ mod cases {
         let lines = json_lines(&out);
         assert_eq!(lines[0]["type"], "backend");
         let steps = of_type(&lines, "smoke_step");
-        assert_eq!(steps.len(), 8);
+        assert_eq!(steps.len(), 9);
         for (i, s) in steps.iter().enumerate() {
             assert_eq!(s["number"], i + 1);
-            assert_eq!(s["of"], 8);
+            assert_eq!(s["of"], 9);
             assert_eq!(s["verdict"], "pass", "{s}");
             assert!(!s["detail"].as_str().unwrap().is_empty());
         }
         let summary = of_type(&lines, "smoke_summary");
         assert_eq!(
             *summary[0],
-            serde_json::json!({"passed": 8, "failed": 0, "skipped": 0, "ok": true})
+            serde_json::json!({"passed": 9, "failed": 0, "skipped": 0, "ok": true})
         );
     }
 
     fn smoke_fails_with_exit_1_when_the_host_misbehaves() {
         let (code, out, err) = run_sim(&["--host-behavior", "malformed", "smoke"]);
         assert_eq!(code, 1);
-        assert!(out.contains("[FAIL] 4/8 ping"), "{out}");
+        assert!(out.contains("[FAIL] 4/9 ping"), "{out}");
         assert!(out.contains("STATUS_INVALID_NETWORK_RESPONSE"), "{out}");
-        assert!(out.contains("[FAIL] 5/8 send"), "{out}");
-        assert!(out.contains("[PASS] 6/8 recv"), "{out}");
-        assert!(out.contains("[PASS] 8/8 stats-add-up"), "{out}");
+        assert!(out.contains("[FAIL] 5/9 send"), "{out}");
+        assert!(out.contains("[FAIL] 6/9 send-bulk"), "{out}");
+        assert!(out.contains("[PASS] 7/9 recv"), "{out}");
+        assert!(out.contains("[PASS] 9/9 stats-add-up"), "{out}");
         assert!(
-            err.contains("vmbctl: error: smoke test failed: 2 of 8 steps failed"),
+            err.contains("vmbctl: error: smoke test failed: 3 of 9 steps failed"),
             "{err}"
         );
 
@@ -1020,6 +1047,7 @@ mod cases {
         recv_times_out_and_cancels,
         smoke_passes_every_step,
         smoke_json,
+        a_1_0_host_skips_the_bulk_step_and_refuses_large_sends,
         smoke_fails_with_exit_1_when_the_host_misbehaves,
         bench_measures_both_directions,
         bench_against_a_broken_host_exits_1,

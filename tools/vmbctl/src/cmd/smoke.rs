@@ -7,9 +7,10 @@
 //! | 3 | `reset-stats` | RESET_STATS succeeds and the counters read back as zero |
 //! | 4 | `ping` | PING answered by the host with STATUS_SUCCESS |
 //! | 5 | `send` | SEND answered by the host with STATUS_SUCCESS |
-//! | 6 | `recv` | a RECV parked first is completed by a host notification with its payload (simulation: the tool's host sends it; device: waits for the host's own, skipped if none comes) |
-//! | 7 | `recv-cancel` | a RECV with nothing queued is cancelled after a short wait and completes with STATUS_CANCELLED |
-//! | 8 | `stats-add-up` | the counters account for exactly what steps 4–7 did |
+//! | 6 | `send-bulk` | a 64 KiB SEND, through the bulk area, answered by the host with STATUS_SUCCESS (skipped when GET_INFO's `max_payload` says the session has no bulk area: protocol 1.0) |
+//! | 7 | `recv` | a RECV parked first is completed by a host notification with its payload (simulation: the tool's host sends it; device: waits for the host's own, skipped if none comes) |
+//! | 8 | `recv-cancel` | a RECV with nothing queued is cancelled after a short wait and completes with STATUS_CANCELLED |
+//! | 9 | `stats-add-up` | the counters account for exactly what steps 4–8 did |
 //!
 //! Every step runs even when an earlier one failed, so one run shows everything that is wrong.
 
@@ -17,9 +18,10 @@ use std::time::Duration;
 
 use ntstatus::NtStatus;
 use vmbmsg_proto::ioctl::{
-    ABI_VERSION, ChannelState, IoctlCode, MALFORMED_REASON_SLOTS, RECV_OUT_MAX, StatsOut,
+    ABI_VERSION, ChannelState, IoctlCode, MALFORMED_REASON_SLOTS, RECV_OUT_MAX, SEND_PAYLOAD_MAX,
+    StatsOut,
 };
-use vmbmsg_proto::wire::{version_major, version_minor};
+use vmbmsg_proto::wire::{MAX_PAYLOAD, version_major, version_minor};
 
 use super::Ctx;
 use crate::cli::SmokeArgs;
@@ -28,7 +30,7 @@ use crate::error::Error;
 use crate::ops;
 use crate::report::{Record, SmokeStep, SmokeSummary, Verdict};
 
-const STEPS: usize = 8;
+const STEPS: usize = 9;
 const SEND_TEXT: &[u8] = b"vmbctl smoke: hello, host";
 const NOTIFY_TEXT: &[u8] = b"vmbctl smoke: hello, guest";
 /// How long `recv-cancel` leaves its RECV parked before cancelling it.
@@ -54,6 +56,8 @@ fn version(v: u32) -> String {
 struct Done {
     pings_ok: u64,
     sends_ok: u64,
+    /// `send-bulk`: `Some(true)` answered with success, `Some(false)` failed, `None` skipped.
+    bulk_ok: Option<bool>,
     received: u64,
 }
 
@@ -69,6 +73,7 @@ pub fn smoke(ctx: &mut Ctx<'_>, args: &SmokeArgs) -> Result<(), Error> {
         ("reset-stats", |ctx, _, _| reset_step(ctx)),
         ("ping", ping_step),
         ("send", send_step),
+        ("send-bulk", bulk_step),
         ("recv", recv_step),
         ("recv-cancel", |ctx, _, done| cancel_step(ctx, done)),
         ("stats-add-up", |ctx, _, done| add_up_step(ctx, done)),
@@ -222,6 +227,39 @@ fn send_step(ctx: &Ctx<'_>, timeout: Duration, done: &mut Done) -> Found {
     }
 }
 
+fn bulk_step(ctx: &Ctx<'_>, timeout: Duration, done: &mut Done) -> Found {
+    let max = match ops::info_unchecked(ctx.dev) {
+        Ok(i) => i.max_payload.get() as usize,
+        Err(e) => {
+            done.bulk_ok = Some(false);
+            return fail(e.to_string());
+        }
+    };
+    if max <= MAX_PAYLOAD {
+        return (
+            Verdict::Skip,
+            format!("no bulk area in this session (max payload {max}: protocol 1.0)"),
+        );
+    }
+    let len = SEND_PAYLOAD_MAX.min(max);
+    let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    done.bulk_ok = Some(false);
+    match ops::send(ctx.dev, &payload, timeout) {
+        Ok(out) => {
+            let host = NtStatus(out.host_status.get());
+            if host.is_success() {
+                done.bulk_ok = Some(true);
+                pass(format!(
+                    "{len} bytes through the bulk area, host answered {host}"
+                ))
+            } else {
+                fail(format!("the host answered {host}"))
+            }
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
 fn recv_step(ctx: &Ctx<'_>, timeout: Duration, done: &mut Done) -> Found {
     let Some(host) = ctx.dev.host() else {
         // A real host notifies on its own schedule: take one if it comes.
@@ -357,8 +395,9 @@ fn add_up_step(ctx: &Ctx<'_>, done: &Done) -> Found {
     ];
     // A failed PING or SEND step already said what went wrong; the counters it moved cannot be
     // predicted (a bad reply counts as malformed without a packet received; a timed-out request
-    // is still in flight), so they are only checked after a clean run of both.
-    let clean = done.pings_ok == 1 && done.sends_ok == 1;
+    // is still in flight), so they are only checked after a clean run of all three.
+    let clean = done.pings_ok == 1 && done.sends_ok == 1 && done.bulk_ok != Some(false);
+    let bulk = u64::from(done.bulk_ok == Some(true));
     if clean {
         checks.extend([
             ("malformed_total", s.malformed_total.get(), 0),
@@ -367,11 +406,15 @@ fn add_up_step(ctx: &Ctx<'_>, done: &Done) -> Found {
                 s.rx_packets.get(),
                 s.echo_count.get() + s.notify_count.get() + s.malformed_total.get(),
             ),
-            ("tx_packets (1 PING + 1 SEND)", s.tx_packets.get(), 2),
+            (
+                "tx_packets (1 PING + 1 SEND + the bulk SEND)",
+                s.tx_packets.get(),
+                2 + bulk,
+            ),
             ("ping_ok", s.ping_ok.get(), 1),
             ("ping_failed", s.ping_failed.get(), 0),
             ("ping_rtt_count", s.ping_rtt_count.get(), 1),
-            ("send_ok", s.send_ok.get(), 1),
+            ("send_ok", s.send_ok.get(), 1 + bulk),
             ("send_failed", s.send_failed.get(), 0),
         ]);
     }

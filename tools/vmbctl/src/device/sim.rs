@@ -32,6 +32,8 @@ pub struct SimOptions {
     pub negotiation: Negotiation,
     /// The status the host completes SEND with.
     pub send_status: NtStatus,
+    /// The host speaks only protocol 1.0 (no bulk area).
+    pub only_v1_0: bool,
 }
 
 /// `normal`, `slow:<ms>`, `silent`, `malformed`.
@@ -44,9 +46,10 @@ pub fn behavior_name(b: Behavior) -> String {
     }
 }
 
-/// `accept`, `reject`, `silent`, `garbage`.
-pub fn negotiation_name(n: Negotiation) -> &'static str {
-    match n {
+/// `accept`, `accept-1.0`, `reject`, `silent`, `garbage`.
+pub fn negotiation_name(o: &SimOptions) -> &'static str {
+    match o.negotiation {
+        Negotiation::Accept if o.only_v1_0 => "accept-1.0",
         Negotiation::Accept => "accept",
         Negotiation::Reject => "reject",
         Negotiation::Silent => "silent",
@@ -72,6 +75,11 @@ impl SimDevice {
             negotiation: options.negotiation,
             behavior: options.behavior,
             send_status: options.send_status,
+            host_versions: if options.only_v1_0 {
+                vec![PROTOCOL_V1]
+            } else {
+                SimConfig::default().host_versions
+            },
             ..SimConfig::default()
         };
         let sim = Simulation::start(config).map_err(|e| DeviceError::SimStart(e.to_string()))?;
@@ -119,7 +127,7 @@ impl Device for SimDevice {
     fn backend(&self) -> BackendInfo {
         BackendInfo::Simulation {
             host_behavior: behavior_name(self.options.behavior),
-            negotiation: negotiation_name(self.options.negotiation).into(),
+            negotiation: negotiation_name(&self.options).into(),
             send_status: self.options.send_status,
         }
     }
