@@ -120,6 +120,32 @@ fn a_host_echo_through_the_bulk_area_is_echoed_in_place() {
     finish(sim);
 }
 
+/// With every ECHO reply buffer in use (here: none configured) the echo goes through the
+/// small stack chunk, many chunks per payload, and the bytes still come back where they were.
+#[test]
+fn an_echo_without_a_free_reply_buffer_goes_through_the_stack_chunk() {
+    let sim = ready_with(SimConfig {
+        core: CoreConfig {
+            reply_buffers: 0,
+            ..CoreConfig::default()
+        },
+        ..SimConfig::default()
+    });
+    for (offset, len, seed) in [(3, 40_001, 9), (0, 64 * 1024, 10), (1000, 511, 11)] {
+        let payload = pattern(len, seed);
+        let (completion, echoed) = sim.host_echo_bulk(offset, &payload, T).expect("echo");
+        let reply = parse_reply(&completion, MessageKind::ECHO_BULK, 0).expect("a reply");
+        assert!(reply.status.is_success(), "{reply:?}");
+        assert_eq!(echoed, payload, "{len} bytes at {offset}");
+    }
+    assert_eq!(
+        stats(&sim).alloc_failures.get(),
+        0,
+        "not a resource failure"
+    );
+    finish(sim);
+}
+
 /// A host that breaks the bulk rules gets a failure reply for that message, counted, and the
 /// session goes on.
 #[test]

@@ -557,6 +557,85 @@ fn main() {
         );
     }
 
+    // Protocol 1.1's bulk path.
+    let _ = writeln!(
+        md,
+        "\n### Bulk path (protocol 1.1) next to aligned memcpy\n\n\
+         Payloads above one ring packet travel through the GPADL-mapped bulk area. Interleaved \
+         like the ring table (101 rounds, medians): `copy_from_slice` between two page-aligned \
+         buffers (64-byte co-aligned: glibc's best case), the guest's copy of a SEND payload \
+         into the area (`SharedBuffer::write`, what `write_slot` does), a host's copy out of it \
+         (`SharedBuffer::read`), and the driver's in-place ECHO_BULK echo \
+         (`vmbmsg_core::bulk::echo_in_place`: each byte copied out and back, two copies, so \
+         its ceiling is 50 %; through a free ECHO reply buffer, as the driver does, and \
+         through the {}-byte stack chunk it falls back to when none is free). The shares are \
+         memcpy time / path time (100 % = memcpy speed).\n\n\
+         | Payload | memcpy ns | memcpy GB/s | copy in ns | **copy in / memcpy** | copy out ns | **copy out / memcpy** | echo ns | **echo / memcpy** | echo, stack chunk ns |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        vmbmsg_core::bulk::ECHO_CHUNK
+    );
+    for p in [16 * 1024, 64 * 1024] {
+        let r = vmbmsg_bench::bulk::bulk_vs_memcpy(p, 101);
+        let gb = |t: f64| gbps(p as f64 / (t * 1e-9));
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {:.1} | {:.0} % | {:.1} | {:.0} % | {:.1} | {:.0} % | {:.1} |",
+            size(p),
+            r.memcpy_ns,
+            gb(r.memcpy_ns),
+            r.copy_in_ns,
+            100.0 * r.copy_in_share,
+            r.copy_out_ns,
+            100.0 * r.copy_out_share,
+            r.echo_ns,
+            100.0 * r.echo_share,
+            r.echo_chunk_ns,
+        );
+    }
+    {
+        let secs = if quick { 0.3 } else { 1.0 };
+        let sim = vmbmsg_bench::e2e::start();
+        let rows: Vec<(usize, f64)> = [16 * 1024, 64 * 1024]
+            .into_iter()
+            .map(|p| {
+                let runs = (0..3)
+                    .map(|_| {
+                        vmbmsg_bench::e2e::guest_to_host(
+                            &sim,
+                            p,
+                            std::time::Duration::from_secs_f64(secs),
+                            2,
+                        )
+                        .per_second()
+                    })
+                    .collect();
+                (p, median(runs))
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "\nEnd to end through the simulation (in process, one delivery thread, 2 SENDs in \
+             flight, as many as the default bulk slots; median of 3 runs of {secs} s): a \
+             16 KiB SEND rides in one ring packet, a 64 KiB SEND goes through a bulk slot \
+             (SEND_BULK; the simulated host reads it out of the GPADL).\n\n\
+             | Payload | path | SENDs/s | MB/s |\n|---:|---|---:|---:|"
+        );
+        for (p, per_sec) in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} |",
+                size(p),
+                if p > 16 * 1024 {
+                    "bulk slot"
+                } else {
+                    "ring packet"
+                },
+                thousands(per_sec),
+                per_sec * p as f64 / 1e6
+            );
+        }
+    }
+
     // End to end: vmbctl --sim bench itself (the in-process equivalent if it cannot run).
     let secs = if quick { 0.3 } else { 1.0 };
     match vmbctl_bench(secs) {

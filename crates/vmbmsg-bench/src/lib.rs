@@ -9,6 +9,8 @@
 //! * [`e2e`]: the in-process equivalent of `vmbctl --sim bench` through
 //!   [`vmbmsg_core::sim::Simulation`] (the report runs vmbctl itself when it can).
 //! * [`ring`]: the ring against memcpy, interleaved (a ratio that survives a busy machine).
+//! * [`bulk`]: protocol 1.1's bulk copies (into, out of and in place in a GPADL's buffer)
+//!   against memcpy between page-aligned buffers, interleaved the same way.
 //! * [`allocs`]: a counting global allocator (the zero-allocation proof).
 //! * [`report`]: machine description and formatting for the results table
 //!   (`benches/perf_report.rs`).
@@ -26,6 +28,8 @@
 
 #[cfg(not(windows))]
 pub mod allocs;
+#[cfg(not(windows))]
+pub mod bulk;
 #[cfg(not(windows))]
 pub mod e2e;
 #[cfg(not(windows))]

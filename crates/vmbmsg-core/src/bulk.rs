@@ -127,32 +127,27 @@ impl Bulk {
     }
 
     /// Echoes the host's `len` bytes at `offset` of its half: reads them (each byte once, in
-    /// chunks through a small stack buffer) and writes them back in place.
+    /// chunks through `scratch`) and writes them back in place.
     ///
     /// # Errors
     /// `STATUS_DATA_ERROR` when the range is not inside the host's half.
     ///
     /// # IRQL
-    /// ≤ DISPATCH_LEVEL (no allocation; 512 bytes of stack).
-    pub(crate) fn echo_in_place(&self, offset: u32, len: u32) -> Result<(), NtStatus> {
+    /// ≤ DISPATCH_LEVEL (no allocation).
+    pub(crate) fn echo_in_place(
+        &self,
+        offset: u32,
+        len: u32,
+        scratch: &mut [u8],
+    ) -> Result<(), NtStatus> {
         let end = u64::from(offset) + u64::from(len);
         if len == 0 || end > u64::from(self.host_half) {
             return Err(NtStatus::STATUS_DATA_ERROR);
         }
-        let buffer = self.buffer()?;
         let start = usize::try_from(u64::from(self.guest_half) + u64::from(offset))
             .map_err(|_| NtStatus::STATUS_DATA_ERROR)?;
         let len = usize::try_from(len).map_err(|_| NtStatus::STATUS_DATA_ERROR)?;
-        let mut chunk = [0u8; 512];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(chunk.len());
-            let part = chunk.get_mut(..n).ok_or(NtStatus::STATUS_INTERNAL_ERROR)?;
-            buffer.read(start + done, part)?;
-            buffer.write(start + done, part)?;
-            done += n;
-        }
-        Ok(())
+        echo_in_place(self.buffer()?, start, len, scratch)
     }
 
     /// Deletes the GPADL (waiting while the host has it mapped) and gives the buffer back.
@@ -162,6 +157,43 @@ impl Bulk {
     pub(crate) fn delete(self) -> Option<SharedBuffer> {
         self.gpadl.delete()
     }
+}
+
+/// The stack chunk an ECHO_BULK falls back to when no reply buffer is free: small enough for
+/// a DPC's stack.
+pub const ECHO_CHUNK: usize = 512;
+
+/// Echoes the `len` bytes at `start` of `buffer` in place: copies them out, `scratch.len()`
+/// bytes at a time, and back, so each byte is read once and written once and the host never
+/// sees a half-echoed chunk. What the driver does per ECHO_BULK once the range is checked
+/// (with a free ECHO reply buffer as `scratch`, else [`ECHO_CHUNK`] bytes of stack); public
+/// for the benchmark that compares it with memcpy.
+///
+/// # Errors
+/// `STATUS_INVALID_PARAMETER` when the range is not inside `buffer` or `scratch` is empty.
+///
+/// # IRQL
+/// Any (no allocation).
+pub fn echo_in_place(
+    buffer: &SharedBuffer,
+    start: usize,
+    len: usize,
+    scratch: &mut [u8],
+) -> Result<(), NtStatus> {
+    if scratch.is_empty() {
+        return Err(NtStatus::STATUS_INVALID_PARAMETER);
+    }
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(scratch.len());
+        let part = scratch
+            .get_mut(..n)
+            .ok_or(NtStatus::STATUS_INTERNAL_ERROR)?;
+        buffer.read(start + done, part)?;
+        buffer.write(start + done, part)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// Creates the bulk area and offers it to the host (BULK_OFFER, synchronous): the area of the

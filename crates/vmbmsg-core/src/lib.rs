@@ -33,7 +33,7 @@ extern crate alloc;
 #[cfg(not(windows))]
 extern crate std;
 
-mod bulk;
+pub mod bulk;
 mod ioctl;
 #[cfg(all(test, loom))]
 mod loom_tests;

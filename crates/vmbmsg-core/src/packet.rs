@@ -241,8 +241,17 @@ fn echo_bulk<P: Platform>(
     offset: u32,
     len: u32,
 ) {
+    // A free ECHO reply buffer makes the echo a few long copies; without one, the stack
+    // chunk does the same in more, shorter ones (docs/performance.md, "Bulk path").
     let echoed = match shared.bulk.get() {
-        Some(bulk) => bulk.echo_in_place(offset, len),
+        Some(bulk) => match take_reply_buffer(shared) {
+            Some(mut scratch) => {
+                let r = bulk.echo_in_place(offset, len, &mut scratch[..]);
+                return_reply_buffer(shared, scratch);
+                r
+            }
+            None => bulk.echo_in_place(offset, len, &mut [0u8; crate::bulk::ECHO_CHUNK]),
+        },
         None => Err(NtStatus::STATUS_DATA_ERROR),
     };
     if let Err(status) = echoed {
