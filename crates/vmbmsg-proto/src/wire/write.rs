@@ -425,7 +425,7 @@ impl<'a> Reply<'a> {
     /// [`ProtoError::BufferTooSmall`], [`ProtoError::PayloadTooLarge`],
     /// [`ProtoError::UnsupportedVersion`], [`ProtoError::UnknownKind`],
     /// [`ProtoError::BodyShape`].
-    #[inline]
+    #[inline(always)]
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
         let kind = self.kind;
         if self.status.is_success() {
