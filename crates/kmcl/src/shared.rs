@@ -8,20 +8,26 @@
 //!
 //! * with relaxed atomic accesses (8 bytes at a time where aligned): well defined whatever the
 //!   other side does, and on x86-64 and arm64 plain loads and stores;
-//! * on x86-64, from [`REP_MOVSB_MIN`] bytes on, with one `rep movsb` in inline assembly, which
-//!   the CPU runs as a wide copy (Enhanced REP MOVSB, every x86-64 CPU since Ivy Bridge and
-//!   Zen). An assembly block is opaque to the compiler: it cannot assume the bytes stable, merge
-//!   or repeat the reads, so a concurrent writer is not a data race in the Rust sense, and each
-//!   byte is still read (or written) once. This is how hypervisor code copies guest memory that
+//! * on x86-64, in inline assembly: below [`REP_MOVSB_MIN`] bytes a loop of 16-byte SSE moves
+//!   (64 bytes per iteration, then 16, 8, 4, 2 and 1), from [`REP_MOVSB_MIN`] on one
+//!   `rep movsb`, which the CPU runs as a wide copy (Enhanced REP MOVSB, every x86-64 CPU since
+//!   Ivy Bridge and Zen); the same split as glibc's memcpy for 16-byte vectors. SSE registers
+//!   are usable in kernel mode on x64 Windows without saving them (the compiler's own memcpy
+//!   uses them); no AVX, which would need `KeSaveExtendedProcessorState`. An assembly block is
+//!   opaque to the compiler: it cannot assume the bytes stable, merge or repeat the reads, so a
+//!   concurrent writer is not a data race in the Rust sense, and each byte is still read (or
+//!   written) once: no overlapping moves. This is how hypervisor code copies guest memory that
 //!   the other side may change (openvmm's `trycopy`, the Linux kernel's copy routines). The
-//!   word loop reads 8 bytes per cycle at best; the assembly copy runs at memcpy speed
-//!   (docs/performance.md, "The bounce copy per packet").
+//!   word loop (other targets, and Miri) reads 8 bytes per cycle at best; the assembly copy
+//!   runs at memcpy speed (docs/performance.md, "The bounce copy per packet").
 
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-/// From this many bytes on, x86-64 copies with `rep movsb` rather than the word loop (below it,
-/// the instruction's start-up cost is more than the loop's).
-pub const REP_MOVSB_MIN: usize = 256;
+/// From this many bytes on, x86-64 copies with `rep movsb` rather than the SSE loop (below it,
+/// the instruction's start-up cost is more than the loop's; glibc's threshold for 16-byte
+/// vectors).
+pub const REP_MOVSB_MIN: usize = 2048;
 
 /// `rep movsb`: copies `len` bytes from `src` to `dst`, each byte read once and written once.
 ///
@@ -44,6 +50,84 @@ unsafe fn rep_movsb(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+/// Copies `len` bytes from `src` to `dst` with 16-byte SSE moves (four per iteration while 64
+/// bytes are left, then one 16-, 8-, 4-, 2- and 1-byte step as the length's bits say), each
+/// byte read once and written once, in address order within each step.
+///
+/// # Safety
+/// As [`rep_movsb`].
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+unsafe fn sse_copy(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: the caller guarantees both ranges. Every move stays inside them: a 64-byte
+    // iteration runs only while 64 or more bytes are left, a 16-byte one while 16 or more are,
+    // and the 8/4/2/1 steps run for the set bits of the remaining length (< 16), so the moves
+    // cover exactly `len` bytes once. SSE2 is part of x86-64. No stack use; flags change.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "cmp {len}, 64",
+            "jb 3f",
+            "movdqu {a}, [{src}]",
+            "movdqu {b}, [{src} + 16]",
+            "movdqu {c}, [{src} + 32]",
+            "movdqu {d}, [{src} + 48]",
+            "movdqu [{dst}], {a}",
+            "movdqu [{dst} + 16], {b}",
+            "movdqu [{dst} + 32], {c}",
+            "movdqu [{dst} + 48], {d}",
+            "add {src}, 64",
+            "add {dst}, 64",
+            "sub {len}, 64",
+            "jmp 2b",
+            "3:",
+            "cmp {len}, 16",
+            "jb 4f",
+            "movdqu {a}, [{src}]",
+            "movdqu [{dst}], {a}",
+            "add {src}, 16",
+            "add {dst}, 16",
+            "sub {len}, 16",
+            "jmp 3b",
+            "4:",
+            "test {len}, 8",
+            "jz 5f",
+            "mov {t}, qword ptr [{src}]",
+            "mov qword ptr [{dst}], {t}",
+            "add {src}, 8",
+            "add {dst}, 8",
+            "5:",
+            "test {len}, 4",
+            "jz 6f",
+            "mov {t:e}, dword ptr [{src}]",
+            "mov dword ptr [{dst}], {t:e}",
+            "add {src}, 4",
+            "add {dst}, 4",
+            "6:",
+            "test {len}, 2",
+            "jz 7f",
+            "mov {t:x}, word ptr [{src}]",
+            "mov word ptr [{dst}], {t:x}",
+            "add {src}, 2",
+            "add {dst}, 2",
+            "7:",
+            "test {len}, 1",
+            "jz 8f",
+            "mov {t:l}, byte ptr [{src}]",
+            "mov byte ptr [{dst}], {t:l}",
+            "8:",
+            src = inout(reg) src => _,
+            dst = inout(reg) dst => _,
+            len = inout(reg) len => _,
+            t = out(reg) _,
+            a = out(xmm_reg) _,
+            b = out(xmm_reg) _,
+            c = out(xmm_reg) _,
+            d = out(xmm_reg) _,
+            options(nostack),
+        );
+    }
+}
+
 /// Copies `dst.len()` bytes from `src` into `dst`, reading each source byte exactly once.
 ///
 /// kmcl uses it to copy every incoming packet into a bounce buffer; a driver uses it to read a
@@ -61,8 +145,23 @@ pub unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
         // SAFETY: `src` readable for `dst.len()` bytes (caller), `dst` is exclusively ours and
         // cannot overlap memory someone else may write.
         unsafe { rep_movsb(src, dst.as_mut_ptr(), dst.len()) };
-        return;
+    } else {
+        // SAFETY: as above.
+        unsafe { sse_copy(src, dst.as_mut_ptr(), dst.len()) };
     }
+    // SAFETY: the caller's guarantees are what `words_from_shared` needs.
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    unsafe {
+        words_from_shared(src, dst);
+    }
+}
+
+/// The portable [`copy_from_shared`]: relaxed atomic loads, 8 bytes at a time where aligned.
+///
+/// # Safety
+/// As [`copy_from_shared`].
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
+unsafe fn words_from_shared(src: *const u8, dst: &mut [u8]) {
     let len = dst.len();
     let mut i = 0;
     // Bytes up to the source's first 8-byte boundary (or the end).
@@ -109,8 +208,23 @@ pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
         // SAFETY: `dst` writable for `src.len()` bytes (caller); `src` is a shared borrow of
         // memory nobody writes, so the ranges cannot overlap.
         unsafe { rep_movsb(src.as_ptr(), dst, src.len()) };
-        return;
+    } else {
+        // SAFETY: as above.
+        unsafe { sse_copy(src.as_ptr(), dst, src.len()) };
     }
+    // SAFETY: the caller's guarantees are what `words_to_shared` needs.
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    unsafe {
+        words_to_shared(src, dst);
+    }
+}
+
+/// The portable [`copy_to_shared`]: relaxed atomic stores, 8 bytes at a time where aligned.
+///
+/// # Safety
+/// As [`copy_to_shared`].
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
+unsafe fn words_to_shared(src: &[u8], dst: *mut u8) {
     let len = src.len();
     let mut i = 0;
     let head = dst.align_offset(8).min(len);
@@ -145,7 +259,8 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    /// Lengths around and past [`REP_MOVSB_MIN`], where x86-64 switches to `rep movsb`.
+    /// Lengths around and past [`REP_MOVSB_MIN`], where x86-64 switches from the SSE loop to
+    /// `rep movsb` (every length below 300 is tried too: each SSE step and tail).
     const LONG: [usize; 7] = [
         REP_MOVSB_MIN - 1,
         REP_MOVSB_MIN,
@@ -163,7 +278,7 @@ mod tests {
             .collect();
         let base = backing.as_ptr().cast::<u8>();
         for offset in 0..9 {
-            for len in (0..100).chain(LONG) {
+            for len in (0..300).chain(LONG) {
                 let mut out = std::vec![0xAAu8; len];
                 // SAFETY: offset + len <= 8 + 4099 < 8 * 600 bytes of `backing`.
                 unsafe { copy_from_shared(base.wrapping_add(offset), &mut out) };
@@ -177,7 +292,7 @@ mod tests {
     #[test]
     fn writes_every_length_and_misalignment_exactly() {
         for offset in 0..9 {
-            for len in (0..100usize).chain(LONG) {
+            for len in (0..300usize).chain(LONG) {
                 let mut backing = std::vec![0u64; 600];
                 let base = backing.as_mut_ptr().cast::<u8>();
                 let src: Vec<u8> = (0..len)
