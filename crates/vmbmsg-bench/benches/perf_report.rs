@@ -321,6 +321,20 @@ fn main() {
         "\nProduced by `cargo bench -p vmbmsg-bench --bench perf_report -- --report{}`.",
         if quick { " --quick" } else { "" }
     );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let load_flag = |when: &str, md: &mut String| {
+        if let Some(l) = vmbmsg_bench::report::load1()
+            && vmbmsg_bench::report::loaded(l, cores)
+        {
+            let _ = writeln!(
+                md,
+                "\n**Loaded machine {when}**: 1-minute load {l:.2} on {cores} CPUs. The timings of \
+                 this run are suspect (rerun on a quiet machine); instruction and allocation \
+                 counts are not affected."
+            );
+        }
+    };
+    load_flag("at the start", &mut md);
 
     // Criterion: the ring and the receive path.
     run(cargo()
@@ -473,15 +487,18 @@ fn main() {
          Interleaved: each of 101 rounds times, back to back, a burst of single-packet ring \
          round trips (write + commit, read with copy-out + commit; one thread, 128 KiB ring), \
          a burst of batched transfers (as many packets as fit, then all read), a burst of \
-         memcpys of the payload (`copy_from_slice`) and a burst of *two copies*: the payload \
+         memcpys of the payload (`copy_from_slice` between two 64-byte co-aligned buffers, \
+         glibc's best case: the baseline of every ratio), a burst of the same memcpy with the \
+         destination 16 bytes past a 64-byte boundary (where the ring puts a payload after its \
+         descriptor; for reference only) and a burst of *two copies*: the payload \
          into a 128 KiB buffer at the offsets the ring uses and out of it again, i.e. the bytes \
          a ring transfer moves, without the ring; medians over rounds. A ring moves every byte \
          twice, so on one thread its ceiling is the two copies, about 50 % of one memcpy; \
          **ring / two copies** is how close it comes to that ceiling. The last two columns are \
          criterion's separate medians (bench `ring`), for reference, and the safe \
          one-`AtomicU64`-at-a-time copy.\n\n\
-         | Payload | ring ns/pkt | ring Mpkt/s | ring GB/s | batch ns/pkt | batch GB/s | memcpy ns | memcpy GB/s | two copies ns | **ring / memcpy** | batch / memcpy | **ring / two copies** | criterion ring / memcpy ns | word-copy ring GB/s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | Payload | ring ns/pkt | ring Mpkt/s | ring GB/s | batch ns/pkt | batch GB/s | memcpy ns (aligned) | memcpy GB/s (aligned) | memcpy ns (ring offset) | two copies ns | **ring / memcpy** | batch / memcpy | **ring / two copies** | criterion ring / memcpy ns | word-copy ring GB/s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut memcpy_gbps = Vec::new();
     for &p in &PAYLOAD_SIZES {
@@ -504,7 +521,7 @@ fn main() {
         memcpy_gbps.push((p, r.memcpy_ns));
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {crit} | {word} |",
+            "| {} | {:.1} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:.1} | {:.1} | {} | {} | {} | {crit} | {word} |",
             size(p),
             r.ring_ns,
             1e3 / r.ring_ns,
@@ -513,6 +530,7 @@ fn main() {
             gb(r.batch_ns),
             r.memcpy_ns,
             gb(r.memcpy_ns),
+            r.memcpy_offset_ns,
             r.two_copies_ns,
             share(r.ring_share),
             share(r.batch_share),
@@ -686,6 +704,11 @@ fn main() {
         }
         None => e2e_equivalent(&mut md, secs),
     }
+
+    if let Some(l) = vmbmsg_bench::report::load1() {
+        let _ = writeln!(md, "\nLoad average at the end (1 min): {l:.2}.");
+    }
+    load_flag("at the end", &mut md);
 
     print!("{md}");
     if let Some(path) = write {

@@ -18,6 +18,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use kmcl::SharedBuffer;
+
+use crate::aligned::AlignedVec;
 use vmbmsg_core::bulk::{ECHO_CHUNK, echo_in_place};
 
 /// Medians of one payload size.
@@ -56,9 +58,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[must_use]
 pub fn bulk_vs_memcpy(size: usize, rounds: usize) -> BulkVsMemcpy {
     // The baseline's buffers are page-aligned, as the shared area is.
-    let layout = std::alloc::Layout::from_size_align(size.max(1), 4096).expect("layout");
-    let src = AlignedVec::new(layout, |i| i as u8);
-    let mut dst = AlignedVec::new(layout, |_| 0);
+    let src = AlignedVec::new(size, 4096, |i| i as u8);
+    let mut dst = AlignedVec::new(size, 4096, |_| 0);
     let area = SharedBuffer::try_new(size.max(1)).expect("memory");
     let burst = (200_000 / (size / 64 + 1)).max(16);
     let mut scratch = vec![0u8; vmbmsg_proto::wire::MAX_MESSAGE];
@@ -121,42 +122,6 @@ pub fn bulk_vs_memcpy(size: usize, rounds: usize) -> BulkVsMemcpy {
         copy_in_share: median(si),
         copy_out_share: median(so),
         echo_share: median(se),
-    }
-}
-
-/// A heap buffer with a given alignment.
-struct AlignedVec {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedVec {
-    fn new(layout: std::alloc::Layout, fill: impl Fn(usize) -> u8) -> Self {
-        // SAFETY: `layout` has a non-zero size (the caller's `size.max(1)`).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).expect("memory");
-        let mut v = Self { ptr, layout };
-        for (i, b) in v.bytes_mut().iter_mut().enumerate() {
-            *b = fill(i);
-        }
-        v
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` owns `layout.size()` initialised (zeroed, then filled) bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` is the only access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedVec {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
 

@@ -12,6 +12,7 @@
 //! * [`bulk`]: protocol 1.1's bulk copies (into, out of and in place in a GPADL's buffer)
 //!   against memcpy between page-aligned buffers, interleaved the same way.
 //! * [`allocs`]: a counting global allocator (the zero-allocation proof).
+//! * [`aligned`]: heap buffers with a chosen alignment (the memcpy baselines).
 //! * [`report`]: machine description and formatting for the results table
 //!   (`benches/perf_report.rs`).
 #![cfg_attr(windows, allow(missing_docs, reason = "nothing here on Windows"))]
@@ -26,6 +27,8 @@
     )
 )]
 
+#[cfg(not(windows))]
+pub mod aligned;
 #[cfg(not(windows))]
 pub mod allocs;
 #[cfg(not(windows))]

@@ -55,6 +55,24 @@ pub fn machine() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The 1-minute load average, if the system reports one.
+#[must_use]
+pub fn load1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether a 1-minute load of `load` on `cores` CPUs makes timings suspect: more than half
+/// the CPUs busy with something else.
+#[must_use]
+pub fn loaded(load: f64, cores: usize) -> bool {
+    load > 0.5 * cores.max(1) as f64
+}
+
 /// `1234567.8` as `1,234,568`.
 #[must_use]
 pub fn thousands(x: f64) -> String {
