@@ -48,4 +48,3 @@ impl Drop for AlignedVec {
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
-

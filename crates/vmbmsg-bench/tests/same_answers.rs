@@ -26,15 +26,24 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
         ("empty", Vec::new()),
         ("truncated header", echo_message(0)[..23].to_vec()),
         ("version 2.0", patched(8, 0, &0x0002_0000u32.to_le_bytes())),
-        ("version 1.1 on a 1.0 session", patched(8, 0, &0x0001_0001u32.to_le_bytes())),
+        (
+            "version 1.1 on a 1.0 session",
+            patched(8, 0, &0x0001_0001u32.to_le_bytes()),
+        ),
         ("unknown kind", patched(8, 4, &0x0666u16.to_le_bytes())),
-        ("ECHO_BULK kind on 1.0", patched(8, 4, &0x0103u16.to_le_bytes())),
+        (
+            "ECHO_BULK kind on 1.0",
+            patched(8, 4, &0x0103u16.to_le_bytes()),
+        ),
         ("guest kind SEND", patched(8, 4, &0x0002u16.to_le_bytes())),
         ("NEGOTIATE kind", patched(8, 4, &0x0001u16.to_le_bytes())),
         ("REPLY flag", patched(8, 6, &1u16.to_le_bytes())),
         ("reserved flag", patched(8, 6, &2u16.to_le_bytes())),
         ("status set", patched(8, 12, &1u32.to_le_bytes())),
-        ("payload_len too large", patched(8, 8, &16_385u32.to_le_bytes())),
+        (
+            "payload_len too large",
+            patched(8, 8, &16_385u32.to_le_bytes()),
+        ),
         ("payload_len short", patched(8, 8, &7u32.to_le_bytes())),
         ("payload_len long", patched(8, 8, &9u32.to_le_bytes())),
         ("bytes after the payload", long),
@@ -48,7 +57,10 @@ fn the_c_path_answers_every_packet_as_the_driver_does() {
     for (what, message) in messages() {
         let (r, k) = (rust.deliver(&message), c.deliver(&message));
         assert!(r.len() >= 24, "{what}: the driver answers with a reply");
-        assert_eq!(r, k, "{what}: the C path's completion differs from the driver's");
+        assert_eq!(
+            r, k,
+            "{what}: the C path's completion differs from the driver's"
+        );
     }
     assert_eq!(rust.echo_count(), c.echo_count(), "ECHOs counted alike");
 }
