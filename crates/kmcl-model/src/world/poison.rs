@@ -104,6 +104,16 @@ impl RawRings {
         }
     }
 
+    /// Word `word` of the guest→host control page (0 if out of range).
+    #[must_use]
+    pub fn guest_to_host_control(&self, word: usize) -> u32 {
+        self.rings()
+            .1
+            .control()
+            .get(word)
+            .map_or(0, |w| w.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     /// Stores `value` in word `word` of the guest→host control page (the host is that ring's
     /// reader: its read index and interrupt mask live there; ignored if out of range).
     pub fn set_guest_to_host_control(&self, word: usize, value: u32) {
