@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vmbmsg_bench::allocs::{CountingAllocator, count};
-use vmbmsg_bench::report::{gbps, machine, size, thousands};
+use vmbmsg_bench::report::{gbps, machine, median, size, thousands};
 use vmbmsg_bench::{Guest, PAYLOAD_SIZES, RxWorld, e2e, echo_message};
 
 #[global_allocator]
@@ -278,11 +278,6 @@ fn e2e_equivalent(md: &mut String, secs: f64) {
         );
     }
     sim.host().assert_no_violations();
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {

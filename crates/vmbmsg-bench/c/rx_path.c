@@ -242,6 +242,22 @@ static NTSTATUS notify(struct rxc_device *dev, const uint8_t *payload, uint32_t 
     return s;
 }
 
+/* A valid ECHO or NOTIFY of the session's `version`: counted, answered. */
+static inline __attribute__((always_inline)) void dispatch(struct rxc_device *dev,
+                                                           VMBPACKETCOMPLETION pc,
+                                                           const struct msg_header *h,
+                                                           const uint8_t *payload,
+                                                           uint32_t version) {
+    if (h->kind == K_ECHO) {
+        bump(&dev->stats.echo_count);
+        echo(dev, pc, h, payload);
+    } else {
+        bump(&dev->stats.notify_count);
+        NTSTATUS s = notify(dev, payload, h->payload_len);
+        complete_status(dev, pc, K_NOTIFY, version, h->id, s);
+    }
+}
+
 /* Everything but a well-formed ECHO or NOTIFY: the rule-by-rule parse, out of line. */
 __attribute__((cold, noinline)) static void process_other(struct rxc_device *dev,
                                                          VMBPACKETCOMPLETION pc,
@@ -275,14 +291,7 @@ static void process(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const uint8_
         process_other(dev, pc, data, len);
         return;
     }
-    if (h.kind == K_ECHO) {
-        bump(&dev->stats.echo_count);
-        echo(dev, pc, &h, data + HDR);
-    } else {
-        bump(&dev->stats.notify_count);
-        NTSTATUS s = notify(dev, data + HDR, h.payload_len);
-        complete_status(dev, pc, K_NOTIFY, V1, h.id, s);
-    }
+    dispatch(dev, pc, &h, data + HDR, V1);
 }
 
 static void process_other(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const uint8_t *data,
@@ -319,14 +328,7 @@ static void process_other(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const 
         complete_status(dev, pc, h.kind, h.version, h.id, S_REVISION_MISMATCH);
         return;
     }
-    if (h.kind == K_ECHO) {
-        bump(&dev->stats.echo_count);
-        echo(dev, pc, &h, data + HDR);
-    } else {
-        bump(&dev->stats.notify_count);
-        NTSTATUS s = notify(dev, data + HDR, h.payload_len);
-        complete_status(dev, pc, K_NOTIFY, version, h.id, s);
-    }
+    dispatch(dev, pc, &h, data + HDR, version);
 }
 
 void rxc_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer, UINT32 len,

@@ -20,6 +20,7 @@ use std::time::Instant;
 use kmcl::SharedBuffer;
 
 use crate::aligned::AlignedVec;
+use crate::report::median;
 use vmbmsg_core::bulk::{ECHO_CHUNK, echo_in_place};
 
 /// Medians of one payload size.
@@ -44,11 +45,6 @@ pub struct BulkVsMemcpy {
     /// Median over rounds of memcpy time / echo time. An echo copies each byte out and back,
     /// two copies, so its ceiling is 50 %.
     pub echo_share: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Measures `size`-byte payloads (at most 64 KiB) over `rounds` rounds.

@@ -55,6 +55,13 @@ pub fn machine() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The median of `v` (the upper one of the middle two for an even count; NaN when empty).
+#[must_use]
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The 1-minute load average, if the system reports one.
 #[must_use]
 pub fn load1() -> Option<f64> {

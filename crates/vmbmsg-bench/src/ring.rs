@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::aligned::AlignedVec;
+use crate::report::median;
 use vmbus_ring::{
     FlatRingMem, IncomingRing, OutgoingKind, OutgoingPacket, OutgoingRing, ReadError, WriteError,
 };
@@ -43,11 +44,6 @@ pub struct RingVsMemcpy {
     /// Median over rounds of two-copies time / ring time: how close the ring comes to the
     /// copies it cannot avoid (1.0 = no cost beyond them).
     pub ceiling_share: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The packet both measurements send: in-band data, completion requested.
