@@ -52,6 +52,19 @@ fn header(
     }
 }
 
+/// The header of a request (`kind` in `version`, no flags, status 0), if `kind` exists in a
+/// `version` this crate speaks.
+fn request_header(kind: MessageKind, version: u32, id: u64) -> Result<MessageHeader, ProtoError> {
+    check_write_version(kind, version)?;
+    Ok(header(
+        version,
+        kind,
+        MessageFlags::NONE,
+        NtStatus::STATUS_SUCCESS,
+        id,
+    ))
+}
+
 fn check_write_version(kind: MessageKind, version: u32) -> Result<(), ProtoError> {
     if !is_supported_version(version) {
         return Err(ProtoError::UnsupportedVersion(version));
@@ -119,15 +132,7 @@ impl HostMessage<'_> {
     /// [`ProtoError::UnsupportedVersion`], [`ProtoError::UnknownKind`] (a 1.1 kind in a 1.0
     /// message), [`ProtoError::BadBulkReference`].
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
-        let kind = self.kind();
-        check_write_version(kind, self.version)?;
-        let h = header(
-            self.version,
-            kind,
-            MessageFlags::NONE,
-            NtStatus::STATUS_SUCCESS,
-            self.id,
-        );
+        let h = request_header(self.kind(), self.version, self.id)?;
         match self.body {
             HostBody::Echo { payload } | HostBody::Notify { payload } => {
                 write_frame(buf, h, payload)
@@ -238,15 +243,7 @@ impl GuestMessage<'_> {
     /// [`ProtoError::UnknownKind`] (a 1.1 kind in a 1.0 message),
     /// [`ProtoError::BadBulkReference`].
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
-        let kind = self.kind();
-        check_write_version(kind, self.version)?;
-        let h = header(
-            self.version,
-            kind,
-            MessageFlags::NONE,
-            NtStatus::STATUS_SUCCESS,
-            self.id,
-        );
+        let h = request_header(self.kind(), self.version, self.id)?;
         match self.body {
             GuestBody::Negotiate {
                 min_version,
