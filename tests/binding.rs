@@ -25,14 +25,8 @@ use vmbmsg_proto::wire::{HostMessage, PROTOCOL_V1_1};
 const T: Duration = Duration::from_secs(10);
 
 fn offer(vm: &Vm, instance: u32) -> Host {
-    let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
     let host = vm.offer(ModelConfig {
-        interface_type: kmcl_model::kmcl_sys::GUID {
-            Data1: ty.data1,
-            Data2: ty.data2,
-            Data3: ty.data3,
-            Data4: ty.data4,
-        },
+        interface_type: vmbmsg_core::sim::interface_type(),
         interface_instance: kmcl_model::kmcl_sys::GUID {
             Data1: instance,
             ..kmcl_model::DEFAULT_INTERFACE_INSTANCE

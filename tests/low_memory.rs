@@ -290,14 +290,8 @@ fn run(fail_at: u64) -> u64 {
     DRIVER_ALLOCS.store(0, Ordering::SeqCst);
     REFUSED.store(0, Ordering::SeqCst);
     FAIL_AT.store(fail_at, Ordering::SeqCst);
-    let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
     let host = kmcl_model::connected_with(ModelConfig {
-        interface_type: kmcl_model::kmcl_sys::GUID {
-            Data1: ty.data1,
-            Data2: ty.data2,
-            Data3: ty.data3,
-            Data4: ty.data4,
-        },
+        interface_type: vmbmsg_core::sim::interface_type(),
         ..ModelConfig::default()
     });
     let sim = SimConfig::default();

@@ -327,17 +327,11 @@ impl Peer {
     /// If the core cannot be created or its channel brought up (never, with the model).
     #[must_use]
     pub fn new(cfg: &PeerConfig, delivery: Delivery) -> Self {
-        let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
         let host = kmcl_model::connected_with(ModelConfig {
             delivery_threads: usize::from(cfg.delivery_threads % 4) + 1,
             inline_delivery: delivery == Delivery::Inline,
             teardown_timeout: Duration::from_secs(10),
-            interface_type: kmcl_model::kmcl_sys::GUID {
-                Data1: ty.data1,
-                Data2: ty.data2,
-                Data3: ty.data3,
-                Data4: ty.data4,
-            },
+            interface_type: vmbmsg::sim::interface_type(),
             ..ModelConfig::default()
         });
         let silent = matches!(cfg.negotiation, Negotiation::Silent);

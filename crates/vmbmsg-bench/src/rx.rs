@@ -120,13 +120,7 @@ impl RxWorld {
     /// If the guest does not come up (a broken build, not a measurement).
     #[must_use]
     pub fn new(guest: Guest) -> Self {
-        let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
-        let interface_type = GUID {
-            Data1: ty.data1,
-            Data2: ty.data2,
-            Data3: ty.data3,
-            Data4: ty.data4,
-        };
+        let interface_type = vmbmsg_core::sim::interface_type();
         let host = Arc::new(connected_with(ModelConfig {
             delivery_threads: 1,
             interface_type,

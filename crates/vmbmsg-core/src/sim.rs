@@ -606,15 +606,9 @@ impl Simulation {
     /// [`StartError::Core`] when the core cannot be created, the client interface cannot be
     /// queried, or the channel brought up.
     pub fn new(config: SimConfig) -> Result<Self, StartError> {
-        let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
         let host = Arc::new(kmcl_model::connected_with(ModelConfig {
             delivery_threads: config.delivery_threads.max(1),
-            interface_type: kmcl_model::kmcl_sys::GUID {
-                Data1: ty.data1,
-                Data2: ty.data2,
-                Data3: ty.data3,
-                Data4: ty.data4,
-            },
+            interface_type: interface_type(),
             ..ModelConfig::default()
         }));
         let core = Arc::new(
@@ -812,6 +806,19 @@ impl Simulation {
             0 => PROTOCOL_V1,
             v => v,
         }
+    }
+}
+
+/// The driver's channel interface type ([`vmbmsg_proto::VMBMSG_INTERFACE_TYPE`]) as the
+/// model's `GUID`, for a world whose offer the driver binds.
+#[must_use]
+pub fn interface_type() -> kmcl_model::kmcl_sys::GUID {
+    let ty = vmbmsg_proto::VMBMSG_INTERFACE_TYPE;
+    kmcl_model::kmcl_sys::GUID {
+        Data1: ty.data1,
+        Data2: ty.data2,
+        Data3: ty.data3,
+        Data4: ty.data4,
     }
 }
 
