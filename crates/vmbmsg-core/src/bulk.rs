@@ -18,10 +18,9 @@
 //!   the uses above, each a copy long) and deletes the GPADL, which KMCL requires by the end of
 //!   that callback.
 
-use kmcl::{ChannelRef, Gpadl, GpadlAccess, NtStatus, SharedBuffer, Timeout};
+use kmcl::{ChannelRef, Gpadl, GpadlAccess, NtStatus, SharedBuffer};
 use vmbmsg_proto::wire::{
-    BULK_OFFER_SIZE, GuestMessage, MAX_BULK_PAYLOAD, MalformedReason, MessageKind,
-    STATUS_REPLY_SIZE, parse_reply,
+    GuestMessage, MAX_BULK_PAYLOAD, MessageKind, STATUS_REPLY_SIZE, parse_reply,
 };
 
 use crate::sync::atomic::{AtomicU32, Ordering};
@@ -233,38 +232,17 @@ pub(crate) fn offer<P: Platform>(
         host_half,
     };
     let id = shared.next_id();
-    let mut request = [0u8; BULK_OFFER_SIZE];
     let message = GuestMessage::bulk_offer(version, id, bulk.gpadl.handle(), guest_half, host_half);
-    let accepted = match message.write(&mut request) {
-        Ok(len) => {
-            let mut reply = [0u8; STATUS_REPLY_SIZE];
-            let sent = channel.send_sync(
-                request.get(..len).unwrap_or_default(),
-                &mut reply,
-                Timeout::After(shared.config.negotiate_timeout),
-            );
-            shared.stats.sent(len);
-            match sent {
-                Ok(n) => {
-                    match parse_reply(
-                        reply.get(..n).unwrap_or_default(),
-                        MessageKind::BULK_OFFER,
-                        id,
-                    ) {
-                        Ok(r) => r.status.is_success(),
-                        Err(e) => {
-                            shared.stats.malformed(e.reason());
-                            false
-                        }
-                    }
-                }
-                Err(NtStatus::STATUS_BUFFER_OVERFLOW) => {
-                    shared.stats.malformed(MalformedReason::LengthMismatch);
-                    false
-                }
-                Err(_) => false,
+    let mut reply = [0u8; STATUS_REPLY_SIZE];
+    let accepted = match crate::packet::sync_request(shared, channel, &message, &mut reply) {
+        Ok(reply) => match parse_reply(reply, MessageKind::BULK_OFFER, id) {
+            Ok(r) => r.status.is_success(),
+            Err(e) => {
+                shared.stats.malformed(e.reason());
+                false
             }
-        }
+        },
+        // Not sent, timed out, closing, or an overlong reply (counted by `sync_request`).
         Err(_) => false,
     };
     if accepted {

@@ -370,6 +370,49 @@ pub(crate) fn proposed_max(config: &crate::CoreConfig) -> u32 {
     }
 }
 
+/// The largest request [`sync_request`] sends (NEGOTIATE and BULK_OFFER).
+const SYNC_REQUEST_MAX: usize = 64;
+const _: () = assert!(NEGOTIATE_REQUEST_SIZE <= SYNC_REQUEST_MAX);
+const _: () = assert!(vmbmsg_proto::wire::BULK_OFFER_SIZE <= SYNC_REQUEST_MAX);
+
+/// Sends `message` as a synchronous request (waiting at most the negotiation timeout) and
+/// counts it; returns the host's reply, in `reply`. A reply longer than `reply` is the host's
+/// malformed reply: KMCL fails the request with `STATUS_BUFFER_OVERFLOW`, counted here as a
+/// length mismatch.
+///
+/// # Errors
+/// `STATUS_INTERNAL_ERROR` when `message` does not encode (nothing sent); KMCL's status
+/// otherwise (timed out: `STATUS_CANCELLED` or `STATUS_IO_TIMEOUT`; closing; overflow).
+///
+/// # IRQL
+/// PASSIVE_LEVEL.
+pub(crate) fn sync_request<'r, P: Platform>(
+    shared: &Shared<P>,
+    channel: ChannelRef<'_>,
+    message: &GuestMessage<'_>,
+    reply: &'r mut [u8],
+) -> Result<&'r [u8], NtStatus> {
+    let mut request = [0u8; SYNC_REQUEST_MAX];
+    let len = message
+        .write(&mut request)
+        .map_err(|_| NtStatus::STATUS_INTERNAL_ERROR)?;
+    let sent = channel.send_sync(
+        request.get(..len).unwrap_or_default(),
+        reply,
+        Timeout::After(shared.config.negotiate_timeout),
+    );
+    shared.stats.sent(len);
+    match sent {
+        Ok(n) => Ok(reply.get(..n).unwrap_or_default()),
+        Err(status) => {
+            if status == NtStatus::STATUS_BUFFER_OVERFLOW {
+                shared.stats.malformed(MalformedReason::LengthMismatch);
+            }
+            Err(status)
+        }
+    }
+}
+
 /// Proposes our version range with a synchronous request; returns the version the host chose,
 /// or records why there is none (NEGOTIATION_FAILED and its reason).
 ///
@@ -379,26 +422,14 @@ fn negotiate<P: Platform>(shared: &Shared<P>, channel: ChannelRef<'_>) -> Option
     shared.set_state(ChannelState::NEGOTIATING);
     let id = shared.next_id();
     let max = proposed_max(&shared.config);
-    let mut request = [0u8; NEGOTIATE_REQUEST_SIZE];
-    let Ok(len) = GuestMessage::negotiate(id, SUPPORTED_MIN, max).write(&mut request) else {
-        shared.negotiation_failed(StateReason::SEND_FAILED);
-        return None;
-    };
     let mut reply = [0u8; NEGOTIATE_REPLY_SIZE];
-    let sent = channel.send_sync(
-        request.get(..len).unwrap_or_default(),
-        &mut reply,
-        Timeout::After(shared.config.negotiate_timeout),
-    );
-    shared.stats.sent(len);
-    let outcome = match sent {
-        Ok(n) => parse_negotiate_reply(reply.get(..n).unwrap_or_default(), id, SUPPORTED_MIN, max),
+    let message = GuestMessage::negotiate(id, SUPPORTED_MIN, max);
+    let outcome = match sync_request(shared, channel, &message, &mut reply) {
+        Ok(reply) => parse_negotiate_reply(reply, id, SUPPORTED_MIN, max),
         Err(status) => {
-            // Timed out (STATUS_CANCELLED), channel closing, or a reply larger than any
-            // NEGOTIATE reply (STATUS_BUFFER_OVERFLOW): no version. The last one is the host's
-            // malformed reply and is counted as such.
+            // Not sent, timed out (STATUS_CANCELLED), channel closing, or a reply larger than
+            // any NEGOTIATE reply (STATUS_BUFFER_OVERFLOW, counted as malformed): no version.
             let why = if status == NtStatus::STATUS_BUFFER_OVERFLOW {
-                shared.stats.malformed(MalformedReason::LengthMismatch);
                 StateReason::MALFORMED_REPLY
             } else if status == NtStatus::STATUS_CANCELLED || status == NtStatus::STATUS_IO_TIMEOUT
             {
