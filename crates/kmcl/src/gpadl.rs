@@ -268,16 +268,7 @@ impl Gpadl {
             return Err((buffer, status));
         }
         // SAFETY: the share lives in the channel's context until `finish` (caller).
-        unsafe { share.as_ref() }
-            .count
-            .fetch_add(1, Ordering::AcqRel);
-        Ok(Self {
-            channel,
-            share,
-            handle,
-            live: true,
-            buffer: Some(buffer),
-        })
+        Ok(unsafe { Self::counted(channel, share, handle, Some(buffer)) })
     }
 
     /// Creates a GPADL over `len` bytes of a caller's MDL chain from `offset` (0: to the end).
@@ -312,16 +303,31 @@ impl Gpadl {
         })
         .ok()?;
         // SAFETY: as in `create`.
+        Ok(unsafe { Self::counted(channel, share, handle, None) })
+    }
+
+    /// A GPADL KMCL just created, counted in its channel's share (the channel's cleanup
+    /// waits for the count to drop to zero).
+    ///
+    /// # Safety
+    /// `share` lives in the channel's context until `finish`.
+    unsafe fn counted(
+        channel: sys::VMBCHANNEL,
+        share: NonNull<GpadlShare>,
+        handle: u32,
+        buffer: Option<SharedBuffer>,
+    ) -> Self {
+        // SAFETY: `share` is live (caller).
         unsafe { share.as_ref() }
             .count
             .fetch_add(1, Ordering::AcqRel);
-        Ok(Self {
+        Self {
             channel,
             share,
             handle,
             live: true,
-            buffer: None,
-        })
+            buffer,
+        }
     }
 
     /// The handle the host knows it by (send it to the host in a message).
