@@ -90,36 +90,24 @@ impl RawRings {
     /// Word `word` of the host→guest control page (0 if out of range).
     #[must_use]
     pub fn host_to_guest_control(&self, word: usize) -> u32 {
-        self.rings()
-            .0
-            .control()
-            .get(word)
-            .map_or(0, |w| w.load(std::sync::atomic::Ordering::Acquire))
+        load_word(self.rings().0, word)
     }
 
     /// Stores `value` in word `word` of the host→guest control page (ignored if out of range).
     pub fn set_host_to_guest_control(&self, word: usize, value: u32) {
-        if let Some(w) = self.rings().0.control().get(word) {
-            w.store(value, std::sync::atomic::Ordering::Release);
-        }
+        store_word(self.rings().0, word, value);
     }
 
     /// Word `word` of the guest→host control page (0 if out of range).
     #[must_use]
     pub fn guest_to_host_control(&self, word: usize) -> u32 {
-        self.rings()
-            .1
-            .control()
-            .get(word)
-            .map_or(0, |w| w.load(std::sync::atomic::Ordering::Acquire))
+        load_word(self.rings().1, word)
     }
 
     /// Stores `value` in word `word` of the guest→host control page (the host is that ring's
     /// reader: its read index and interrupt mask live there; ignored if out of range).
     pub fn set_guest_to_host_control(&self, word: usize, value: u32) {
-        if let Some(w) = self.rings().1.control().get(word) {
-            w.store(value, std::sync::atomic::Ordering::Release);
-        }
+        store_word(self.rings().1, word, value);
     }
 
     /// Interrupts the guest for the host→guest ring: its KMCL reads what the ring now holds,
@@ -134,5 +122,19 @@ impl RawRings {
             self.link.flush_backlog();
             self.world.check_poisoned(&self.link);
         });
+    }
+}
+
+/// Word `word` of `ring`'s control page (0 if out of range).
+fn load_word(ring: &FlatRingMem, word: usize) -> u32 {
+    ring.control()
+        .get(word)
+        .map_or(0, |w| w.load(std::sync::atomic::Ordering::Acquire))
+}
+
+/// Stores `value` in word `word` of `ring`'s control page (ignored if out of range).
+fn store_word(ring: &FlatRingMem, word: usize, value: u32) {
+    if let Some(w) = ring.control().get(word) {
+        w.store(value, std::sync::atomic::Ordering::Release);
     }
 }
