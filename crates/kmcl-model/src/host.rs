@@ -186,13 +186,7 @@ impl FaultPlan {
     }
 
     pub(crate) fn take_external_data_pending(&self) -> bool {
-        let mut f = self.faults();
-        if f.external_data_pending > 0 {
-            f.external_data_pending -= 1;
-            true
-        } else {
-            false
-        }
+        take_one(&mut self.faults().external_data_pending)
     }
 
     /// Disarms every fault.
@@ -201,13 +195,7 @@ impl FaultPlan {
     }
 
     pub(crate) fn take_allocation_failure(&self) -> bool {
-        let mut f = self.faults();
-        if f.fail_allocations > 0 {
-            f.fail_allocations -= 1;
-            true
-        } else {
-            false
-        }
+        take_one(&mut self.faults().fail_allocations)
     }
 
     pub(crate) fn take_rescind_after_opened(&self) -> bool {
@@ -216,12 +204,21 @@ impl FaultPlan {
 
     pub(crate) fn take_send_failure(&self) -> Option<NtStatus> {
         let mut f = self.faults();
-        if f.fail_sends > 0 {
-            f.fail_sends -= 1;
+        if take_one(&mut f.fail_sends) {
             f.send_status
         } else {
             None
         }
+    }
+}
+
+/// Takes one from an armed fault's count: true if it was armed.
+fn take_one(count: &mut u32) -> bool {
+    if *count > 0 {
+        *count -= 1;
+        true
+    } else {
+        false
     }
 }
 
