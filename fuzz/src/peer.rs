@@ -435,12 +435,17 @@ impl Peer {
         }
     }
 
-    /// A well-formed ECHO (`NOTIFY` when `notify`) with `payload`.
-    pub fn host_message(&mut self, notify: bool, id: u64, payload: &[u8], completion: bool) {
-        let version = match self.core.protocol_version() {
+    /// The version host messages carry: the session's, or 1.0 before there is one.
+    fn message_version(&self) -> u32 {
+        match self.core.protocol_version() {
             0 => PROTOCOL_V1,
             v => v,
-        };
+        }
+    }
+
+    /// A well-formed ECHO (`NOTIFY` when `notify`) with `payload`.
+    pub fn host_message(&mut self, notify: bool, id: u64, payload: &[u8], completion: bool) {
+        let version = self.message_version();
         let ready = self.core.state() == vmbmsg_proto::ioctl::ChannelState::READY;
         let m = if notify {
             vmbmsg_proto::wire::HostMessage::notify(version, id, payload)
@@ -477,7 +482,7 @@ impl Peer {
         let Some(area) = self.bulk_area() else {
             return;
         };
-        let version = self.core.protocol_version();
+        let version = self.message_version();
         let ready = self.core.state() == vmbmsg_proto::ioctl::ChannelState::READY;
         let start = u64::from(area.guest_half) + u64::from(offset);
         let end = (start + u64::from(len))
@@ -490,7 +495,7 @@ impl Peer {
             let _ = self.host.gpadl_write(area.gpadl, at, &vec![fill; n - at]);
         }
         // Written with a valid range, then the range patched in: the writer refuses bad ones.
-        let m = HostMessage::echo_bulk(version.max(PROTOCOL_V1), id, 0, 1);
+        let m = HostMessage::echo_bulk(version, id, 0, 1);
         let mut buf = vec![0; m.encoded_len()];
         let Ok(n) = m.write(&mut buf) else {
             return;
