@@ -2,17 +2,19 @@
 //! trips, a burst of batched ring transfers, a burst of memcpys and a burst of the two copies a
 //! ring transfer is made of (without the ring) back to back, so a load change on a shared
 //! machine hits them alike; the ratios are medians over rounds. [`two_threads`] measures the
-//! ring with its writer and reader on two CPUs.
+//! ring with its writer and reader on two CPUs, [`two_thread_handoff`] the same two copies
+//! handed between the same two threads without the ring (its ceiling there).
 
 use std::hint::black_box;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::aligned::AlignedVec;
 use crate::report::median;
 use vmbus_ring::{
-    FlatRingMem, IncomingRing, OutgoingKind, OutgoingPacket, OutgoingRing, ReadError, WriteError,
+    FlatRingMem, IncomingRing, OutgoingKind, OutgoingPacket, OutgoingRing, ReadError, RingMem,
+    WriteError, packet_footprint,
 };
 
 /// The ring size of the measurement: the driver's (32 pages).
@@ -166,6 +168,15 @@ pub fn ring_vs_memcpy_in(ring_bytes: usize, size: usize, rounds: usize) -> RingV
     }
 }
 
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins > 10_000 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
 /// The ring with its writer and its reader on two threads (two CPUs on an idle machine), as
 /// the host and the guest use it: `packets` packets of `size` bytes, each written and
 /// committed by the writer, read (copied out) and committed by the reader. Both poll (no
@@ -176,14 +187,6 @@ pub fn ring_vs_memcpy_in(ring_bytes: usize, size: usize, rounds: usize) -> RingV
 /// If the ring misbehaves (a bug, not a measurement).
 #[must_use]
 pub fn two_threads(size: usize, packets: usize) -> f64 {
-    fn backoff(spins: &mut u32) {
-        *spins += 1;
-        if *spins > 10_000 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
     let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mem = FlatRingMem::new(RING_BYTES).expect("ring");
     let go = AtomicBool::new(false);
@@ -219,6 +222,63 @@ pub fn two_threads(size: usize, packets: usize) -> f64 {
                 Err(ReadError::Empty) => backoff(&mut spins),
                 Err(e) => panic!("ring read: {e}"),
             }
+        }
+        let ns = t.elapsed().as_nanos() as f64 / packets as f64;
+        writer.join().expect("writer");
+        ns
+    })
+}
+
+/// A counter alone on its cache line.
+#[repr(align(128))]
+struct Padded(AtomicUsize);
+
+/// The ceiling of [`two_threads`]: the same two copies between the same two threads, without
+/// the ring. The writer copies each `size`-byte payload into a buffer of the ring's size at the
+/// offsets the ring's payloads take (`RingMem::write_at` of a [`FlatRingMem`], the ring's own
+/// copy) and publishes a packet count; the reader waits for it, copies the payload out
+/// (`read_at`) into a private buffer and publishes its own count, which frees the slot. Each
+/// count is alone on its cache line (the ring's two indices share one, as the VMBus layout
+/// puts them), no descriptor, trailer, validation or signal decision: the least a two-thread
+/// transfer through shared memory does. Returns ns per packet, measured by the reader.
+///
+/// # Panics
+/// If a thread panics (a bug, not a measurement).
+#[must_use]
+pub fn two_thread_handoff(size: usize, packets: usize) -> f64 {
+    let footprint = packet_footprint(size);
+    let slots = (RING_BYTES - 8) / footprint;
+    let mem = FlatRingMem::new(RING_BYTES).expect("buffer");
+    let (written, read) = (Padded(AtomicUsize::new(0)), Padded(AtomicUsize::new(0)));
+    let go = AtomicBool::new(false);
+    // The payload's offset in its slot: after the 16-byte descriptor, as in the ring.
+    let at = |n: usize| (n % slots) * footprint + 16;
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            while !go.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            for n in 0..packets {
+                let mut spins = 0;
+                while n - read.0.load(Ordering::Acquire) >= slots {
+                    backoff(&mut spins);
+                }
+                mem.write_at(at(n), &src);
+                written.0.store(n + 1, Ordering::Release);
+            }
+        });
+        let mut dst = vec![0u8; size + 8];
+        go.store(true, Ordering::Release);
+        let t = Instant::now();
+        for n in 0..packets {
+            let mut spins = 0;
+            while written.0.load(Ordering::Acquire) <= n {
+                backoff(&mut spins);
+            }
+            mem.read_at(at(n), &mut dst[..size]);
+            black_box(&dst);
+            read.0.store(n + 1, Ordering::Release);
         }
         let ns = t.elapsed().as_nanos() as f64 / packets as f64;
         writer.join().expect("writer");

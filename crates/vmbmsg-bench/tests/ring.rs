@@ -25,5 +25,28 @@ fn two_copies_and_two_threads_give_finite_times() {
         );
         let ns = vmbmsg_bench::ring::two_threads(size, 2_000);
         assert!(ns.is_finite() && ns > 0.0, "{size}: {ns}");
+        let ns = vmbmsg_bench::ring::two_thread_handoff(size, 2_000);
+        assert!(ns.is_finite() && ns > 0.0, "hand-off {size}: {ns}");
     }
+}
+
+/// Without an openvmm checkout the side-by-side comparison says it was skipped, with a
+/// distinct exit status the report recognises, instead of failing or printing a table.
+#[test]
+fn openvmm_comparison_skips_loudly_without_openvmm() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/openvmm/run.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("/nonexistent/openvmm")
+        .env_remove("OPENVMM_DIR")
+        .output()
+        .expect("run bash");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("SKIPPED: openvmm ring comparison"), "{err}");
+    assert!(
+        err.contains("/nonexistent/openvmm/vm/devices/vmbus/vmbus_ring/Cargo.toml"),
+        "{err}"
+    );
 }

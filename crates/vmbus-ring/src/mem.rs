@@ -249,9 +249,11 @@ mod flat {
             unsafe {
                 ptr::copy_nonoverlapping(self.base().wrapping_add(at), head.as_mut_ptr(), first)
             };
-            // SAFETY: `rest <= len - first <= len`, so `0..rest` is inside the allocation; the
-            // destination is the private `tail` of exactly `rest` bytes.
-            unsafe { ptr::copy_nonoverlapping(self.base(), tail.as_mut_ptr(), rest) };
+            if rest > 0 {
+                // SAFETY: `rest <= len - first <= len`, so `0..rest` is inside the allocation;
+                // the destination is the private `tail` of exactly `rest` bytes.
+                unsafe { ptr::copy_nonoverlapping(self.base(), tail.as_mut_ptr(), rest) };
+            }
         }
 
         fn write_at(&self, offset: usize, src: &[u8]) {
@@ -264,8 +266,11 @@ mod flat {
             // (segments), whose `AtomicU64` cells permit writes through `&self`; the source is
             // the caller's separate slice of `first` bytes.
             unsafe { ptr::copy_nonoverlapping(head.as_ptr(), self.base().wrapping_add(at), first) };
-            // SAFETY: `0..rest` is inside the allocation; the source is `tail`, `rest` bytes.
-            unsafe { ptr::copy_nonoverlapping(tail.as_ptr(), self.base(), rest) };
+            if rest > 0 {
+                // SAFETY: `0..rest` is inside the allocation; the source is `tail`, `rest`
+                // bytes.
+                unsafe { ptr::copy_nonoverlapping(tail.as_ptr(), self.base(), rest) };
+            }
         }
 
         fn read_u64(&self, offset: usize) -> u64 {
