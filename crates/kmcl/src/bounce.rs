@@ -19,7 +19,7 @@
 //! Each channel owns `slots` buffers of `slot_size` bytes (the channel's maximum packet size),
 //! allocated fallibly when the channel is built, and a bitmask of the free ones. Delivering a
 //! packet claims a slot (one compare-exchange), copies the packet in through
-//! `shared::copy_from_shared` (each byte read once, atomically), calls the handler with the copy
+//! `shared::copy_from_shared` (one pass; the handler never sees shared memory), calls the handler with the copy
 //! and gives the slot back (one `fetch_or`). Nothing is allocated per packet. KMCL may deliver
 //! on several processors at once; when every slot is busy the packet is handed back to KMCL to
 //! be delivered again at PASSIVE_LEVEL (`VmbChannelPacketDeferToPassive`, legal only there,

@@ -207,7 +207,7 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     // SAFETY: registered only on channels built with `Inner<H>` (`ChannelBuilder::<H>::new`).
     let inner = unsafe { inner::<H>(channel) };
     // SAFETY: KMCL hands over one completion obligation per call; it is wrapped exactly once.
-    let packet = unsafe { IncomingPacket::from_raw(packet, H::UNCONSUMED_RESPONSE) };
+    let packet = unsafe { IncomingPacket::from_raw(packet, const { &H::UNCONSUMED_RESPONSE }) };
     let Some(inner) = inner else {
         // Unreachable by construction; retire the packet rather than leave the host hanging.
         packet.complete(H::UNCONSUMED_RESPONSE);
@@ -217,29 +217,32 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     let flags = PacketFlags::from_bits(flags);
     let len = usize::try_from(length).unwrap_or(usize::MAX);
     let source = buffer.cast::<u8>().cast_const();
-    if source.is_null() || len == 0 {
-        inner
-            .handler
-            .process_packet(channel_ref, packet, &[], flags);
-        return;
-    }
-    match inner.bounce.claim(len) {
-        Claim::Slot(index, slot) => {
-            // SAFETY: KMCL guarantees `buffer` readable for `length` bytes for the duration of
-            // this callback (`_In_reads_bytes_(BufferLength)`); the host may still write it,
-            // which `copy_from_shared` tolerates. `slot` is exactly `len` bytes.
-            unsafe { copy_from_shared(source, slot) };
-            inner.bounce.count(len);
-            inner
-                .handler
-                .process_packet(channel_ref, packet, slot, flags);
-            inner.bounce.release(index);
+    // One call of the handler below (so that it can be inlined here once), with the copy or,
+    // for an empty packet, no bytes.
+    let (data, slot): (&[u8], Option<u32>) = if source.is_null() || len == 0 {
+        (&[], None)
+    } else {
+        match inner.bounce.claim(len) {
+            Claim::Slot(index, slot) => {
+                // SAFETY: KMCL guarantees `buffer` readable for `length` bytes for the duration
+                // of this callback (`_In_reads_bytes_(BufferLength)`); the host may still write
+                // it, which `copy_from_shared` tolerates. `slot` is exactly `len` bytes.
+                unsafe { copy_from_shared(source, slot) };
+                inner.bounce.count(len);
+                (slot, Some(index))
+            }
+            // Every buffer is in use on other processors: KMCL delivers it again at
+            // PASSIVE_LEVEL. This is the inline call DeferToPassive requires.
+            Claim::Busy => return packet.defer_to_passive(),
+            // Longer than the channel's maximum packet size: never handed to the handler.
+            Claim::TooLarge => return packet.complete(H::UNCONSUMED_RESPONSE),
         }
-        // Every buffer is in use on other processors: KMCL delivers it again at PASSIVE_LEVEL.
-        // This is the inline call DeferToPassive requires.
-        Claim::Busy => packet.defer_to_passive(),
-        // Longer than the channel's maximum packet size: never handed to the handler.
-        Claim::TooLarge => packet.complete(H::UNCONSUMED_RESPONSE),
+    };
+    inner
+        .handler
+        .process_packet(channel_ref, packet, data, flags);
+    if let Some(index) = slot {
+        inner.bounce.release(index);
     }
 }
 

@@ -17,8 +17,8 @@
 //!
 //! * **Deleted exactly once.** Dropping a `Gpadl` deletes it; [`Gpadl::delete`] consumes it.
 //! * **No `&[u8]` over memory the host can write.** The buffer is only read and written
-//!   through copies that touch each byte once ([`SharedBuffer::read`], [`SharedBuffer::write`],
-//!   `crate::shared`), whether or not it is mapped.
+//!   through one-pass copies to and from private memory ([`SharedBuffer::read`],
+//!   [`SharedBuffer::write`], `crate::shared`), whether or not it is mapped.
 //! * **No GPADL outlives its channel handle.** The channel's cleanup (`VmbChannelCleanup` and
 //!   the context with its library reference) waits for the last `Gpadl` of the channel: if one
 //!   is still alive when the channel is dropped, that `Gpadl`'s drop does the cleanup. KMCL's
@@ -42,7 +42,7 @@ use crate::shared::{copy_from_shared, copy_to_shared};
 pub const PAGE_SIZE: usize = 4096;
 
 /// Memory for a GPADL: page-aligned, zeroed, owned. Once a GPADL maps it the host may read or
-/// write it at any time, so it is only ever accessed by copying bytes in or out, each byte once.
+/// write it at any time, so it is only ever accessed by copying bytes in or out, in one pass.
 pub struct SharedBuffer {
     base: NonNull<u8>,
     layout: Layout,
@@ -96,7 +96,7 @@ impl SharedBuffer {
         false
     }
 
-    /// Copies `dst.len()` bytes starting at `offset` out of the buffer, each byte read once
+    /// Copies `dst.len()` bytes starting at `offset` out of the buffer in one pass
     /// (the host may be writing them).
     ///
     /// # Errors
@@ -112,7 +112,7 @@ impl SharedBuffer {
         Ok(())
     }
 
-    /// Copies `src` into the buffer at `offset`, each byte written once.
+    /// Copies `src` into the buffer at `offset` in one pass.
     ///
     /// # Errors
     /// `STATUS_INVALID_PARAMETER` when the range is not inside the buffer.

@@ -58,7 +58,8 @@ impl PacketFlags {
 #[derive(Debug)]
 pub struct IncomingPacket {
     raw: sys::VMBPACKETCOMPLETION,
-    fallback: &'static [u8],
+    // Behind a thin reference: two words in all, so the packet travels in registers.
+    fallback: &'static &'static [u8],
 }
 
 // SAFETY: a VMBPACKETCOMPLETION may be completed from any thread at ≤ DISPATCH_LEVEL
@@ -71,7 +72,10 @@ impl IncomingPacket {
     /// # Safety
     /// `raw` must be a token KMCL delivered and nobody has retired, and it must be wrapped
     /// once: the returned value owns the obligation to retire it.
-    pub(crate) unsafe fn from_raw(raw: sys::VMBPACKETCOMPLETION, fallback: &'static [u8]) -> Self {
+    pub(crate) unsafe fn from_raw(
+        raw: sys::VMBPACKETCOMPLETION,
+        fallback: &'static &'static [u8],
+    ) -> Self {
         Self { raw, fallback }
     }
 

@@ -27,7 +27,7 @@
 //!
 //! [`ChannelHandler::process_packet`] receives the packet as `&[u8]`. Whether KMCL's buffer is
 //! a private copy or the host-writable ring is not documented, so kmcl copies every packet into
-//! one of the channel's bounce buffers first (each byte read once, atomically) and hands the
+//! one of the channel's bounce buffers first (one pass, never read back from shared memory) and hands the
 //! handler that copy: no `&[u8]` ever covers memory the host can write, and nothing is
 //! allocated per packet ([`ChannelBuilder::concurrent_deliveries`], [`BounceStats`]).
 //!

@@ -4,22 +4,27 @@
 //! mapped are shared with another VM: its bytes can change between two reads. Rust has no
 //! `&[u8]` for such memory (a shared reference promises the bytes do not change), and reading
 //! it twice and trusting both reads is the double-fetch bug the hardening rules forbid. Every
-//! access therefore goes through these functions, which read or write each byte exactly once:
+//! access therefore goes through these functions, which copy between shared memory and private
+//! memory in one pass that nothing reads back: the private side ends with, for every byte, a
+//! value the shared byte held during the copy, and is never refreshed from shared memory.
 //!
-//! * with relaxed atomic accesses (8 bytes at a time where aligned): well defined whatever the
-//!   other side does, and on x86-64 and arm64 plain loads and stores;
-//! * on x86-64, in inline assembly: below [`REP_MOVSB_MIN`] bytes a loop of 16-byte SSE moves
-//!   (64 bytes per iteration, then 16, 8, 4, 2 and 1), from [`REP_MOVSB_MIN`] on one
-//!   `rep movsb`, which the CPU runs as a wide copy (Enhanced REP MOVSB, every x86-64 CPU since
-//!   Ivy Bridge and Zen); the same split as glibc's memcpy for 16-byte vectors. SSE registers
-//!   are usable in kernel mode on x64 Windows without saving them (the compiler's own memcpy
-//!   uses them); no AVX, which would need `KeSaveExtendedProcessorState`. An assembly block is
-//!   opaque to the compiler: it cannot assume the bytes stable, merge or repeat the reads, so a
-//!   concurrent writer is not a data race in the Rust sense, and each byte is still read (or
-//!   written) once: no overlapping moves. This is how hypervisor code copies guest memory that
-//!   the other side may change (openvmm's `trycopy`, the Linux kernel's copy routines). The
-//!   word loop (other targets, and Miri) reads 8 bytes per cycle at best; the assembly copy
-//!   runs at memcpy speed (docs/performance.md, "The bounce copy per packet").
+//! * with relaxed atomic accesses (8 bytes at a time where aligned, each byte once): well
+//!   defined whatever the other side does, and on x86-64 and arm64 plain loads and stores;
+//! * on x86-64, in inline assembly: below [`REP_MOVSB_MIN`] bytes 16-byte SSE moves the way
+//!   memcpy makes them (up to 128 bytes the first and last pieces, overlapping; past that a
+//!   128-byte loop and the last 128 bytes), from [`REP_MOVSB_MIN`] on one `rep movsb`, which
+//!   the CPU runs as a wide copy (Enhanced REP MOVSB, every x86-64 CPU since Ivy Bridge and
+//!   Zen); the same split as glibc's memcpy for 16-byte vectors. SSE registers are usable in
+//!   kernel mode on x64 Windows without saving them (the compiler's own memcpy uses them); no
+//!   AVX, which would need `KeSaveExtendedProcessorState`. An assembly block is opaque to the
+//!   compiler: it cannot assume the bytes stable, or merge, repeat or drop the accesses, so a
+//!   concurrent writer is not a data race in the Rust sense. The overlapping moves load a few
+//!   source bytes twice (the later value lands in the copy; nothing is decided on either) and,
+//!   into shared memory, store a few bytes twice with the same value. This is how hypervisor
+//!   code copies guest memory that the other side may change (openvmm's `trycopy`, the Linux
+//!   kernel's copy routines). The word loop (other targets, and Miri) reads 8 bytes per cycle
+//!   at best; the assembly copy runs at memcpy speed (docs/performance.md, "The bounce copy
+//!   per packet").
 
 #[cfg(not(all(target_arch = "x86_64", not(miri))))]
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -50,85 +55,165 @@ unsafe fn rep_movsb(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
-/// Copies `len` bytes from `src` to `dst` with 16-byte SSE moves (four per iteration while 64
-/// bytes are left, then one 16-, 8-, 4-, 2- and 1-byte step as the length's bits say), each
-/// byte read once and written once, in address order within each step.
+/// Copies `len` (< [`REP_MOVSB_MIN`]) bytes from `src` to `dst` with 16-byte SSE moves, the
+/// way memcpy does for 16-byte vectors: up to 128 bytes with one load of the first and one of
+/// the last 1, 2, 4, 8 or 16-byte pieces (their ranges overlap when the length is not their sum),
+/// all loads before the stores; past 128 bytes a loop of eight 16-byte moves, then the last 128
+/// bytes (overlapping the loop's last pass).
+///
+/// Overlapping moves load some source bytes twice and store some destination bytes twice: the
+/// destination still ends with, for every byte, a value the source byte held during the copy,
+/// and nothing is decided on a source byte, so a concurrent writer can only choose which of its
+/// values land in the copy, never change the copy afterwards. The destination's twice-stored
+/// bytes get the same value both times when the source is private (`copy_to_shared`).
 ///
 /// # Safety
 /// As [`rep_movsb`].
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 unsafe fn sse_copy(src: *const u8, dst: *mut u8, len: usize) {
-    // SAFETY: the caller guarantees both ranges. Every move stays inside them: a 64-byte
-    // iteration runs only while 64 or more bytes are left, a 16-byte one while 16 or more are,
-    // and the 8/4/2/1 steps run for the set bits of the remaining length (< 16), so the moves
-    // cover exactly `len` bytes once. SSE2 is part of x86-64. No stack use; flags change.
+    // SAFETY: the caller guarantees both ranges for `len` bytes. Every move stays inside them:
+    // each branch below runs only for the lengths in its comment, and its moves start at 0 or
+    // end at `len` (`len - 16` etc. are >= 0 there); the loop runs while `i < len - 128`, so its
+    // moves end at `i + 128 <= len`. SSE2 is part of x86-64 and usable in kernel mode on x64
+    // Windows without saving state. No stack use; flags change.
     unsafe {
         core::arch::asm!(
+            "cmp {len}, 32",
+            "ja 5f",
+            "cmp {len}, 16",
+            "jb 2f",
+            // 16..=32: the first and the last 16 bytes.
+            "movdqu {a}, [{src}]",
+            "movdqu {b}, [{src} + {len} - 16]",
+            "movdqu [{dst}], {a}",
+            "movdqu [{dst} + {len} - 16], {b}",
+            "jmp 9f",
             "2:",
-            "cmp {len}, 64",
+            "cmp {len}, 8",
             "jb 3f",
+            // 8..16: the first and the last 8 bytes.
+            "mov {t}, qword ptr [{src}]",
+            "mov {u}, qword ptr [{src} + {len} - 8]",
+            "mov qword ptr [{dst}], {t}",
+            "mov qword ptr [{dst} + {len} - 8], {u}",
+            "jmp 9f",
+            "3:",
+            "cmp {len}, 4",
+            "jb 4f",
+            // 4..8: the first and the last 4 bytes.
+            "mov {t:e}, dword ptr [{src}]",
+            "mov {u:e}, dword ptr [{src} + {len} - 4]",
+            "mov dword ptr [{dst}], {t:e}",
+            "mov dword ptr [{dst} + {len} - 4], {u:e}",
+            "jmp 9f",
+            "4:",
+            "test {len}, {len}",
+            "jz 9f",
+            // 1..4: the first byte, and from 2 on the last 2 bytes.
+            "movzx {t:e}, byte ptr [{src}]",
+            "cmp {len}, 2",
+            "jb 41f",
+            "movzx {u:e}, word ptr [{src} + {len} - 2]",
+            "mov word ptr [{dst} + {len} - 2], {u:x}",
+            "41:",
+            "mov byte ptr [{dst}], {t:l}",
+            "jmp 9f",
+            "5:",
+            "cmp {len}, 64",
+            "ja 6f",
+            // 33..=64: the first and the last 32 bytes.
+            "movdqu {a}, [{src}]",
+            "movdqu {b}, [{src} + 16]",
+            "movdqu {c}, [{src} + {len} - 32]",
+            "movdqu {d}, [{src} + {len} - 16]",
+            "movdqu [{dst}], {a}",
+            "movdqu [{dst} + 16], {b}",
+            "movdqu [{dst} + {len} - 32], {c}",
+            "movdqu [{dst} + {len} - 16], {d}",
+            "jmp 9f",
+            "6:",
+            "cmp {len}, 128",
+            "ja 7f",
+            // 65..=128: the first and the last 64 bytes.
             "movdqu {a}, [{src}]",
             "movdqu {b}, [{src} + 16]",
             "movdqu {c}, [{src} + 32]",
             "movdqu {d}, [{src} + 48]",
+            "movdqu {e}, [{src} + {len} - 64]",
+            "movdqu {f}, [{src} + {len} - 48]",
+            "movdqu {g}, [{src} + {len} - 32]",
+            "movdqu {h}, [{src} + {len} - 16]",
             "movdqu [{dst}], {a}",
             "movdqu [{dst} + 16], {b}",
             "movdqu [{dst} + 32], {c}",
             "movdqu [{dst} + 48], {d}",
-            "add {src}, 64",
-            "add {dst}, 64",
-            "sub {len}, 64",
-            "jmp 2b",
-            "3:",
-            "cmp {len}, 16",
-            "jb 4f",
-            "movdqu {a}, [{src}]",
-            "movdqu [{dst}], {a}",
-            "add {src}, 16",
-            "add {dst}, 16",
-            "sub {len}, 16",
-            "jmp 3b",
-            "4:",
-            "test {len}, 8",
-            "jz 5f",
-            "mov {t}, qword ptr [{src}]",
-            "mov qword ptr [{dst}], {t}",
-            "add {src}, 8",
-            "add {dst}, 8",
-            "5:",
-            "test {len}, 4",
-            "jz 6f",
-            "mov {t:e}, dword ptr [{src}]",
-            "mov dword ptr [{dst}], {t:e}",
-            "add {src}, 4",
-            "add {dst}, 4",
-            "6:",
-            "test {len}, 2",
-            "jz 7f",
-            "mov {t:x}, word ptr [{src}]",
-            "mov word ptr [{dst}], {t:x}",
-            "add {src}, 2",
-            "add {dst}, 2",
+            "movdqu [{dst} + {len} - 64], {e}",
+            "movdqu [{dst} + {len} - 48], {f}",
+            "movdqu [{dst} + {len} - 32], {g}",
+            "movdqu [{dst} + {len} - 16], {h}",
+            "jmp 9f",
             "7:",
-            "test {len}, 1",
-            "jz 8f",
-            "mov {t:l}, byte ptr [{src}]",
-            "mov byte ptr [{dst}], {t:l}",
-            "8:",
-            src = inout(reg) src => _,
-            dst = inout(reg) dst => _,
-            len = inout(reg) len => _,
+            // 129..REP_MOVSB_MIN: 128 bytes per pass while more than 128 are left after `i`,
+            // then the last 128 bytes.
+            "lea {u}, [{len} - 128]",
+            "xor {t:e}, {t:e}",
+            "71:",
+            "movdqu {a}, [{src} + {t}]",
+            "movdqu {b}, [{src} + {t} + 16]",
+            "movdqu {c}, [{src} + {t} + 32]",
+            "movdqu {d}, [{src} + {t} + 48]",
+            "movdqu {e}, [{src} + {t} + 64]",
+            "movdqu {f}, [{src} + {t} + 80]",
+            "movdqu {g}, [{src} + {t} + 96]",
+            "movdqu {h}, [{src} + {t} + 112]",
+            "movdqu [{dst} + {t}], {a}",
+            "movdqu [{dst} + {t} + 16], {b}",
+            "movdqu [{dst} + {t} + 32], {c}",
+            "movdqu [{dst} + {t} + 48], {d}",
+            "movdqu [{dst} + {t} + 64], {e}",
+            "movdqu [{dst} + {t} + 80], {f}",
+            "movdqu [{dst} + {t} + 96], {g}",
+            "movdqu [{dst} + {t} + 112], {h}",
+            "add {t}, 128",
+            "cmp {t}, {u}",
+            "jb 71b",
+            "movdqu {a}, [{src} + {u}]",
+            "movdqu {b}, [{src} + {u} + 16]",
+            "movdqu {c}, [{src} + {u} + 32]",
+            "movdqu {d}, [{src} + {u} + 48]",
+            "movdqu {e}, [{src} + {u} + 64]",
+            "movdqu {f}, [{src} + {u} + 80]",
+            "movdqu {g}, [{src} + {u} + 96]",
+            "movdqu {h}, [{src} + {u} + 112]",
+            "movdqu [{dst} + {u}], {a}",
+            "movdqu [{dst} + {u} + 16], {b}",
+            "movdqu [{dst} + {u} + 32], {c}",
+            "movdqu [{dst} + {u} + 48], {d}",
+            "movdqu [{dst} + {u} + 64], {e}",
+            "movdqu [{dst} + {u} + 80], {f}",
+            "movdqu [{dst} + {u} + 96], {g}",
+            "movdqu [{dst} + {u} + 112], {h}",
+            "9:",
+            src = in(reg) src,
+            dst = in(reg) dst,
+            len = in(reg) len,
             t = out(reg) _,
+            u = out(reg) _,
             a = out(xmm_reg) _,
             b = out(xmm_reg) _,
             c = out(xmm_reg) _,
             d = out(xmm_reg) _,
+            e = out(xmm_reg) _,
+            f = out(xmm_reg) _,
+            g = out(xmm_reg) _,
+            h = out(xmm_reg) _,
             options(nostack),
         );
     }
 }
 
-/// Copies `dst.len()` bytes from `src` into `dst`, reading each source byte exactly once.
+/// Copies `dst.len()` bytes from `src` into `dst` in one pass (module docs: what a concurrent
+/// writer can and cannot do to the copy).
 ///
 /// kmcl uses it to copy every incoming packet into a bounce buffer; a driver uses it to read a
 /// buffer it shares with the host (a GPADL). Any IRQL; it does not allocate.
@@ -195,7 +280,8 @@ unsafe fn words_from_shared(src: *const u8, dst: &mut [u8]) {
     }
 }
 
-/// Copies `src` into shared memory at `dst`, writing each byte exactly once.
+/// Copies `src` into shared memory at `dst` in one pass (a byte may be stored twice, always
+/// with its value in `src`).
 ///
 /// For a buffer the driver shares with the host (a GPADL). Any IRQL; it does not allocate.
 ///

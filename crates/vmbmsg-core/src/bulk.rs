@@ -125,8 +125,8 @@ impl Bulk {
         u32::try_from(offset).map_err(|_| NtStatus::STATUS_INVALID_PARAMETER)
     }
 
-    /// Echoes the host's `len` bytes at `offset` of its half: reads them (each byte once, in
-    /// chunks through `scratch`) and writes them back in place.
+    /// Echoes the host's `len` bytes at `offset` of its half: reads them (one pass, in chunks
+    /// through `scratch`) and writes them back in place.
     ///
     /// # Errors
     /// `STATUS_DATA_ERROR` when the range is not inside the host's half.

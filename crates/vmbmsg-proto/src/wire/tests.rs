@@ -550,9 +550,10 @@ fn failure_reply_to_a_malformed_message() {
     assert_eq!(peek_header(&bad).map(|h| h.id.get()), Some(0xABCD));
 }
 
-/// The fast parse accepts exactly what the full rule-by-rule parse accepts, with the same
-/// value: every header byte of valid ECHOs and NOTIFYs set to interesting values, and the
-/// messages cut short and extended.
+/// The fast parses accept exactly what the full rule-by-rule parse accepts, with the same
+/// value (the session parse: of its version only): every header byte of valid ECHOs and
+/// NOTIFYs of both versions set to interesting values, and the messages cut short and
+/// extended.
 #[test]
 fn fast_host_parse_agrees_with_the_full_parse() {
     let mut inputs = Vec::new();
@@ -561,6 +562,8 @@ fn fast_host_parse_agrees_with_the_full_parse() {
         for m in [
             HostMessage::echo(V1, 7, &payload),
             HostMessage::notify(V1, 7, &payload),
+            HostMessage::echo(PROTOCOL_V1_1, 7, &payload),
+            HostMessage::notify(PROTOCOL_V1_1, 7, &payload),
         ] {
             let good = encode_host(&m);
             for i in 0..HEADER_SIZE {
@@ -586,6 +589,16 @@ fn fast_host_parse_agrees_with_the_full_parse() {
         let full = parse_host_message_slow(b);
         assert_eq!(parse_host_message_fast(b), full.ok(), "{b:02x?}");
         assert_eq!(parse_host_message(b), full, "{b:02x?}");
+        for session in [V1, PROTOCOL_V1_1, 0, make_version(1, 2), make_version(2, 0)] {
+            let expect = full
+                .ok()
+                .filter(|m| m.version == session && is_supported_version(session));
+            assert_eq!(
+                parse_session_message(b, session),
+                expect,
+                "{session:#x} {b:02x?}"
+            );
+        }
         accepted += usize::from(full.is_ok());
     }
     assert!(accepted > 16, "valid messages were among the inputs");
