@@ -77,8 +77,9 @@ unsafe impl Sync for Bounce {}
 
 /// The outcome of [`Bounce::claim`].
 pub(crate) enum Claim<'a> {
-    /// A free slot, now exclusively the caller's until [`Bounce::release`].
-    Slot(u32, &'a mut [u8]),
+    /// A free slot (its bit in the free mask, and its bytes), now exclusively the caller's
+    /// until [`Bounce::release`] of that bit.
+    Slot(u64, &'a mut [u8]),
     /// Every slot is in use.
     Busy,
     /// The packet is longer than a slot.
@@ -140,29 +141,32 @@ impl Bounce {
                 self.deferred.fetch_add(1, Ordering::Relaxed);
                 return Claim::Busy;
             }
-            let index = free.trailing_zeros();
+            // The lowest free slot: its bit alone, and the mask without it.
+            let bit = free & free.wrapping_neg();
             match self.free.compare_exchange_weak(
                 free,
-                free & !(1u64 << index),
+                free ^ bit,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => break self.slot(index, len),
+                Ok(_) => break self.slot(bit, len),
                 Err(now) => free = now,
             }
         }
     }
 
-    fn slot(&self, index: u32, len: usize) -> Claim<'_> {
+    fn slot(&self, bit: u64, len: usize) -> Claim<'_> {
+        let index = bit.trailing_zeros();
         let offset = usize::try_from(index).unwrap_or(0) * self.slot_size;
-        // SAFETY: `index` < slots, so `offset + slot_size <= layout.size()`: the slot is inside
-        // the allocation. Bit `index` was just cleared by this thread (Acquire), so no other
-        // thread holds this slot until `release(index)`: the `&mut` is exclusive. `len <=
-        // slot_size`. The bytes are initialised (the allocation is zeroed).
+        // SAFETY: `bit` is a bit of the free mask, whose bits are `0..slots`, so
+        // `offset + slot_size <= layout.size()`: the slot is inside the allocation. The bit was
+        // just cleared by this thread (Acquire), so no other thread holds this slot until
+        // `release(bit)`: the `&mut` is exclusive. `len <= slot_size`. The bytes are
+        // initialised (the allocation is zeroed).
         let slot = unsafe {
             core::slice::from_raw_parts_mut(self.base.as_ptr().wrapping_add(offset), len)
         };
-        Claim::Slot(index, slot)
+        Claim::Slot(bit, slot)
     }
 
     /// Counts one copied packet of `len` bytes.
@@ -172,9 +176,9 @@ impl Bounce {
             .fetch_add(u64::try_from(len).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// Gives slot `index` back.
-    pub(crate) fn release(&self, index: u32) {
-        self.free.fetch_or(1u64 << index, Ordering::Release);
+    /// Gives back the slot whose bit [`claim`](Self::claim) returned (0: none, a no-op).
+    pub(crate) fn release(&self, bit: u64) {
+        self.free.fetch_or(bit, Ordering::Release);
     }
 
     pub(crate) fn stats(&self) -> BounceStats {

@@ -13,7 +13,7 @@ use crate::Guid;
 use crate::bounce::{Bounce, BounceStats, Claim, DEFAULT_BOUNCE_BUFFERS, DEFAULT_SLOT_SIZE};
 use crate::gpadl::{Gpadl, GpadlAccess, GpadlShare, SharedBuffer};
 use crate::incoming::{IncomingPacket, PacketFlags};
-use crate::library::{Api, ChannelGetPointerFn, Library, entry, kmcl_call};
+use crate::library::{Api, ChannelGetPointerFn, Library, hot_entry, kmcl_call};
 use crate::outgoing::{OutgoingPacket, try_box};
 use crate::pool::{MAX_PREALLOCATED_PACKETS, PacketPool};
 use crate::shared::copy_from_shared;
@@ -177,7 +177,7 @@ struct Inner<H> {
 /// `channel` must be a channel whose pointer slot was set by [`ChannelBuilder::new`] with an
 /// `Inner<H>` of this same `H`, and that has not been cleaned up.
 unsafe fn inner<'a, H: ChannelHandler>(channel: sys::VMBCHANNEL) -> Option<&'a Inner<H>> {
-    let get_pointer = entry!(CHANNEL_GET_POINTER as ChannelGetPointerFn)?;
+    let get_pointer = hot_entry!(CHANNEL_GET_POINTER as ChannelGetPointerFn);
     // SAFETY: `channel` is the handle KMCL passes to our own callbacks; GetPointer only reads
     // its context slot, at any IRQL (reference §7.3). `get_pointer` is the library's, and the
     // channel holds a reference on it.
@@ -218,18 +218,18 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     let len = usize::try_from(length).unwrap_or(usize::MAX);
     let source = buffer.cast::<u8>().cast_const();
     // One call of the handler below (so that it can be inlined here once), with the copy or,
-    // for an empty packet, no bytes.
-    let (data, slot): (&[u8], Option<u32>) = if source.is_null() || len == 0 {
-        (&[], None)
+    // for an empty packet, no bytes (and no slot: releasing bit 0 gives nothing back).
+    let (data, slot): (&[u8], u64) = if source.is_null() || len == 0 {
+        (&[], 0)
     } else {
         match inner.bounce.claim(len) {
-            Claim::Slot(index, slot) => {
+            Claim::Slot(bit, slot) => {
                 // SAFETY: KMCL guarantees `buffer` readable for `length` bytes for the duration
                 // of this callback (`_In_reads_bytes_(BufferLength)`); the host may still write
                 // it, which `copy_from_shared` tolerates. `slot` is exactly `len` bytes.
                 unsafe { copy_from_shared(source, slot) };
                 inner.bounce.count(len);
-                (slot, Some(index))
+                (slot, bit)
             }
             // Every buffer is in use on other processors: KMCL delivers it again at
             // PASSIVE_LEVEL. This is the inline call DeferToPassive requires.
@@ -241,9 +241,7 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     inner
         .handler
         .process_packet(channel_ref, packet, data, flags);
-    if let Some(index) = slot {
-        inner.bounce.release(index);
-    }
+    inner.bounce.release(slot);
 }
 
 unsafe extern "C" fn evt_processing_complete<H: ChannelHandler>(

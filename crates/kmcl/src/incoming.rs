@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use kmcl_sys as sys;
 
-use crate::library::{PacketCompleteFn, PacketExternalFn, PacketRetireFn, entry};
+use crate::library::{PacketCompleteFn, PacketExternalFn, PacketRetireFn, entry, hot_entry};
 use ntstatus::NtStatus;
 
 /// Packets dropped without being completed, failed or deferred, in this driver (all channels).
@@ -204,11 +204,10 @@ fn retire(raw: sys::VMBPACKETCOMPLETION, response: &[u8]) {
     // A response can never be anywhere near 4 GiB; clamping keeps this total.
     let len = u32::try_from(response.len()).unwrap_or(u32::MAX);
     // Recorded by the `Library` the packet's channel was built with (never missing then).
-    if let Some(complete) = entry!(PACKET_COMPLETE as PacketCompleteFn) {
-        // SAFETY: 1. `raw` is an unretired token and every caller consumes the
-        // `IncomingPacket` that owned it, so it is retired exactly once. 2. `response` is
-        // readable for `len` bytes during the call and KMCL is done with it on return
-        // (reference §7.4). 3. `complete` is the library's; the channel holds a reference.
-        unsafe { complete(raw, response.as_ptr().cast_mut().cast(), len) };
-    }
+    let complete = hot_entry!(PACKET_COMPLETE as PacketCompleteFn);
+    // SAFETY: 1. `raw` is an unretired token and every caller consumes the `IncomingPacket`
+    // that owned it, so it is retired exactly once. 2. `response` is readable for `len` bytes
+    // during the call and KMCL is done with it on return (reference §7.4). 3. `complete` is the
+    // library's (the channel holds a reference), or before any library, the no-op stand-in.
+    unsafe { complete(raw, response.as_ptr().cast_mut().cast(), len) };
 }

@@ -88,22 +88,56 @@ impl core::fmt::Debug for Library {
 }
 
 /// The seven callback-side entry points (module docs, "Callbacks"), as raw function addresses.
-pub(crate) static CHANNEL_GET_POINTER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+///
+/// The two that every delivery calls are never null, so that loading one is all a call needs
+/// (like a C driver's call through its table): until a `Library` records KMCL's, they hold
+/// [`unset_channel_get_pointer`] and [`unset_packet_complete`], which do what a null entry did
+/// (find no context; retire nothing). The other five start null ([`entry`]).
+pub(crate) static CHANNEL_GET_POINTER: AtomicPtr<()> =
+    AtomicPtr::new(unset_channel_get_pointer as *mut ());
 pub(crate) static PACKET_GET_POINTER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_FREE: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
-pub(crate) static PACKET_COMPLETE: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+pub(crate) static PACKET_COMPLETE: AtomicPtr<()> = AtomicPtr::new(unset_packet_complete as *mut ());
 pub(crate) static PACKET_FAIL: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_DEFER: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 pub(crate) static PACKET_EXTERNAL: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 
-/// Records `f` in `slot`, or checks that `slot` already holds it.
-fn record(slot: &AtomicPtr<()>, f: *mut ()) -> Result<(), NtStatus> {
-    match slot.compare_exchange(ptr::null_mut(), f, Ordering::AcqRel, Ordering::Acquire) {
+/// [`CHANNEL_GET_POINTER`] before any `Library` recorded KMCL's: no channel has a context.
+unsafe extern "C" fn unset_channel_get_pointer(_channel: sys::VMBCHANNEL) -> sys::PVOID {
+    ptr::null_mut()
+}
+
+/// [`PACKET_COMPLETE`] before any `Library` recorded KMCL's: nothing to retire the packet with.
+unsafe extern "C" fn unset_packet_complete(
+    _packet: sys::VMBPACKETCOMPLETION,
+    _buffer: sys::PVOID,
+    _length: sys::UINT32,
+) {
+}
+
+/// Records `f` in `slot`, or checks that `slot` already holds it (`unset`: what the slot holds
+/// before anything is recorded).
+fn record(slot: &AtomicPtr<()>, unset: *mut (), f: *mut ()) -> Result<(), NtStatus> {
+    match slot.compare_exchange(unset, f, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Ok(()),
         Err(current) if current == f => Ok(()),
         Err(_) => Err(NtStatus::STATUS_NOT_SUPPORTED),
     }
 }
+
+/// Loads one of the two never-null entry points ([`CHANNEL_GET_POINTER`],
+/// [`PACKET_COMPLETE`]) as its function type.
+macro_rules! hot_entry {
+    ($slot:ident as $ty:ty) => {{
+        let raw = $crate::library::$slot.load(core::sync::atomic::Ordering::Acquire);
+        // SAFETY: the slot holds either its `unset_*` function or what `record_entries`
+        // stored, in both cases the address of a function of exactly this type (never null,
+        // never changed after it was recorded); function pointers and `*mut ()` have the same
+        // size on every supported target.
+        unsafe { core::mem::transmute::<*mut (), $ty>(raw) }
+    }};
+}
+pub(crate) use hot_entry;
 
 /// Loads a recorded entry point as the function type `F` it was recorded from.
 macro_rules! entry {
@@ -189,13 +223,22 @@ fn record_entries(t: &sys::KMCL_CLIENT_INTERFACE_V1) -> Result<(), NtStatus> {
     let external: PacketExternalFn = t.VmbChannelPacketGetExternalData.ok_or(missing)?;
     // All or nothing would need a lock; these only ever go from null to one value, so a refused
     // table can at most have recorded entries that equal any later accepted table's.
-    record(&CHANNEL_GET_POINTER, get_channel as *mut ())?;
-    record(&PACKET_GET_POINTER, get_packet as *mut ())?;
-    record(&PACKET_FREE, free as *mut ())?;
-    record(&PACKET_COMPLETE, complete as *mut ())?;
-    record(&PACKET_FAIL, fail as *mut ())?;
-    record(&PACKET_DEFER, defer as *mut ())?;
-    record(&PACKET_EXTERNAL, external as *mut ())
+    let null = ptr::null_mut();
+    record(
+        &CHANNEL_GET_POINTER,
+        unset_channel_get_pointer as *mut (),
+        get_channel as *mut (),
+    )?;
+    record(&PACKET_GET_POINTER, null, get_packet as *mut ())?;
+    record(&PACKET_FREE, null, free as *mut ())?;
+    record(
+        &PACKET_COMPLETE,
+        unset_packet_complete as *mut (),
+        complete as *mut (),
+    )?;
+    record(&PACKET_FAIL, null, fail as *mut ())?;
+    record(&PACKET_DEFER, null, defer as *mut ())?;
+    record(&PACKET_EXTERNAL, null, external as *mut ())
 }
 
 impl Library {

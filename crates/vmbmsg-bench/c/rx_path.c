@@ -35,7 +35,7 @@
 #define MAX_MESSAGE (HDR + MAX_PAYLOAD)
 #define V1 0x00010000u
 /* A version the driver knows (its header rules accept it; the session decides which is used).
- * The C path speaks only 1.0, so a 1.1 message is a revision mismatch, as in the driver's
+ * The C path negotiates only 1.0, so a 1.1 message is a revision mismatch, as in the driver's
  * 1.0 sessions; the bulk kinds of 1.1 are not modelled. */
 #define V1_1 0x00010001u
 #define FLAG_REPLY 1u
@@ -197,7 +197,8 @@ __attribute__((cold, noinline)) static int parse(const uint8_t *data, uint32_t l
     return 0;
 }
 
-static void echo(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const struct msg_header *req,
+/* Inlined into the callback, as the driver's handler is into kmcl's trampoline. */
+static inline __attribute__((always_inline)) void echo(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const struct msg_header *req,
                  const uint8_t *payload) {
     spin_lock(&dev->pool_lock);
     uint8_t *buf = dev->pool_len ? dev->pool[--dev->pool_len] : NULL;
@@ -263,35 +264,36 @@ __attribute__((cold, noinline)) static void process_other(struct rxc_device *dev
                                                          VMBPACKETCOMPLETION pc,
                                                          const uint8_t *data, UINT32 len);
 
-static void process(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const uint8_t *data,
-                    UINT32 len) {
+static inline __attribute__((always_inline)) void process(struct rxc_device *dev,
+                                                          VMBPACKETCOMPLETION pc,
+                                                          const uint8_t *data, UINT32 len) {
     bump(&dev->stats.rx_packets);
     atomic_fetch_add_explicit(&dev->stats.rx_bytes, len, memory_order_relaxed);
 
-    /* The hot case, as whole words: V1, ECHO or NOTIFY, no flags; status 0 and a payload
-     * length that is the rest of the packet and at most MAX_PAYLOAD. Exactly the messages
-     * parse() accepts (it is what process_other runs). */
+    /* The hot case, as whole words: the session's version, ECHO or NOTIFY, no flags; status 0
+     * and a payload length that is the rest of the packet and at most MAX_PAYLOAD. Exactly the
+     * messages parse() accepts in a ready session of that version; everything else (not
+     * ready, another version, malformed) goes to process_other, which finds out what. The
+     * version is the session's, loaded, not a constant: the driver's protocol has two (this
+     * path negotiates 1.0, but a driver of the protocol compares against what it negotiated). */
     uint64_t w[3];
-    if (len < HDR) {
+    uint32_t version = atomic_load_explicit(&dev->version, memory_order_acquire);
+    if (__builtin_expect(len < HDR || !atomic_load_explicit(&dev->ready, memory_order_acquire) ||
+                             version == 0,
+                         0)) {
         process_other(dev, pc, data, len);
         return;
     }
     memcpy(w, data, HDR);
-    const uint64_t echo_w0 = V1 | ((uint64_t)K_ECHO << 32);
-    const uint64_t notify_w0 = V1 | ((uint64_t)K_NOTIFY << 32);
+    const uint64_t echo_w0 = version | ((uint64_t)K_ECHO << 32);
+    const uint64_t notify_w0 = version | ((uint64_t)K_NOTIFY << 32);
     if (!((w[0] == echo_w0) | (w[0] == notify_w0)) | (w[1] != (uint64_t)(len - HDR)) |
         (len - HDR > MAX_PAYLOAD)) {
         process_other(dev, pc, data, len);
         return;
     }
-    struct msg_header h = {V1, (uint16_t)(w[0] >> 32), 0, len - HDR, 0, w[2]};
-    uint32_t version = atomic_load_explicit(&dev->version, memory_order_acquire);
-    if (__builtin_expect(!atomic_load_explicit(&dev->ready, memory_order_acquire) || version != V1,
-                         0)) {
-        process_other(dev, pc, data, len);
-        return;
-    }
-    dispatch(dev, pc, &h, data + HDR, V1);
+    struct msg_header h = {version, (uint16_t)(w[0] >> 32), 0, len - HDR, 0, w[2]};
+    dispatch(dev, pc, &h, data + HDR, version);
 }
 
 static void process_other(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const uint8_t *data,
@@ -335,28 +337,33 @@ void rxc_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffer
                         UINT32 flags) {
     (void)flags;
     struct rxc_device *dev = VmbChannelGetPointer(channel);
+    /* One call of process() (inlined here once, as the driver's handler is into kmcl's
+     * trampoline), with the copy or, for an empty packet, no bytes and no slot (bit 0). */
+    const uint8_t *data = NULL;
+    uint64_t bit = 0;
     if (len == 0 || buffer == NULL) {
-        process(dev, pc, NULL, 0);
-        return;
-    }
-    if (len > MAX_MESSAGE) {
-        VmbChannelPacketFail(pc);
-        return;
-    }
-    uint64_t free_mask = atomic_load_explicit(&dev->bounce_free, memory_order_relaxed);
-    int slot;
-    do {
-        if (free_mask == 0) {
-            VmbChannelPacketDeferToPassive(pc);
+        len = 0;
+    } else {
+        if (len > MAX_MESSAGE) {
+            VmbChannelPacketFail(pc);
             return;
         }
-        slot = __builtin_ctzll(free_mask);
-    } while (!atomic_compare_exchange_weak_explicit(&dev->bounce_free, &free_mask,
-                                                    free_mask & ~(1ull << slot),
-                                                    memory_order_acquire, memory_order_relaxed));
-    memcpy(dev->bounce[slot], buffer, len);
-    process(dev, pc, dev->bounce[slot], len);
-    atomic_fetch_or_explicit(&dev->bounce_free, 1ull << slot, memory_order_release);
+        uint64_t free_mask = atomic_load_explicit(&dev->bounce_free, memory_order_relaxed);
+        do {
+            if (free_mask == 0) {
+                VmbChannelPacketDeferToPassive(pc);
+                return;
+            }
+            bit = free_mask & -free_mask;
+        } while (!atomic_compare_exchange_weak_explicit(&dev->bounce_free, &free_mask,
+                                                        free_mask ^ bit, memory_order_acquire,
+                                                        memory_order_relaxed));
+        uint8_t *slot = dev->bounce[__builtin_ctzll(bit)];
+        memcpy(slot, buffer, len);
+        data = slot;
+    }
+    process(dev, pc, data, len);
+    atomic_fetch_or_explicit(&dev->bounce_free, bit, memory_order_release);
 }
 
 /* The model's floor: complete with the packet's own bytes, nothing else. */

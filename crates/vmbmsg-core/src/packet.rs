@@ -315,10 +315,10 @@ fn echo<P: Platform>(
         );
         return;
     };
-    match Reply::echo(version, id, payload).write(&mut buffer[..]) {
-        Ok(len) => {
+    match Reply::echo(version, id, payload).write_bytes(&mut buffer[..]) {
+        Ok(reply) => {
             shared.stats.completed(NtStatus::STATUS_SUCCESS);
-            packet.complete(buffer.get(..len).unwrap_or_default());
+            packet.complete(reply);
         }
         Err(e) => complete_status(shared, packet, MessageKind::ECHO, version, id, e.status()),
     }

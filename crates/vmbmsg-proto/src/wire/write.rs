@@ -16,11 +16,17 @@ fn payload_len_u32(len: usize) -> Result<u32, ProtoError> {
 }
 
 /// Writes `header` (with `payload_len` set from `body`) and `body`; returns the length.
-fn write_frame(
-    buf: &mut [u8],
+fn write_frame(buf: &mut [u8], header: MessageHeader, body: &[u8]) -> Result<usize, ProtoError> {
+    write_frame_bytes(buf, header, body).map(<[u8]>::len)
+}
+
+/// [`write_frame`], returning the bytes written (the front of `buf`).
+#[inline(always)]
+fn write_frame_bytes<'b>(
+    buf: &'b mut [u8],
     mut header: MessageHeader,
     body: &[u8],
-) -> Result<usize, ProtoError> {
+) -> Result<&'b [u8], ProtoError> {
     header.payload_len = U32::new(payload_len_u32(body.len())?);
     let total = HEADER_SIZE + body.len();
     let got = buf.len();
@@ -30,9 +36,21 @@ fn write_frame(
     let (head, tail) = out
         .split_at_mut_checked(HEADER_SIZE)
         .ok_or(ProtoError::BufferTooSmall { needed: total, got })?;
-    head.copy_from_slice(header.as_bytes());
+    // The header as its three little-endian words (three stores where the compiler would
+    // otherwise store field by field).
+    let words = [
+        u64::from(header.version.get())
+            | (u64::from(header.kind.get()) << 32)
+            | (u64::from(header.flags.get()) << 48),
+        u64::from(header.payload_len.get())
+            | (u64::from(header.status.get().cast_unsigned()) << 32),
+        header.id.get(),
+    ];
+    for (word, bytes) in words.iter().zip(head.chunks_exact_mut(8)) {
+        bytes.copy_from_slice(&word.to_le_bytes());
+    }
     tail.copy_from_slice(body);
-    Ok(total)
+    Ok(out)
 }
 
 fn header(
@@ -424,6 +442,16 @@ impl<'a> Reply<'a> {
     /// [`ProtoError::BodyShape`].
     #[inline(always)]
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, ProtoError> {
+        self.write_bytes(buf).map(<[u8]>::len)
+    }
+
+    /// [`write`](Self::write), returning the bytes written: the front of `buf`, ready to send
+    /// (no second bounds check for the caller).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    #[inline(always)]
+    pub fn write_bytes<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], ProtoError> {
         let kind = self.kind;
         if self.status.is_success() {
             check_write_version(kind, self.version)?;
@@ -463,23 +491,23 @@ impl<'a> Reply<'a> {
             return Err(ProtoError::BodyShape { kind });
         }
         match self.body {
-            ReplyBody::Empty => write_frame(buf, h, &[]),
+            ReplyBody::Empty => write_frame_bytes(buf, h, &[]),
             ReplyBody::Negotiate { version } => {
                 let body = NegotiateReply {
                     version: U32::new(version),
                     reserved: U32::ZERO,
                 };
-                write_frame(buf, h, body.as_bytes())
+                write_frame_bytes(buf, h, body.as_bytes())
             }
             ReplyBody::Ping { nonce } => {
                 let body = PingBody {
                     nonce: U64::new(nonce),
                 };
-                write_frame(buf, h, body.as_bytes())
+                write_frame_bytes(buf, h, body.as_bytes())
             }
-            ReplyBody::Echo { payload } => write_frame(buf, h, payload),
+            ReplyBody::Echo { payload } => write_frame_bytes(buf, h, payload),
             ReplyBody::EchoBulk { offset, len } => {
-                write_frame(buf, h, bulk_ref_body(offset, len)?.as_bytes())
+                write_frame_bytes(buf, h, bulk_ref_body(offset, len)?.as_bytes())
             }
         }
     }
