@@ -19,8 +19,10 @@
 //! Each channel owns `slots` buffers of `slot_size` bytes (the channel's maximum packet size),
 //! allocated fallibly when the channel is built, and a bitmask of the free ones. Delivering a
 //! packet claims a slot (one compare-exchange), copies the packet in through
-//! `shared::copy_from_shared` (one pass; the handler never sees shared memory), calls the handler with the copy
-//! and gives the slot back (one `fetch_or`). Nothing is allocated per packet. KMCL may deliver
+//! `shared::copy_from_shared` (one pass; the handler never sees shared memory), calls the
+//! handler with the copy and gives the slot back (one `fetch_or`). Nothing is allocated per
+//! packet, and nothing is counted on this path (the handler sees every packet that reaches it;
+//! locked counters here would only repeat its own). KMCL may deliver
 //! on several processors at once; when every slot is busy the packet is handed back to KMCL to
 //! be delivered again at PASSIVE_LEVEL (`VmbChannelPacketDeferToPassive`, legal only there,
 //! inline), and counted ([`BounceStats::deferred`]). A packet longer than a slot cannot come
@@ -44,13 +46,10 @@ pub const DEFAULT_BOUNCE_BUFFERS: u32 = 4;
 /// KMCL's own is not documented, so set it).
 pub const DEFAULT_SLOT_SIZE: u32 = 4096;
 
-/// What the bounce buffers of one channel have seen.
+/// What the bounce buffers of one channel have turned away (the packets that reached the
+/// handler are the handler's to count).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BounceStats {
-    /// Packets copied into a bounce buffer and handed to the handler.
-    pub copied: u64,
-    /// Bytes copied.
-    pub bytes: u64,
     /// Packets handed back to KMCL because every buffer was busy.
     pub deferred: u64,
     /// Packets longer than a buffer, completed without reaching the handler.
@@ -63,8 +62,6 @@ pub(crate) struct Bounce {
     slot_size: usize,
     /// Bit `i` set: slot `i` is free.
     free: AtomicU64,
-    copied: AtomicU64,
-    bytes: AtomicU64,
     deferred: AtomicU64,
     oversized: AtomicU64,
 }
@@ -112,8 +109,6 @@ impl Bounce {
             layout,
             slot_size,
             free: AtomicU64::new(free),
-            copied: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
             oversized: AtomicU64::new(0),
         })
@@ -169,22 +164,13 @@ impl Bounce {
         Claim::Slot(bit, slot)
     }
 
-    /// Counts one copied packet of `len` bytes.
-    pub(crate) fn count(&self, len: usize) {
-        self.copied.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add(u64::try_from(len).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// Gives back the slot whose bit [`claim`](Self::claim) returned (0: none, a no-op).
+    /// Gives back the slot whose bit [`claim`](Self::claim) returned.
     pub(crate) fn release(&self, bit: u64) {
         self.free.fetch_or(bit, Ordering::Release);
     }
 
     pub(crate) fn stats(&self) -> BounceStats {
         BounceStats {
-            copied: self.copied.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
             deferred: self.deferred.load(Ordering::Relaxed),
             oversized: self.oversized.load(Ordering::Relaxed),
         }

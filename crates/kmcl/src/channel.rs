@@ -215,33 +215,34 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     };
     let channel_ref = ChannelRef::from_raw(channel, inner.library.api());
     let flags = PacketFlags::from_bits(flags);
-    let len = usize::try_from(length).unwrap_or(usize::MAX);
     let source = buffer.cast::<u8>().cast_const();
-    // One call of the handler below (so that it can be inlined here once), with the copy or,
-    // for an empty packet, no bytes (and no slot: releasing bit 0 gives nothing back).
-    let (data, slot): (&[u8], u64) = if source.is_null() || len == 0 {
-        (&[], 0)
+    // No buffer is no bytes, whatever the length says.
+    let len = if source.is_null() {
+        0
     } else {
-        match inner.bounce.claim(len) {
-            Claim::Slot(bit, slot) => {
-                // SAFETY: KMCL guarantees `buffer` readable for `length` bytes for the duration
-                // of this callback (`_In_reads_bytes_(BufferLength)`); the host may still write
-                // it, which `copy_from_shared` tolerates. `slot` is exactly `len` bytes.
-                unsafe { copy_from_shared(source, slot) };
-                inner.bounce.count(len);
-                (slot, bit)
-            }
-            // Every buffer is in use on other processors: KMCL delivers it again at
-            // PASSIVE_LEVEL. This is the inline call DeferToPassive requires.
-            Claim::Busy => return packet.defer_to_passive(),
-            // Longer than the channel's maximum packet size: never handed to the handler.
-            Claim::TooLarge => return packet.complete(H::UNCONSUMED_RESPONSE),
-        }
+        usize::try_from(length).unwrap_or(usize::MAX)
     };
+    // Every packet, empty ones too, takes a bounce buffer: one path, and one call of the
+    // handler (inlined here).
+    let (slot, bit) = match inner.bounce.claim(len) {
+        Claim::Slot(bit, slot) => (slot, bit),
+        // Every buffer is in use on other processors: KMCL delivers it again at PASSIVE_LEVEL.
+        // This is the inline call DeferToPassive requires.
+        Claim::Busy => return packet.defer_to_passive(),
+        // Longer than the channel's maximum packet size: never handed to the handler.
+        Claim::TooLarge => return packet.complete(H::UNCONSUMED_RESPONSE),
+    };
+    if len != 0 {
+        // SAFETY: `source` is not null (else `len` is 0) and KMCL guarantees it readable for
+        // `length` bytes for the duration of this callback (`_In_reads_bytes_(BufferLength)`);
+        // the host may still write it, which `copy_from_shared` tolerates. `slot` is exactly
+        // `len` bytes.
+        unsafe { copy_from_shared(source, slot) };
+    }
     inner
         .handler
-        .process_packet(channel_ref, packet, data, flags);
-    inner.bounce.release(slot);
+        .process_packet(channel_ref, packet, slot, flags);
+    inner.bounce.release(bit);
 }
 
 unsafe extern "C" fn evt_processing_complete<H: ChannelHandler>(

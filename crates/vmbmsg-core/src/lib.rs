@@ -376,6 +376,19 @@ impl<P: Platform> Shared<P> {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// [`ready_version`](Self::ready_version) as a [`SessionVersion`] (the packet fast path).
+    ///
+    /// [`SessionVersion`]: vmbmsg_proto::wire::SessionVersion
+    #[inline]
+    fn ready_session(&self) -> Option<vmbmsg_proto::wire::SessionVersion> {
+        let v = self.version.load(Ordering::Acquire);
+        if self.state() == ChannelState::READY {
+            vmbmsg_proto::wire::SessionVersion::new(v)
+        } else {
+            None
+        }
+    }
+
     /// The negotiated version when the channel is ready for data.
     fn ready_version(&self) -> Option<u32> {
         let v = self.version.load(Ordering::Acquire);

@@ -147,10 +147,10 @@ pub(crate) fn on_packet<P: Platform>(shared: &Shared<P>, packet: IncomingPacket,
     // The hot case (a well-formed ECHO or NOTIFY of the session's version) straight on;
     // anything else — malformed, premature, of another version, ECHO_BULK — through the full
     // parse and the session checks, out of line, which report what is wrong or dispatch it.
-    if let Some(version) = shared.ready_version()
+    if let Some(version) = shared.ready_session()
         && let Some(message) = parse_session_message(data, version)
     {
-        dispatch(shared, packet, version, message);
+        dispatch(shared, packet, version.get(), message);
     } else {
         on_other_packet(shared, packet, data);
     }

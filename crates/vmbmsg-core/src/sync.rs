@@ -159,6 +159,21 @@ mod imp {
         }
 
         pub fn lock(&self) -> Guard<'_, T> {
+            if self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                self.lock_contended();
+            }
+            Guard { lock: self }
+        }
+
+        /// [`lock`](Self::lock) when the first try failed: out of line, so that the
+        /// uncontended path holds no loop and no call.
+        #[cold]
+        #[inline(never)]
+        fn lock_contended(&self) {
             let mut spins = 0u32;
             while self
                 .locked
@@ -177,7 +192,6 @@ mod imp {
                     }
                 }
             }
-            Guard { lock: self }
         }
     }
 

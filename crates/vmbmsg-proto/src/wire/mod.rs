@@ -1113,11 +1113,36 @@ pub fn parse_host_message_fast(bytes: &[u8]) -> Option<HostMessage<'_>> {
 struct HeaderWords([U64; 3]);
 const _: () = assert!(size_of::<HeaderWords>() == HEADER_SIZE);
 
+/// A protocol version this implementation supports ([`is_supported_version`]): what a
+/// session runs at once negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionVersion(u32);
+
+impl SessionVersion {
+    /// `version` if it is supported.
+    #[inline]
+    #[must_use]
+    pub const fn new(version: u32) -> Option<Self> {
+        if is_supported_version(version) {
+            Some(Self(version))
+        } else {
+            None
+        }
+    }
+
+    /// The version number.
+    #[inline]
+    #[must_use]
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
 /// The guest's hot case for a session of `version`: `Some` exactly when
 /// [`parse_host_message_fast`] gives `Some` with that version — a well-formed ECHO or NOTIFY
 /// encoded in `version` — with the same value; `None` for everything else, including any
-/// message of another version and any `version` that is not supported (give those to
-/// [`parse_host_message`], which names the rule broken).
+/// message of another version (give those to [`parse_host_message`], which names the rule
+/// broken).
 ///
 /// The header read as three little-endian words, the first two compared whole against what a
 /// valid message of the session holds there (version, kind and no flags; `payload_len` equal
@@ -1125,15 +1150,15 @@ const _: () = assert!(size_of::<HeaderWords>() == HEADER_SIZE);
 /// guest mostly receives.
 #[inline]
 #[must_use]
-pub fn parse_session_message(bytes: &[u8], version: u32) -> Option<HostMessage<'_>> {
+pub fn parse_session_message(bytes: &[u8], version: SessionVersion) -> Option<HostMessage<'_>> {
     let (words, payload) = HeaderWords::read_from_prefix(bytes).ok()?;
     let [w0, w1, id] = words.0.map(|w| w.get());
+    let version = version.get();
     let v = u64::from(version);
     let echo = v | (u64::from(MessageKind::ECHO.get()) << 32);
     let notify = v | (u64::from(MessageKind::NOTIFY.get()) << 32);
     let len = payload.len();
-    let ok = is_supported_version(version)
-        & ((w0 == echo) | (w0 == notify))
+    let ok = ((w0 == echo) | (w0 == notify))
         & (u64::try_from(len).ok() == Some(w1))
         & (len <= MAX_PAYLOAD);
     if !ok {
