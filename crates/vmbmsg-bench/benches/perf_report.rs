@@ -108,15 +108,42 @@ struct Counts {
     /// The inclusive part of the bounce copy (`kmcl::shared::copy_from_shared`; the C guest's
     /// is an inlined `memcpy`, counted in its total).
     bounce: f64,
+    /// The glibc copy routine that ran (`__memcpy_avx_unaligned_erms`, ...), if one did.
+    memcpy: Option<String>,
 }
 
-fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> Counts {
+/// Which glibc memcpy the guests' copies use: glibc's choice for this CPU, or its SSE2
+/// version, the widest a Windows x64 driver may use without saving the extended state
+/// (`GLIBC_TUNABLES` masks AVX and AVX-512 from glibc's CPU-feature selection).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Memcpy {
+    Native,
+    Sse2,
+}
+
+impl Memcpy {
+    const SSE2_TUNABLES: &'static str =
+        "glibc.cpu.hwcaps=-AVX2,-AVX,-AVX512F,-AVX_Fast_Unaligned_Load";
+}
+
+fn callgrind_counts(
+    exe: &Path,
+    guest: Guest,
+    payload: usize,
+    packets: u64,
+    memcpy: Memcpy,
+) -> Counts {
     let out = std::env::temp_dir().join(format!(
         "vmbmsg-cg-{}-{}-{payload}-{packets}.out",
         std::process::id(),
         guest.name()
     ));
-    let status = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    match memcpy {
+        Memcpy::Native => valgrind.env_remove("GLIBC_TUNABLES"),
+        Memcpy::Sse2 => valgrind.env("GLIBC_TUNABLES", Memcpy::SSE2_TUNABLES),
+    };
+    let status = valgrind
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(format!("--toggle-collect={}", guest.callback_symbol()))
@@ -144,7 +171,14 @@ fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> C
     let mut total = 0.0;
     let mut model = 0.0;
     let mut bounce = 0.0;
+    let mut memcpy = None;
     for line in text.lines() {
+        if memcpy.is_none()
+            && let Some(at) = line.find(":__memcpy").or_else(|| line.find(":__memmove"))
+        {
+            let name = &line[at + 1..];
+            memcpy = name.split_whitespace().next().map(str::to_string);
+        }
         if line.contains("PROGRAM TOTALS") {
             total = count(line);
         } else if line.contains("kmcl::shared::copy_from_shared") {
@@ -163,22 +197,34 @@ fn callgrind_counts(exe: &Path, guest: Guest, payload: usize, packets: u64) -> C
         total,
         model,
         bounce,
+        memcpy,
     }
 }
 
-/// Instructions per packet: (guest path, model's part, bounce copy's part of the guest path),
-/// from two runs.
-fn instructions(exe: &Path, guest: Guest, payload: usize) -> (f64, f64, f64) {
+/// Instructions per packet from two runs.
+struct PerPacket {
+    /// The guest's path (the model's part taken out).
+    guest: f64,
+    /// The model's part.
+    model: f64,
+    /// The bounce copy's part of the guest's path (Rust: `copy_from_shared`).
+    bounce: f64,
+    /// The glibc copy routine that ran.
+    memcpy: Option<String>,
+}
+
+fn instructions(exe: &Path, guest: Guest, payload: usize, memcpy: Memcpy) -> PerPacket {
     let (n1, n2) = (100, 600);
-    let a = callgrind_counts(exe, guest, payload, n1);
-    let b = callgrind_counts(exe, guest, payload, n2);
+    let a = callgrind_counts(exe, guest, payload, n1, memcpy);
+    let b = callgrind_counts(exe, guest, payload, n2, memcpy);
     let per = |a: f64, b: f64| (b - a) / (n2 - n1) as f64;
     let model = per(a.model, b.model);
-    (
-        per(a.total, b.total) - model,
+    PerPacket {
+        guest: per(a.total, b.total) - model,
         model,
-        per(a.bounce, b.bounce),
-    )
+        bounce: per(a.bounce, b.bounce),
+        memcpy: b.memcpy,
+    }
 }
 
 /// One `bench` line of `vmbctl --json`.
@@ -413,51 +459,95 @@ fn main() {
          Instructions: callgrind, collecting only inside the guest's ProcessPacket callback, minus \
          the model's `Vmb*` calls made from it (`VmbChannelGetPointer`, \
          `VmbChannelPacketComplete`), per packet (difference of a 600- and a 100-packet run). \
-         Time: criterion median of one whole delivery on one thread (host write into the ring, \
-         KMCL copy-out, ProcessPacket, completion through the other ring, host read); the \
-         guest's share is that minus the null guest's. Both guests first copy the packet into \
-         a bounce buffer and parse only the copy (kmcl: `copy_from_shared`, whose share of the \
-         Rust count is its own column; C: `memcpy`).\n\n\
-         | Payload | Rust instr | of which bounce copy | C instr | Rust/C instr | Model instr (`Vmb*` from the callback) | Rust ns | C ns | Null ns | Rust − null ns | C − null ns |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         Both guests first copy the packet into a bounce buffer and parse only the copy (kmcl: \
+         `copy_from_shared`, SSE2 in inline assembly, whose share of the Rust count is its own \
+         column; C: `memcpy`), and both copy the ECHO payload into the reply with `memcpy` \
+         (Rust: `copy_from_slice`). Two runs each: with the `memcpy` glibc picks for this CPU, \
+         and with glibc's SSE2 `memcpy` (`GLIBC_TUNABLES={}`), the widest copy a Windows x64 \
+         driver may run without `KeSaveExtendedProcessorState` (Microsoft, \"Using extended \
+         processor features in Windows drivers\": SSE needs no saving on x64, AVX does) and so \
+         the kernel-mode comparison.\n\n\
+         | Payload | Rust instr | of which bounce copy | C instr | **Rust / C** | Rust instr, SSE2 memcpy | C instr, SSE2 memcpy | **Rust / C, SSE2 memcpy** | Model instr (`Vmb*` from the callback) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        Memcpy::SSE2_TUNABLES
+    );
+    let mut routines: Vec<String> = Vec::new();
+    for &p in &PAYLOAD_SIZES {
+        let f = |x: Option<f64>| x.map_or_else(|| "n/a".into(), thousands);
+        let ratio = |r: Option<f64>, c: Option<f64>| match (r, c) {
+            (Some(r), Some(c)) if c > 0.0 => format!("**{:.2}×**", r / c),
+            _ => "n/a".into(),
+        };
+        let Some(exe) = &exe else {
+            let _ = writeln!(
+                md,
+                "| {} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
+                size(p)
+            );
+            continue;
+        };
+        let rust = instructions(exe, Guest::Rust, p, Memcpy::Native);
+        let c = instructions(exe, Guest::C, p, Memcpy::Native);
+        let rust_sse2 = instructions(exe, Guest::Rust, p, Memcpy::Sse2);
+        let c_sse2 = instructions(exe, Guest::C, p, Memcpy::Sse2);
+        for r in [&c.memcpy, &c_sse2.memcpy].into_iter().flatten() {
+            if !routines.contains(r) {
+                routines.push(r.clone());
+            }
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            size(p),
+            f(Some(rust.guest)),
+            f(Some(rust.bounce)),
+            f(Some(c.guest)),
+            ratio(Some(rust.guest), Some(c.guest)),
+            f(Some(rust_sse2.guest)),
+            f(Some(c_sse2.guest)),
+            ratio(Some(rust_sse2.guest), Some(c_sse2.guest)),
+            f(Some(rust.model)),
+        );
+    }
+    if !valgrind {
+        let _ = writeln!(md, "\n(valgrind not found: no instruction counts.)");
+    } else if !routines.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nglibc's copy routines that ran, first the native one: {}.",
+            routines
+                .iter()
+                .map(|r| format!("`{r}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nTime: criterion median of one whole delivery on one thread (host write into the ring, \
+         KMCL copy-out, ProcessPacket, completion through the other ring, host read), glibc's \
+         native `memcpy`; the guest's share is that minus the null guest's.\n\n\
+         | Payload | Rust ns | C ns | Null ns | Rust − null ns | C − null ns |\n\
+         |---:|---:|---:|---:|---:|---:|"
     );
     for &p in &PAYLOAD_SIZES {
-        let (ri, bi, ci, mi) = match &exe {
-            Some(exe) => {
-                let (r, m, b) = instructions(exe, Guest::Rust, p);
-                let (c, _, _) = instructions(exe, Guest::C, p);
-                (Some(r), Some(b), Some(c), Some(m))
-            }
-            None => (None, None, None, None),
-        };
         let t = |g: Guest| criterion_median(&format!("rx/{p}"), g.name(), p);
         let (rt, ct, nt) = (t(Guest::Rust), t(Guest::C), t(Guest::Null));
         let f = |x: Option<f64>| x.map_or_else(|| "n/a".into(), thousands);
-        let ratio = match (ri, ci) {
-            (Some(r), Some(c)) if c > 0.0 => format!("{:.2}×", r / c),
-            _ => "n/a".into(),
-        };
         let diff = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => format!("{:.0}", a - b),
             _ => "n/a".into(),
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             size(p),
-            f(ri),
-            f(bi),
-            f(ci),
-            f(mi),
             f(rt),
             f(ct),
             f(nt),
             diff(rt, nt),
             diff(ct, nt),
         );
-    }
-    if !valgrind {
-        let _ = writeln!(md, "\n(valgrind not found: no instruction counts.)");
     }
 
     // The bounce copy alone.
