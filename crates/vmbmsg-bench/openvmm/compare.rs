@@ -53,14 +53,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(101);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(101);
     // openvmm: one control page, 64 data pages (listed twice).
     let pages: Vec<Page> = (0..1 + RING_BYTES / PAGE)
         .map(|_| Page(std::array::from_fn(|_| AtomicU8::new(0))))
         .collect();
     let data: Vec<&[AtomicU8; PAGE]> = pages[1..].iter().map(|p| &p.0).collect();
     let twice = data.iter().chain(data.iter()).copied().collect();
-    let paged = Pages { control: &pages[0].0, data: twice };
+    let paged = Pages {
+        control: &pages[0].0,
+        data: twice,
+    };
     let omem = ovmm::PagedRingMem::new(paged);
     let otx = ovmm::OutgoingRing::new(&omem).expect("openvmm tx");
     let orx = ovmm::IncomingRing::new(&omem).expect("openvmm rx");
@@ -71,7 +77,9 @@ fn main() {
     let mut ptx = ours::OutgoingRing::new(&pmem).expect("tx");
     let mut prx = ours::IncomingRing::new(&pmem).expect("rx");
 
-    println!("| Payload | this project ns/pkt | openvmm PagedRingMem ns/pkt | **openvmm / project** (median of per-round ratios) | rounds where the project is faster |");
+    println!(
+        "| Payload | this project ns/pkt | openvmm PagedRingMem ns/pkt | **openvmm / project** (median of per-round ratios) | rounds where the project is faster |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for size in SIZES {
         let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
@@ -109,7 +117,10 @@ fn main() {
                 let _ = black_box(otx.commit_write(&mut oout));
                 let p = orx.read(&mut oin).expect("read");
                 let n = p.payload.len();
-                p.payload.reader(&orx).read(&mut dst2[..n]).expect("copy out");
+                p.payload
+                    .reader(&orx)
+                    .read(&mut dst2[..n])
+                    .expect("copy out");
                 black_box(&dst2[..n]);
                 let _ = black_box(orx.commit_read(&mut oin));
             }
