@@ -159,3 +159,28 @@ fn a_packet_longer_than_the_maximum_never_reaches_the_handler() {
     drop(ch);
     host.remove_device();
 }
+
+/// An empty packet takes a bounce buffer like any other (one path through the trampoline) and
+/// gives it back: the handler sees no bytes, the host gets the completion, and a channel with
+/// a single buffer keeps delivering packets after it, empty and not, in order.
+#[test]
+fn empty_packets_reach_the_handler_and_give_their_buffer_back() {
+    let host = kmcl_model::connected_with(ModelConfig::default());
+    let _check = host.violation_guard();
+    let sampler = Arc::new(Sampler::default());
+    let ch = channel(&host, &sampler, 4096, 1);
+    host.open().expect("open");
+    for i in 0..10u8 {
+        let payload = if i % 2 == 0 { Vec::new() } else { vec![i; 40] };
+        let txn = host.send(&payload, true).expect("send");
+        let done = host.wait_completion(txn, T).expect("completion");
+        assert_eq!(done.payload, payload, "packet {i}");
+    }
+    let seen = sampler.seen.lock().unwrap();
+    assert_eq!(seen.len(), 10);
+    assert!(seen.iter().step_by(2).all(Vec::is_empty), "{seen:?}");
+    drop(seen);
+    assert_eq!(ch.bounce_stats(), BounceStats::default());
+    drop(ch);
+    host.remove_device();
+}
