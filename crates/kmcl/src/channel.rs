@@ -525,7 +525,7 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
 
     /// How many packets KMCL may deliver to this channel's handler at once without one being
     /// handed back for a later delivery at PASSIVE_LEVEL: the number of bounce buffers
-    /// (default [`DEFAULT_BOUNCE_BUFFERS`](crate::DEFAULT_BOUNCE_BUFFERS), at most
+    /// (default [`DEFAULT_BOUNCE_BUFFERS`], at most
     /// [`MAX_BOUNCE_BUFFERS`](crate::MAX_BOUNCE_BUFFERS)). Each costs one maximum-size packet
     /// of non-paged memory.
     ///
@@ -753,7 +753,7 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         }
     }
 
-    /// The packets [`preallocated_packets`](Self::preallocated_packets) asked for, sized now
+    /// The packets [`ChannelBuilder::preallocated_packets`] asked for, sized now
     /// that the maximum packet size is final.
     fn allocate_pool(&mut self) -> Result<(), NtStatus> {
         // SAFETY: `inner` is live while the builder exists.
@@ -901,7 +901,7 @@ impl<H: ChannelHandler> DisabledChannel<H> {
         }
     }
 
-    /// The packets [`preallocated_packets`](Self::preallocated_packets) asked for, sized now
+    /// The packets [`ChannelBuilder::preallocated_packets`] asked for, sized now
     /// that the maximum packet size is final.
     fn allocate_pool(&mut self) -> Result<(), NtStatus> {
         // SAFETY: `inner` is live while the builder exists.
