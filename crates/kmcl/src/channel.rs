@@ -743,7 +743,7 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     /// # IRQL
     /// PASSIVE_LEVEL.
     pub fn enable(mut self) -> Result<Channel<H>, (Self, NtStatus)> {
-        if let Err(status) = self.allocate_pool() {
+        if let Err(status) = self.owned.allocate_pool() {
             return Err((self, status));
         }
         let owned = take_owned(self);
@@ -751,27 +751,6 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
             Ok(()) => Ok(Channel { owned }),
             Err(status) => Err((Self { owned }, status)),
         }
-    }
-
-    /// The packets [`ChannelBuilder::preallocated_packets`] asked for, sized now
-    /// that the maximum packet size is final.
-    fn allocate_pool(&mut self) -> Result<(), NtStatus> {
-        // SAFETY: `inner` is live while the builder exists.
-        let header = unsafe { &self.owned.inner.as_ref().header };
-        let n = header.pool_wanted;
-        if n == 0 || header.pool.is_some() {
-            return Ok(());
-        }
-        let size = self.handle().packet_object_size();
-        let pool = PacketPool::try_new(n, size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
-        // SAFETY: never enabled: no callback runs and no packet can see the header.
-        unsafe { (*self.owned.inner.as_ptr()).header.pool = Some(pool) };
-        Ok(())
-    }
-
-    /// The channel's handle, for queries before enable (the builder's own calls).
-    fn handle(&self) -> ChannelRef<'_> {
-        ChannelRef::from_raw(self.owned.raw, self.owned.api())
     }
 }
 
@@ -807,6 +786,23 @@ impl<H: ChannelHandler> Owned<H> {
     fn handler(&self) -> &H {
         // SAFETY: `inner` is live for as long as `Owned` exists and is only ever shared.
         &unsafe { self.inner.as_ref() }.handler
+    }
+
+    /// The packets [`ChannelBuilder::preallocated_packets`] asked for, sized now that the
+    /// maximum packet size is final (before an enable; once made, kept).
+    fn allocate_pool(&mut self) -> Result<(), NtStatus> {
+        // SAFETY: `inner` is live for as long as `Owned` exists.
+        let header = unsafe { &self.inner.as_ref().header };
+        let n = header.pool_wanted;
+        if n == 0 || header.pool.is_some() {
+            return Ok(());
+        }
+        let size = ChannelRef::from_raw(self.raw, self.api()).packet_object_size();
+        let pool = PacketPool::try_new(n, size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
+        // SAFETY: called only on a disabled channel (a builder or a `DisabledChannel`, before
+        // their enable): no callback runs and no packet can see the header.
+        unsafe { (*self.inner.as_ptr()).header.pool = Some(pool) };
+        Ok(())
     }
 
     fn enable(&self) -> Result<(), NtStatus> {
@@ -891,7 +887,7 @@ impl<H: ChannelHandler> DisabledChannel<H> {
     /// # IRQL
     /// PASSIVE_LEVEL.
     pub fn enable(mut self) -> Result<Channel<H>, (Self, NtStatus)> {
-        if let Err(status) = self.allocate_pool() {
+        if let Err(status) = self.owned.allocate_pool() {
             return Err((self, status));
         }
         let owned = take_owned(self);
@@ -899,27 +895,6 @@ impl<H: ChannelHandler> DisabledChannel<H> {
             Ok(()) => Ok(Channel { owned }),
             Err(status) => Err((Self { owned }, status)),
         }
-    }
-
-    /// The packets [`ChannelBuilder::preallocated_packets`] asked for, sized now
-    /// that the maximum packet size is final.
-    fn allocate_pool(&mut self) -> Result<(), NtStatus> {
-        // SAFETY: `inner` is live while the builder exists.
-        let header = unsafe { &self.owned.inner.as_ref().header };
-        let n = header.pool_wanted;
-        if n == 0 || header.pool.is_some() {
-            return Ok(());
-        }
-        let size = self.handle().packet_object_size();
-        let pool = PacketPool::try_new(n, size).ok_or(NtStatus::STATUS_INSUFFICIENT_RESOURCES)?;
-        // SAFETY: never enabled: no callback runs and no packet can see the header.
-        unsafe { (*self.owned.inner.as_ptr()).header.pool = Some(pool) };
-        Ok(())
-    }
-
-    /// The channel's handle, for queries before enable (the builder's own calls).
-    fn handle(&self) -> ChannelRef<'_> {
-        ChannelRef::from_raw(self.owned.raw, self.owned.api())
     }
 }
 
