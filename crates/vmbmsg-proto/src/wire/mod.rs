@@ -1059,54 +1059,6 @@ fn parse_request(bytes: &[u8], direction: Direction) -> Result<(MessageHeader, &
     Ok((header, payload))
 }
 
-/// Parses what the guest receives: a host→guest request (ECHO, NOTIFY or, 1.1, ECHO_BULK).
-///
-/// # Errors
-/// The first rule of the module's parsing rules that `bytes` breaks.
-#[inline]
-pub fn parse_host_message(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> {
-    match parse_host_message_fast(bytes) {
-        Some(message) => Ok(message),
-        None => parse_host_message_slow(bytes),
-    }
-}
-
-/// The guest's hot case of [`parse_host_message`]: `Some` exactly for the messages it
-/// accepts — a well-formed ECHO or NOTIFY (supported version, no flag bit, status 0,
-/// `payload_len <= MAX_PAYLOAD` and equal to the bytes after the header) — with the same
-/// value; `None` for everything else, for which [`parse_host_message`] gives the error (the
-/// first rule broken, in the documented order).
-///
-/// One header read, the conditions combined without early exits, the kind compared as one
-/// integer: few instructions and few branches for the packets a guest mostly receives.
-#[inline]
-#[must_use]
-pub fn parse_host_message_fast(bytes: &[u8]) -> Option<HostMessage<'_>> {
-    let (header, payload) = MessageHeader::read_from_prefix(bytes).ok()?;
-    let version = header.version.get();
-    let kind = header.kind.get();
-    let len = to_usize(header.payload_len.get());
-    let ok = is_supported_version(version)
-        & (header.flags.get() == 0)
-        & (header.status.get() == 0)
-        & ((kind == MessageKind::ECHO.get()) | (kind == MessageKind::NOTIFY.get()))
-        & (len <= MAX_PAYLOAD)
-        & (len == payload.len());
-    if !ok {
-        return None;
-    }
-    let body = if kind == MessageKind::ECHO.get() {
-        HostBody::Echo { payload }
-    } else {
-        HostBody::Notify { payload }
-    };
-    Some(HostMessage {
-        version,
-        id: header.id.get(),
-        body,
-    })
-}
-
 /// The header of a message as three little-endian words (for whole-word comparisons).
 #[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -1138,11 +1090,10 @@ impl SessionVersion {
     }
 }
 
-/// The guest's hot case for a session of `version`: `Some` exactly when
-/// [`parse_host_message_fast`] gives `Some` with that version — a well-formed ECHO or NOTIFY
-/// encoded in `version` — with the same value; `None` for everything else, including any
-/// message of another version (give those to [`parse_host_message`], which names the rule
-/// broken).
+/// The guest's hot case for a session of `version`: `Some` exactly when [`parse_host_message`]
+/// gives a well-formed ECHO or NOTIFY encoded in `version`, with the same value; `None` for
+/// everything else, including any message of another version and every ECHO_BULK (give those
+/// to [`parse_host_message`], which names the rule broken or parses them).
 ///
 /// The header read as three little-endian words, the first two compared whole against what a
 /// valid message of the session holds there (version, kind and no flags; `payload_len` equal
@@ -1172,11 +1123,13 @@ pub fn parse_session_message(bytes: &[u8], version: SessionVersion) -> Option<Ho
     Some(HostMessage { version, id, body })
 }
 
-/// [`parse_host_message`] with every rule checked in order: the path of malformed messages
-/// (and of ECHO_BULK, which the fast path leaves out: one per 64 KiB, not per packet).
-#[cold]
-#[inline(never)]
-fn parse_host_message_slow(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> {
+/// Parses what the guest receives: a host→guest request (ECHO, NOTIFY or, 1.1, ECHO_BULK),
+/// every rule checked in order. A guest's hot case, a well-formed ECHO or NOTIFY of its
+/// session, is [`parse_session_message`].
+///
+/// # Errors
+/// The first rule of the module's parsing rules that `bytes` breaks.
+pub fn parse_host_message(bytes: &[u8]) -> Result<HostMessage<'_>, ProtoError> {
     let (header, payload) = parse_request(bytes, Direction::HostToGuest)?;
     let body = match header.kind {
         MessageKind::ECHO => HostBody::Echo { payload },
