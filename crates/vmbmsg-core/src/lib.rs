@@ -376,9 +376,8 @@ impl<P: Platform> Shared<P> {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// [`ready_version`](Self::ready_version) as a [`SessionVersion`] (the packet fast path).
-    ///
-    /// [`SessionVersion`]: vmbmsg_proto::wire::SessionVersion
+    /// The session's version when the channel is ready for data (the version is 0 otherwise,
+    /// and only a negotiated one, which is supported, is ever stored).
     #[inline]
     fn ready_session(&self) -> Option<vmbmsg_proto::wire::SessionVersion> {
         let v = self.version.load(Ordering::Acquire);
@@ -389,10 +388,10 @@ impl<P: Platform> Shared<P> {
         }
     }
 
-    /// The negotiated version when the channel is ready for data.
+    /// [`ready_session`](Self::ready_session) as a number.
     fn ready_version(&self) -> Option<u32> {
-        let v = self.version.load(Ordering::Acquire);
-        (self.state() == ChannelState::READY && v != 0).then_some(v)
+        self.ready_session()
+            .map(vmbmsg_proto::wire::SessionVersion::get)
     }
 
     /// A [`SendPermit`] when the gate is open and the channel READY, `None` otherwise.
