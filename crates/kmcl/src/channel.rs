@@ -232,13 +232,12 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
         // Longer than the channel's maximum packet size: never handed to the handler.
         Claim::TooLarge => return packet.complete(H::UNCONSUMED_RESPONSE),
     };
-    if len != 0 {
-        // SAFETY: `source` is not null (else `len` is 0) and KMCL guarantees it readable for
-        // `length` bytes for the duration of this callback (`_In_reads_bytes_(BufferLength)`);
-        // the host may still write it, which `copy_from_shared` tolerates. `slot` is exactly
-        // `len` bytes.
-        unsafe { copy_from_shared(source, slot) };
-    }
+    // SAFETY: `slot` is exactly `len` bytes. `len` is 0 when `source` is null (every pointer
+    // is valid for zero bytes, and `copy_from_shared` reads nothing then), else KMCL guarantees
+    // `source` readable for `length` bytes for the duration of this callback
+    // (`_In_reads_bytes_(BufferLength)`); the host may still write it, which
+    // `copy_from_shared` tolerates.
+    unsafe { copy_from_shared(source, slot) };
     inner
         .handler
         .process_packet(channel_ref, packet, slot, flags);

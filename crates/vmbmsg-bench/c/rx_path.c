@@ -92,6 +92,8 @@ struct notify_slot {
 struct rxc_device {
     VMBCHANNEL channel;
     _Atomic uint32_t ready;
+    /* The session's version while ready, 0 otherwise: one word says "ready, at which
+     * version" (stored after `ready` is set, cleared before it is). */
     _Atomic uint32_t version;
     struct stats stats;
     atomic_flag pool_lock;
@@ -278,9 +280,7 @@ static inline __attribute__((always_inline)) void process(struct rxc_device *dev
      * path negotiates 1.0, but a driver of the protocol compares against what it negotiated). */
     uint64_t w[3];
     uint32_t version = atomic_load_explicit(&dev->version, memory_order_acquire);
-    if (__builtin_expect(len < HDR || !atomic_load_explicit(&dev->ready, memory_order_acquire) ||
-                             version == 0,
-                         0)) {
+    if (__builtin_expect(len < HDR || version == 0, 0)) {
         process_other(dev, pc, data, len);
         return;
     }
@@ -320,7 +320,7 @@ static void process_other(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const 
         return;
     }
     uint32_t version = atomic_load_explicit(&dev->version, memory_order_acquire);
-    if (!atomic_load_explicit(&dev->ready, memory_order_acquire) || version == 0) {
+    if (version == 0) {
         malformed(&dev->stats, R_PREMATURE);
         complete_status(dev, pc, h.kind, h.version, h.id, S_INVALID_DEVICE_STATE);
         return;
@@ -402,15 +402,15 @@ static void rxc_post_started(VMBCHANNEL channel) {
     memcpy(&chosen, reply + HDR, 4);
     if (rh.status == S_SUCCESS && rh.flags == FLAG_REPLY && rh.kind == K_NEGOTIATE &&
         rh.id == req.h.id && chosen == V1) {
-        atomic_store(&dev->version, chosen);
         atomic_store(&dev->ready, 1);
+        atomic_store(&dev->version, chosen);
     }
 }
 
 static void rxc_suspend(VMBCHANNEL channel) {
     struct rxc_device *dev = VmbChannelGetPointer(channel);
-    atomic_store(&dev->ready, 0);
     atomic_store(&dev->version, 0);
+    atomic_store(&dev->ready, 0);
 }
 
 /* Allocates, configures and enables a channel under `parent` whose packets go to the C path

@@ -184,7 +184,7 @@ pub struct CoreConfig {
     /// buffer is taken and given back inside the delivery of its ECHO, which holds one of the
     /// channel's `concurrent_deliveries` bounce buffers (tests/faults.rs,
     /// `back_to_back_echoes_never_find_the_reply_pool_empty`). Fewer saves memory at the price
-    /// of failed ECHOs under concurrent load.
+    /// of failed ECHOs under concurrent load. At most [`MAX_REPLY_BUFFERS`] are allocated.
     pub reply_buffers: usize,
     /// Packets KMCL may deliver at once before one is handed back for PASSIVE_LEVEL
     /// (`kmcl::ChannelBuilder::concurrent_deliveries`): the channel's bounce buffers.
@@ -246,7 +246,10 @@ impl CoreConfig {
         let notify_queue = self
             .notify_bytes
             .saturating_add(self.notify_depth.saturating_mul(3 * size_of::<u64>()));
-        let reply_buffers = self.reply_buffers.saturating_mul(MAX_MESSAGE);
+        let reply_buffers = self
+            .reply_buffers
+            .min(MAX_REPLY_BUFFERS)
+            .saturating_mul(MAX_MESSAGE);
         let slot = MAX_MESSAGE.next_multiple_of(64);
         let bounce_buffers = usize::try_from(self.concurrent_deliveries)
             .unwrap_or(usize::MAX)
@@ -277,6 +280,14 @@ impl CoreConfig {
 /// One ECHO reply buffer of the pool.
 pub(crate) type ReplyBuffer = alloc::boxed::Box<[u8; MAX_MESSAGE]>;
 
+/// Most ECHO reply buffers a device has ([`CoreConfig::reply_buffers`] above it allocates this
+/// many): a channel delivers at most `kmcl::MAX_BOUNCE_BUFFERS` packets at once, so more would
+/// never be used.
+pub const MAX_REPLY_BUFFERS: usize = kmcl::MAX_BOUNCE_BUFFERS as usize;
+
+/// The free ECHO reply buffers.
+pub(crate) type ReplyPool = arrayvec::ArrayVec<ReplyBuffer, MAX_REPLY_BUFFERS>;
+
 /// State shared by the channel callbacks and the IOCTL paths.
 struct Shared<P: Platform> {
     platform: P,
@@ -286,13 +297,17 @@ struct Shared<P: Platform> {
     state: AtomicU32,
     /// A [`vmbmsg_proto::ioctl::StateReason`] value for the state (0 for most).
     state_reason: core::sync::atomic::AtomicU16,
-    /// The negotiated protocol version; 0 until negotiation succeeds.
+    /// The session's negotiated protocol version while the state is READY, 0 otherwise: stored
+    /// after the state becomes READY and cleared before it changes from READY
+    /// ([`Shared::open_sends`], [`Shared::set_state`]), so a version seen non-zero means the
+    /// channel is READY and one word answers the packet path's "ready, and at which version?".
     version: AtomicU32,
     notify: SpinLock<NotifyState>,
-    /// Free ECHO reply buffers, each `MAX_MESSAGE` bytes; capacity reserved for all of them.
+    /// Free ECHO reply buffers, each `MAX_MESSAGE` bytes. A stack of fixed capacity inside the
+    /// shared state: taking and giving back are a few instructions and never allocate.
     /// Fixed-size boxes: one word to move in and out of the pool, and the reply writer's
     /// bounds check folds against the array length.
-    replies: SpinLock<Vec<ReplyBuffer>>,
+    replies: SpinLock<ReplyPool>,
     /// PING and SEND requests waiting for the host's answer, cancellable meanwhile.
     waiting: WaitingRequests<P::Request>,
     /// Request ids and PING nonces; never 0.
@@ -354,7 +369,11 @@ impl<P: Platform> Shared<P> {
         ChannelState::new(self.state.load(Ordering::Acquire))
     }
 
+    /// Sets the state; any state but READY clears the session's version first.
     fn set_state(&self, state: ChannelState) {
+        if state != ChannelState::READY {
+            self.version.store(0, Ordering::Release);
+        }
         self.state_reason.store(0, Ordering::Release);
         self.state.store(state.get(), Ordering::Release);
     }
@@ -376,16 +395,12 @@ impl<P: Platform> Shared<P> {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The session's version when the channel is ready for data (the version is 0 otherwise,
-    /// and only a negotiated one, which is supported, is ever stored).
+    /// The session's version when the channel is ready for data: one load, since the version
+    /// is non-zero only while the state is READY (see [`Shared::version`]) and only a
+    /// negotiated one, which is supported, is ever stored.
     #[inline]
     fn ready_session(&self) -> Option<vmbmsg_proto::wire::SessionVersion> {
-        let v = self.version.load(Ordering::Acquire);
-        if self.state() == ChannelState::READY {
-            vmbmsg_proto::wire::SessionVersion::new(v)
-        } else {
-            None
-        }
+        vmbmsg_proto::wire::SessionVersion::new(self.version.load(Ordering::Acquire))
     }
 
     /// [`ready_session`](Self::ready_session) as a number.
@@ -424,8 +439,9 @@ impl<P: Platform> Shared<P> {
 
     /// Negotiation succeeded: the channel is READY with `version`, and sends may start.
     fn open_sends(&self, version: u32) {
-        self.version.store(version, Ordering::Release);
         self.set_state(ChannelState::READY);
+        // After READY: a packet that sees the version sees the state READY too.
+        self.version.store(version, Ordering::Release);
         self.send_gate.fetch_and(!GATE_CLOSED, Ordering::Release);
     }
 
@@ -437,7 +453,6 @@ impl<P: Platform> Shared<P> {
     /// PASSIVE_LEVEL (from `EvtChannelSuspend` / `EvtChannelClosed`); the wait is as long as
     /// one `VmbPacketSend` call.
     fn stop_sends(&self) {
-        self.version.store(0, Ordering::Release);
         self.set_state(ChannelState::CLOSED);
         self.send_gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
         // The kernel's way to wait for a rundown: a few spins, then sleeps that let the sender
@@ -515,11 +530,8 @@ impl<P: Platform> Core<P> {
         const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
         let queue =
             NotifyQueue::try_new(config.notify_depth, config.notify_bytes).ok_or(NO_MEMORY)?;
-        let mut replies = Vec::new();
-        replies
-            .try_reserve_exact(config.reply_buffers)
-            .map_err(|_| NO_MEMORY)?;
-        for _ in 0..config.reply_buffers {
+        let mut replies = ReplyPool::new();
+        for _ in 0..config.reply_buffers.min(MAX_REPLY_BUFFERS) {
             let mut buf = Vec::new();
             buf.try_reserve_exact(MAX_MESSAGE).map_err(|_| NO_MEMORY)?;
             buf.resize(MAX_MESSAGE, 0);
@@ -663,7 +675,6 @@ impl<P: Platform> Core<P> {
         if let Some(channel) = self.channel.take_and_wait() {
             drop(channel); // VmbChannelDisable + VmbChannelCleanup
         }
-        self.shared.version.store(0, Ordering::Release);
         self.shared.set_state(ChannelState::DOWN);
         self.shared.finish_parked(NtStatus::STATUS_DEVICE_REMOVED);
         let dropped = self.shared.notify.lock().queue.clear();
@@ -704,7 +715,6 @@ impl<P: Platform> Core<P> {
         // Suspend stopped the sends (CLOSED) if the channel was running; unless the host closed
         // it meanwhile, keep the session for the resume and say why nothing flows.
         if !self.shared.closed_by_host.load(Ordering::Acquire) {
-            self.shared.version.store(0, Ordering::Release);
             self.shared.paused_version.store(session, Ordering::Release);
             self.shared.set_state(ChannelState::PAUSED);
         }
@@ -812,5 +822,69 @@ mod memory_tests {
         assert_eq!(m.bounce_buffers, 4 * MAX_MESSAGE.next_multiple_of(64));
         assert!(m.driver_total < 208 * 1024, "{m:?}");
         assert_eq!(m.rings, 256 * 1024);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod session_tests {
+    use super::{ChannelState, Core, CoreConfig, MAX_MESSAGE, MAX_REPLY_BUFFERS};
+    use crate::sim::SimPlatform;
+    use vmbmsg_proto::ioctl::StateReason;
+    use vmbmsg_proto::wire::{PROTOCOL_V1, PROTOCOL_V1_1};
+
+    fn core() -> Core<SimPlatform> {
+        Core::with_config(SimPlatform::default(), CoreConfig::default()).expect("core")
+    }
+
+    /// The packet path asks one word, the version, whether the session is READY: a version
+    /// must be visible exactly while the state is READY, whichever way the state leaves it.
+    #[test]
+    fn a_session_version_is_seen_exactly_while_ready() {
+        let core = core();
+        let shared = &core.shared;
+        assert_eq!(shared.ready_session(), None, "a new device has no session");
+        let others = [
+            ChannelState::DOWN,
+            ChannelState::WAITING_FOR_HOST,
+            ChannelState::NEGOTIATING,
+            ChannelState::NEGOTIATION_FAILED,
+            ChannelState::CLOSED,
+            ChannelState::PAUSED,
+        ];
+        for version in [PROTOCOL_V1, PROTOCOL_V1_1] {
+            for next in others {
+                shared.open_sends(version);
+                assert_eq!(shared.state(), ChannelState::READY);
+                assert_eq!(shared.ready_session().map(|v| v.get()), Some(version));
+                assert_eq!(shared.ready_version(), Some(version));
+                assert_eq!(core.protocol_version(), version);
+
+                shared.set_state(next);
+                assert_eq!(shared.ready_session(), None, "READY -> {next:?}");
+                assert_eq!(core.protocol_version(), 0, "READY -> {next:?}");
+            }
+            shared.open_sends(version);
+            shared.negotiation_failed(StateReason::REJECTED);
+            assert_eq!(shared.ready_session(), None, "READY -> NEGOTIATION_FAILED");
+            shared.open_sends(version);
+            shared.stop_sends();
+            assert_eq!(shared.ready_session(), None, "stop_sends");
+        }
+    }
+
+    /// More reply buffers than a channel can ever use at once are not allocated: the pool holds
+    /// at most `MAX_REPLY_BUFFERS`, and the memory figure says so.
+    #[test]
+    fn reply_buffers_above_the_maximum_allocate_the_maximum() {
+        let config = CoreConfig {
+            reply_buffers: MAX_REPLY_BUFFERS + 10,
+            ..CoreConfig::default()
+        };
+        assert_eq!(
+            config.memory().reply_buffers,
+            MAX_REPLY_BUFFERS * MAX_MESSAGE
+        );
+        let core = Core::with_config(SimPlatform::default(), config).expect("core");
+        assert_eq!(core.shared.replies.lock().len(), MAX_REPLY_BUFFERS);
     }
 }

@@ -333,13 +333,15 @@ pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Reply
     shared.replies.lock().pop()
 }
 
-/// Gives a buffer from [`take_reply_buffer`] back. Capacity for every buffer was reserved up
-/// front, so this push never allocates.
+/// Gives a buffer from [`take_reply_buffer`] back. The pool has room for every buffer there
+/// is, so it always fits; nothing is allocated either way (a buffer that did not fit would be
+/// freed, after the lock is released).
 ///
 /// # IRQL
 /// ≤ DISPATCH_LEVEL.
 pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: ReplyBuffer) {
-    shared.replies.lock().push(buffer);
+    let refused = shared.replies.lock().try_push(buffer);
+    drop(refused);
 }
 
 /// Hands a notification to the oldest parked RECV request, or queues it. Returns the status
