@@ -28,7 +28,9 @@
 //! inline), and counted ([`BounceStats::deferred`]). A packet longer than a slot cannot come
 //! from a host that honours the channel's maximum packet size; it is completed with the
 //! handler's `UNCONSUMED_RESPONSE` without reaching the handler, and counted
-//! ([`BounceStats::oversized`]).
+//! ([`BounceStats::oversized`]), as is one longer than the handler's compile-time
+//! `ChannelHandler::MAX_PACKET_SIZE` (slots are never smaller than that, so such a handler's
+//! packets are checked against the constant alone).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -127,9 +129,23 @@ impl Bounce {
     /// A free slot able to hold `len` bytes.
     pub(crate) fn claim(&self, len: usize) -> Claim<'_> {
         if len > self.slot_size {
-            self.oversized.fetch_add(1, Ordering::Relaxed);
-            return Claim::TooLarge;
+            return self.refuse();
         }
+        // SAFETY: `len <= slot_size`, just checked.
+        unsafe { self.claim_fitting(len) }
+    }
+
+    /// Counts a packet too long for its channel and says so ([`Claim::TooLarge`]).
+    pub(crate) fn refuse(&self) -> Claim<'_> {
+        self.oversized.fetch_add(1, Ordering::Relaxed);
+        Claim::TooLarge
+    }
+
+    /// [`claim`](Self::claim) for a length the caller knows fits a slot.
+    ///
+    /// # Safety
+    /// `len <= slot_size` (the slot handed out is `len` bytes of a `slot_size`-byte buffer).
+    pub(crate) unsafe fn claim_fitting(&self, len: usize) -> Claim<'_> {
         let mut free = self.free.load(Ordering::Relaxed);
         loop {
             if free == 0 {
@@ -144,19 +160,25 @@ impl Bounce {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => break self.slot(bit, len),
+                // SAFETY: this thread just cleared `bit`, a bit of the mask; `len <= slot_size`
+                // (this function's contract).
+                Ok(_) => break unsafe { self.slot(bit, len) },
                 Err(now) => free = now,
             }
         }
     }
 
-    fn slot(&self, bit: u64, len: usize) -> Claim<'_> {
+    /// The slot of `bit`, `len` bytes of it.
+    ///
+    /// # Safety
+    /// `bit` is a bit of the free mask that this thread just cleared, and `len <= slot_size`.
+    unsafe fn slot(&self, bit: u64, len: usize) -> Claim<'_> {
         let index = bit.trailing_zeros();
         let offset = usize::try_from(index).unwrap_or(0) * self.slot_size;
-        // SAFETY: `bit` is a bit of the free mask, whose bits are `0..slots`, so
+        // SAFETY: `bit` is a bit of the free mask (contract), whose bits are `0..slots`, so
         // `offset + slot_size <= layout.size()`: the slot is inside the allocation. The bit was
         // just cleared by this thread (Acquire), so no other thread holds this slot until
-        // `release(bit)`: the `&mut` is exclusive. `len <= slot_size`. The bytes are
+        // `release(bit)`: the `&mut` is exclusive. `len <= slot_size` (contract). The bytes are
         // initialised (the allocation is zeroed).
         let slot = unsafe {
             core::slice::from_raw_parts_mut(self.base.as_ptr().wrapping_add(offset), len)

@@ -28,6 +28,16 @@ pub trait ChannelHandler: Send + Sync + 'static {
     /// completed, failed or deferred (a protocol-level "failed" reply; empty by default).
     const UNCONSUMED_RESPONSE: &'static [u8] = &[];
 
+    /// The largest packet this handler takes, when its protocol fixes one at compile time
+    /// (`None`, the default: the channel's [`max_packet_size`](ChannelBuilder::max_packet_size),
+    /// set at run time, is the only bound). With `Some(n)`, a packet longer than `n` bytes is
+    /// completed with [`UNCONSUMED_RESPONSE`](Self::UNCONSUMED_RESPONSE) without reaching the
+    /// handler (counted in [`BounceStats::oversized`]), and the channel's bounce buffers hold at
+    /// least `n` bytes whatever its maximum packet size: `process_packet`'s `data` is never
+    /// longer than `n`, a bound the compiler sees, so the handler's own checks against it fold
+    /// away.
+    const MAX_PACKET_SIZE: Option<u32> = None;
+
     /// A packet arrived. `data` is the payload, valid for this call only (copy what must be
     /// kept): a private copy nobody else can change, whatever KMCL passed (module `bounce`);
     /// `packet` must be retired exactly once, now or later, from any thread.
@@ -167,8 +177,16 @@ struct Inner<H> {
     handler: H,
     /// Released (`InterfaceDereference`) when `Inner` is freed, after `VmbChannelCleanup`.
     library: Library,
-    /// Replaced only by the builder (before `VmbChannelEnable`, when no callback can run).
+    /// Replaced only by the builder (before `VmbChannelEnable`, when no callback can run). Its
+    /// slots hold at least `H::MAX_PACKET_SIZE` bytes ([`slot_size_for`]): the trampoline
+    /// relies on it.
     bounce: Bounce,
+}
+
+/// The bounce buffer size of a channel of `H` whose maximum packet size is `packet`: at least
+/// `H::MAX_PACKET_SIZE`, so that every packet the handler takes fits.
+fn slot_size_for<H: ChannelHandler>(packet: u32) -> u32 {
+    packet.max(H::MAX_PACKET_SIZE.unwrap_or(0))
 }
 
 /// Recovers the channel's context from a channel handle in a callback.
@@ -224,12 +242,21 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     };
     // Every packet, empty ones too, takes a bounce buffer: one path, and one call of the
     // handler (inlined here).
-    let (slot, bit) = match inner.bounce.claim(len) {
+    let claim = match H::MAX_PACKET_SIZE {
+        Some(max) if len > usize::try_from(max).unwrap_or(usize::MAX) => inner.bounce.refuse(),
+        // SAFETY: every bounce of an `Inner<H>` has slots of at least `H::MAX_PACKET_SIZE`
+        // bytes (made only by `new` and `rebounce`, sized by `slot_size_for`), and `len` is at
+        // most that (the arm above).
+        Some(_) => unsafe { inner.bounce.claim_fitting(len) },
+        None => inner.bounce.claim(len),
+    };
+    let (slot, bit) = match claim {
         Claim::Slot(bit, slot) => (slot, bit),
         // Every buffer is in use on other processors: KMCL delivers it again at PASSIVE_LEVEL.
         // This is the inline call DeferToPassive requires.
         Claim::Busy => return packet.defer_to_passive(),
-        // Longer than the channel's maximum packet size: never handed to the handler.
+        // Longer than the channel's maximum packet size or the handler's: never handed to the
+        // handler.
         Claim::TooLarge => return packet.complete(H::UNCONSUMED_RESPONSE),
     };
     // SAFETY: `slot` is exactly `len` bytes. `len` is 0 when `source` is null (every pointer
@@ -391,7 +418,11 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     /// PASSIVE_LEVEL.
     pub fn new(library: &Library, parent: ParentDevice, handler: H) -> Result<Self, NtStatus> {
         const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
-        let bounce = Bounce::try_new(DEFAULT_BOUNCE_BUFFERS, DEFAULT_SLOT_SIZE).ok_or(NO_MEMORY)?;
+        let bounce = Bounce::try_new(
+            DEFAULT_BOUNCE_BUFFERS,
+            slot_size_for::<H>(DEFAULT_SLOT_SIZE),
+        )
+        .ok_or(NO_MEMORY)?;
         let mut inner = try_box(Inner {
             header: Header {
                 gpadls: GpadlShare::new(finish_channel::<H>),
@@ -471,8 +502,10 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
         self.owned.api()
     }
 
-    /// Replaces the bounce buffers with `slots` buffers of `slot_size` bytes.
+    /// Replaces the bounce buffers with `slots` buffers of `slot_size` bytes (at least
+    /// `H::MAX_PACKET_SIZE`).
     fn rebounce(&mut self, slots: u32, slot_size: u32) -> Result<(), NtStatus> {
+        let slot_size = slot_size_for::<H>(slot_size);
         if slots == self.bounce_slots()
             && slot_size.checked_next_multiple_of(64) == Some(self.bounce_slot_size())
         {

@@ -38,16 +38,46 @@ impl ChannelHandler for Handler {
         data: &[u8],
         _flags: PacketFlags,
     ) {
+        let second = self.0.sample(data);
+        packet.complete(&second);
+    }
+}
+
+impl Sampler {
+    /// Reads `data` twice, `gap` apart; records the first read and whether the second agreed,
+    /// and returns the second.
+    fn sample(&self, data: &[u8]) -> Vec<u8> {
         let first = data.to_vec();
-        std::thread::sleep(self.0.gap);
+        std::thread::sleep(self.gap);
         let second = data.to_vec();
         if first == second {
-            self.0.stable.fetch_add(1, Ordering::Relaxed);
+            self.stable.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.0.changed.fetch_add(1, Ordering::Relaxed);
+            self.changed.fetch_add(1, Ordering::Relaxed);
         }
-        self.0.seen.lock().unwrap().push(first);
-        packet.complete(&second);
+        self.seen.lock().unwrap().push(first);
+        second
+    }
+}
+
+/// A [`Sampler`] for a protocol whose packets are at most 100 bytes, known at compile time;
+/// it answers with the first byte of what it read second (a response fits any channel).
+#[derive(Debug, Clone)]
+struct Bounded(Arc<Sampler>);
+
+impl ChannelHandler for Bounded {
+    const MAX_PACKET_SIZE: Option<u32> = Some(100);
+
+    fn process_packet(
+        &self,
+        _channel: ChannelRef<'_>,
+        packet: IncomingPacket,
+        data: &[u8],
+        _flags: PacketFlags,
+    ) {
+        assert!(data.len() <= 100, "the handler's bound holds");
+        let second = self.0.sample(data);
+        packet.complete(second.get(..1).unwrap_or_default());
     }
 }
 
@@ -57,10 +87,18 @@ fn channel(
     max_packet: u32,
     deliveries: u32,
 ) -> kmcl::Channel<Handler> {
+    channel_of(host, Handler(sampler.clone()), max_packet, deliveries)
+}
+
+fn channel_of<H: ChannelHandler>(
+    host: &kmcl_model::Host,
+    handler: H,
+    max_packet: u32,
+    deliveries: u32,
+) -> kmcl::Channel<H> {
     // SAFETY: the model's device token outlives the channel.
     let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
-    let mut b =
-        ChannelBuilder::new(&library(host), parent, Handler(sampler.clone())).expect("allocate");
+    let mut b = ChannelBuilder::new(&library(host), parent, handler).expect("allocate");
     b.max_packet_size(max_packet).expect("max packet size");
     b.concurrent_deliveries(deliveries).expect("bounce buffers");
     b.enable().map_err(|(_, s)| s).expect("enable")
@@ -156,6 +194,72 @@ fn a_packet_longer_than_the_maximum_never_reaches_the_handler() {
     );
     assert_eq!(sampler.seen.lock().unwrap().len(), 1);
     assert_eq!(ch.bounce_stats().oversized, 1);
+    drop(ch);
+    host.remove_device();
+}
+
+/// A handler's compile-time maximum (`ChannelHandler::MAX_PACKET_SIZE`) bounds what reaches it
+/// even on a channel whose maximum packet size is larger: one byte more is refused like any
+/// packet too long for the channel.
+#[test]
+fn a_packet_longer_than_the_handlers_maximum_never_reaches_it() {
+    let host = kmcl_model::connected();
+    let _check = host.violation_guard();
+    let sampler = Arc::new(Sampler::default());
+    let ch = channel_of(&host, Bounded(sampler.clone()), 4096, 2);
+    host.open().expect("open");
+    let txn = host.send(&[9; 101], true).expect("send");
+    assert_eq!(
+        host.wait_completion(txn, T).expect("completed").payload,
+        <Bounded as ChannelHandler>::UNCONSUMED_RESPONSE
+    );
+    let txn = host.send(&[9; 100], true).expect("send");
+    assert_eq!(
+        host.wait_completion(txn, T).expect("completed").payload,
+        [9]
+    );
+    assert_eq!(sampler.seen.lock().unwrap().len(), 1);
+    assert_eq!(ch.bounce_stats().oversized, 1);
+    drop(ch);
+    host.remove_device();
+}
+
+/// A channel whose maximum packet size is below its handler's maximum still gets bounce buffers
+/// of the handler's size: packets up to it, delivered at once on several processors, each reach
+/// the handler whole and unchanged while it holds them (with buffers of the channel's 64 bytes
+/// they would overlap, and run past the allocation).
+#[test]
+fn bounce_buffers_hold_the_handlers_maximum_whatever_the_channels() {
+    let host = kmcl_model::connected_with(ModelConfig {
+        delivery_threads: 4,
+        ..Default::default()
+    });
+    let _check = host.violation_guard();
+    let sampler = Arc::new(Sampler {
+        gap: Duration::from_millis(2),
+        ..Sampler::default()
+    });
+    let ch = channel_of(&host, Bounded(sampler.clone()), 64, 4);
+    host.open().expect("open");
+    let txns: Vec<_> = (0..40u8)
+        .map(|i| host.send(&[i; 100], true).expect("send"))
+        .collect();
+    for (i, txn) in txns.into_iter().enumerate() {
+        let done = host
+            .wait_completion(txn, T)
+            .expect("every packet completes");
+        assert_eq!(done.payload, [u8::try_from(i).unwrap()]);
+    }
+    assert_eq!(sampler.changed.load(Ordering::Relaxed), 0);
+    let seen = sampler.seen.lock().unwrap();
+    assert_eq!(seen.len(), 40, "each packet reached the handler once");
+    assert!(
+        seen.iter()
+            .all(|p| p.len() == 100 && p.iter().all(|&b| b == p[0])),
+        "every packet whole"
+    );
+    drop(seen);
+    assert_eq!(ch.bounce_stats().oversized, 0);
     drop(ch);
     host.remove_device();
 }

@@ -622,9 +622,7 @@ impl<P: Platform> Core<P> {
         }
         let handler = Handler::new(self.shared.clone());
         let mut builder = ChannelBuilder::new(library, parent, handler)?;
-        // MAX_MESSAGE is a small constant (16 408).
-        let max = u32::try_from(MAX_MESSAGE).map_err(|_| NtStatus::STATUS_INTERNAL_ERROR)?;
-        builder.max_packet_size(max)?;
+        builder.max_packet_size(packet::MAX_MESSAGE_U32)?;
         builder.concurrent_deliveries(self.shared.config.concurrent_deliveries)?;
         let pages = self.shared.config.ring_pages;
         builder.ring_pages(pages, pages)?;

@@ -28,7 +28,17 @@ impl<P: Platform> Handler<P> {
     }
 }
 
+/// [`MAX_MESSAGE`](vmbmsg_proto::wire::MAX_MESSAGE) as KMCL counts sizes.
+pub(crate) const MAX_MESSAGE_U32: u32 = {
+    assert!(vmbmsg_proto::wire::MAX_MESSAGE <= u32::MAX as usize);
+    vmbmsg_proto::wire::MAX_MESSAGE as u32
+};
+
 impl<P: Platform> ChannelHandler for Handler<P> {
+    // No message is longer, so no packet that reaches `on_packet` is: its parse's length checks
+    // against the protocol's maximum fold away.
+    const MAX_PACKET_SIZE: Option<u32> = Some(MAX_MESSAGE_U32);
+
     // Inlined into kmcl's callback trampoline: one frame per delivery instead of two.
     #[inline(always)]
     fn process_packet(
