@@ -96,8 +96,7 @@ struct rxc_device {
      * version" (stored after `ready` is set, cleared before it is). */
     _Atomic uint32_t version;
     struct stats stats;
-    atomic_flag pool_lock;
-    uint32_t pool_len;
+    _Atomic uint64_t pool_free; /* bit i set: pool[i] is free (as the driver's SlotPool) */
     uint8_t *pool[REPLY_BUFFERS];
     atomic_flag notify_lock;
     uint32_t notify_head, notify_count;
@@ -202,14 +201,18 @@ __attribute__((cold, noinline)) static int parse(const uint8_t *data, uint32_t l
 /* Inlined into the callback, as the driver's handler is into kmcl's trampoline. */
 static inline __attribute__((always_inline)) void echo(struct rxc_device *dev, VMBPACKETCOMPLETION pc, const struct msg_header *req,
                  const uint8_t *payload) {
-    spin_lock(&dev->pool_lock);
-    uint8_t *buf = dev->pool_len ? dev->pool[--dev->pool_len] : NULL;
-    spin_unlock(&dev->pool_lock);
-    if (!buf) {
-        bump(&dev->stats.alloc_failures);
-        complete_status(dev, pc, K_ECHO, req->version, req->id, S_INSUFFICIENT_RESOURCES);
-        return;
-    }
+    /* The lowest free reply buffer, claimed with one compare-exchange; given back by its bit. */
+    uint64_t free_mask = atomic_load_explicit(&dev->pool_free, memory_order_relaxed), bit;
+    do {
+        if (__builtin_expect(free_mask == 0, 0)) {
+            bump(&dev->stats.alloc_failures);
+            complete_status(dev, pc, K_ECHO, req->version, req->id, S_INSUFFICIENT_RESOURCES);
+            return;
+        }
+        bit = free_mask & -free_mask;
+    } while (!atomic_compare_exchange_weak_explicit(&dev->pool_free, &free_mask, free_mask ^ bit,
+                                                    memory_order_acquire, memory_order_relaxed));
+    uint8_t *buf = dev->pool[__builtin_ctzll(bit)];
     /* The reply header as three 64-bit stores (status 0). */
     uint64_t w0 = (uint64_t)req->version | ((uint64_t)K_ECHO << 32) | ((uint64_t)FLAG_REPLY << 48);
     uint64_t w1 = req->payload_len;
@@ -219,9 +222,7 @@ static inline __attribute__((always_inline)) void echo(struct rxc_device *dev, V
     memcpy(buf + HDR, payload, req->payload_len);
     bump(&dev->stats.completions_ok);
     VmbChannelPacketComplete(pc, buf, HDR + req->payload_len);
-    spin_lock(&dev->pool_lock);
-    dev->pool[dev->pool_len++] = buf;
-    spin_unlock(&dev->pool_lock);
+    atomic_fetch_or_explicit(&dev->pool_free, bit, memory_order_release);
 }
 
 static NTSTATUS notify(struct rxc_device *dev, const uint8_t *payload, uint32_t len) {
@@ -419,7 +420,6 @@ struct rxc_device *rxc_start(PDEVICE_OBJECT parent, const GUID *interface_type, 
     struct rxc_device *dev = calloc(1, sizeof *dev);
     if (!dev)
         return NULL;
-    atomic_flag_clear(&dev->pool_lock);
     atomic_flag_clear(&dev->notify_lock);
     dev->next_seq = 1;
     atomic_store(&dev->next_id, 1);
@@ -429,7 +429,7 @@ struct rxc_device *rxc_start(PDEVICE_OBJECT parent, const GUID *interface_type, 
         if (!dev->pool[i] || !dev->notify)
             return NULL;
     }
-    dev->pool_len = REPLY_BUFFERS;
+    atomic_store(&dev->pool_free, (1ull << REPLY_BUFFERS) - 1);
     for (int i = 0; i < BOUNCE_BUFFERS; i++) {
         dev->bounce[i] = malloc(MAX_MESSAGE);
         if (!dev->bounce[i])

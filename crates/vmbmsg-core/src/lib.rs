@@ -59,7 +59,7 @@ use crate::notify::NotifyQueue;
 use crate::packet::Handler;
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use crate::sync::{Rundown, RundownRef, SpinLock};
+use crate::sync::{Rundown, RundownRef, SlotPool, SpinLock};
 use crate::try_arc::TryArc;
 use crate::waiting::{CancelWaiting, WaitingRequests};
 
@@ -285,8 +285,7 @@ pub(crate) type ReplyBuffer = alloc::boxed::Box<[u8; MAX_MESSAGE]>;
 /// never be used.
 pub const MAX_REPLY_BUFFERS: usize = kmcl::MAX_BOUNCE_BUFFERS as usize;
 
-/// The free ECHO reply buffers.
-pub(crate) type ReplyPool = arrayvec::ArrayVec<ReplyBuffer, MAX_REPLY_BUFFERS>;
+const _: () = assert!(MAX_REPLY_BUFFERS <= sync::MAX_SLOTS);
 
 /// State shared by the channel callbacks and the IOCTL paths.
 struct Shared<P: Platform> {
@@ -303,11 +302,10 @@ struct Shared<P: Platform> {
     /// channel is READY and one word answers the packet path's "ready, and at which version?".
     version: AtomicU32,
     notify: SpinLock<NotifyState>,
-    /// Free ECHO reply buffers, each `MAX_MESSAGE` bytes. A stack of fixed capacity inside the
-    /// shared state: taking and giving back are a few instructions and never allocate.
-    /// Fixed-size boxes: one word to move in and out of the pool, and the reply writer's
-    /// bounds check folds against the array length.
-    replies: SpinLock<ReplyPool>,
+    /// The ECHO reply buffers, each `MAX_MESSAGE` bytes, lent out without a lock (one
+    /// compare-exchange to take one, one `fetch_or` to give it back). Fixed-size boxes: the
+    /// reply writer's bounds check folds against the array length.
+    replies: SlotPool<ReplyBuffer>,
     /// PING and SEND requests waiting for the host's answer, cancellable meanwhile.
     waiting: WaitingRequests<P::Request>,
     /// Request ids and PING nonces; never 0.
@@ -530,13 +528,13 @@ impl<P: Platform> Core<P> {
         const NO_MEMORY: NtStatus = NtStatus::STATUS_INSUFFICIENT_RESOURCES;
         let queue =
             NotifyQueue::try_new(config.notify_depth, config.notify_bytes).ok_or(NO_MEMORY)?;
-        let mut replies = ReplyPool::new();
+        let mut replies = SlotPool::new();
         for _ in 0..config.reply_buffers.min(MAX_REPLY_BUFFERS) {
             let mut buf = Vec::new();
             buf.try_reserve_exact(MAX_MESSAGE).map_err(|_| NO_MEMORY)?;
             buf.resize(MAX_MESSAGE, 0);
             let buf = ReplyBuffer::try_from(buf.into_boxed_slice()).map_err(|_| NO_MEMORY)?;
-            replies.push(buf);
+            replies.try_add(buf).map_err(|_| NO_MEMORY)?;
         }
         let bulk_slots = bulk::Slots::new(config.bulk_send_slots);
         let shared = TryArc::try_new(Shared {
@@ -551,7 +549,7 @@ impl<P: Platform> Core<P> {
                 next_seq: 1,
                 dropped_since_last: 0,
             }),
-            replies: SpinLock::new(replies),
+            replies,
             waiting: WaitingRequests::new(),
             next_id: AtomicU64::new(1),
             bulk: Rundown::new(),
@@ -883,6 +881,6 @@ mod session_tests {
             MAX_REPLY_BUFFERS * MAX_MESSAGE
         );
         let core = Core::with_config(SimPlatform::default(), config).expect("core");
-        assert_eq!(core.shared.replies.lock().len(), MAX_REPLY_BUFFERS);
+        assert_eq!(core.shared.replies.len(), MAX_REPLY_BUFFERS);
     }
 }

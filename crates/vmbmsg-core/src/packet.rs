@@ -14,6 +14,7 @@ use vmbmsg_proto::wire::{
 
 use crate::notify::PushError;
 use crate::stats::bump;
+use crate::sync::Lease;
 use crate::try_arc::TryArc;
 use crate::{IoRequest, Platform, ReplyBuffer, Shared};
 
@@ -272,11 +273,7 @@ fn echo_bulk<P: Platform>(
     // chunk does the same in more, shorter ones (docs/performance.md, "Bulk path").
     let echoed = match shared.bulk.get() {
         Some(bulk) => match take_reply_buffer(shared) {
-            Some(mut scratch) => {
-                let r = bulk.echo_in_place(offset, len, &mut scratch[..]);
-                return_reply_buffer(shared, scratch);
-                r
-            }
+            Some(mut scratch) => bulk.echo_in_place(offset, len, &mut scratch[..]),
             None => bulk.echo_in_place(offset, len, &mut [0u8; crate::bulk::ECHO_CHUNK]),
         },
         None => Err(NtStatus::STATUS_DATA_ERROR),
@@ -332,26 +329,16 @@ fn echo<P: Platform>(
         }
         Err(e) => complete_status(shared, packet, MessageKind::ECHO, version, id, e.status()),
     }
-    return_reply_buffer(shared, buffer);
+    // The buffer goes back to the pool here (`buffer` drops), after KMCL is done with it.
 }
 
-/// A free ECHO reply buffer (`MAX_MESSAGE` bytes), if one is left.
+/// A free ECHO reply buffer (`MAX_MESSAGE` bytes), if one is left; dropping the lease gives
+/// it back.
 ///
 /// # IRQL
-/// ≤ DISPATCH_LEVEL.
-pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<ReplyBuffer> {
-    shared.replies.lock().pop()
-}
-
-/// Gives a buffer from [`take_reply_buffer`] back. The pool has room for every buffer there
-/// is, so it always fits; nothing is allocated either way (a buffer that did not fit would be
-/// freed, after the lock is released).
-///
-/// # IRQL
-/// ≤ DISPATCH_LEVEL.
-pub(crate) fn return_reply_buffer<P: Platform>(shared: &Shared<P>, buffer: ReplyBuffer) {
-    let refused = shared.replies.lock().try_push(buffer);
-    drop(refused);
+/// Any.
+pub(crate) fn take_reply_buffer<P: Platform>(shared: &Shared<P>) -> Option<Lease<'_, ReplyBuffer>> {
+    shared.replies.take()
 }
 
 /// Hands a notification to the oldest parked RECV request, or queues it. Returns the status

@@ -549,6 +549,127 @@ mod rundown {
     }
 }
 
+pub(crate) use slot_pool::{Lease, MAX_SLOTS, SlotPool};
+
+mod slot_pool {
+    // UNSAFETY: each value lives in an `UnsafeCell` lent out exclusively by its bit in the
+    // free mask, as kmcl's bounce buffers are.
+    #![expect(unsafe_code, reason = "the value cells lent out by the free mask")]
+
+    use super::atomic::{AtomicU64, Ordering};
+    use super::cell::Cell;
+
+    /// Most values a [`SlotPool`] holds (one bit each in the free mask).
+    pub(crate) const MAX_SLOTS: usize = 64;
+
+    /// Up to [`MAX_SLOTS`] values lent out one at a time without a lock: bit `i` of the free
+    /// mask set means value `i` is free. A [`take`](Self::take) is one compare-exchange on the
+    /// mask (Acquire), a [`Lease`]'s drop one `fetch_or` (Release), so the packet path never
+    /// waits for another processor and nothing is allocated after the values are added.
+    pub(crate) struct SlotPool<T> {
+        free: AtomicU64,
+        slots: arrayvec::ArrayVec<Cell<T>, MAX_SLOTS>,
+    }
+
+    // SAFETY: a value is reached only through the one `Lease` its cleared bit allows (or
+    // through `&mut self`), so sharing the pool moves each `T` between threads one at a time.
+    unsafe impl<T: Send> Sync for SlotPool<T> {}
+
+    /// One value of a [`SlotPool`], the caller's alone until this is dropped, which gives it
+    /// back.
+    pub(crate) struct Lease<'a, T> {
+        free: &'a AtomicU64,
+        bit: u64,
+        value: &'a mut T,
+    }
+
+    impl<T> SlotPool<T> {
+        /// An empty pool.
+        pub(crate) fn new() -> Self {
+            Self {
+                free: AtomicU64::new(0),
+                slots: arrayvec::ArrayVec::new(),
+            }
+        }
+
+        /// Adds `value`, free; gives it back when the pool holds [`MAX_SLOTS`] already.
+        pub(crate) fn try_add(&mut self, value: T) -> Result<(), T> {
+            let bit = 1u64 << (self.slots.len() % MAX_SLOTS);
+            match self.slots.try_push(Cell::new(value)) {
+                Ok(()) => {
+                    self.free.fetch_or(bit, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(e.element().into_inner()),
+            }
+        }
+
+        /// How many values the pool holds, lent out or not.
+        #[cfg(test)]
+        pub(crate) fn len(&self) -> usize {
+            self.slots.len()
+        }
+
+        /// A free value, or `None` when every one is lent out.
+        ///
+        /// # IRQL
+        /// Any.
+        pub(crate) fn take(&self) -> Option<Lease<'_, T>> {
+            let mut free = self.free.load(Ordering::Relaxed);
+            loop {
+                if free == 0 {
+                    return None;
+                }
+                // The lowest free value: its bit alone, and the mask without it.
+                let bit = free & free.wrapping_neg();
+                match self.free.compare_exchange_weak(
+                    free,
+                    free ^ bit,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let index = usize::try_from(bit.trailing_zeros()).unwrap_or(0);
+                        // SAFETY: only bits below `slots.len()` are ever set (`try_add`), so
+                        // `index` is in bounds.
+                        let cell = unsafe { self.slots.get_unchecked(index) };
+                        // SAFETY: this thread just cleared the value's bit (Acquire: after
+                        // the previous holder's Release), and only the holder of a cleared
+                        // bit reaches a value until it sets the bit again (the lease's drop),
+                        // so this `&mut` is the only reference for the lease's lifetime.
+                        let value = cell.with_mut(|v| unsafe { &mut *v });
+                        return Some(Lease {
+                            free: &self.free,
+                            bit,
+                            value,
+                        });
+                    }
+                    Err(now) => free = now,
+                }
+            }
+        }
+    }
+
+    impl<T> core::ops::Deref for Lease<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.value
+        }
+    }
+
+    impl<T> core::ops::DerefMut for Lease<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            self.value
+        }
+    }
+
+    impl<T> Drop for Lease<'_, T> {
+        fn drop(&mut self) {
+            self.free.fetch_or(self.bit, Ordering::Release);
+        }
+    }
+}
+
 /// `UnsafeCell`, or loom's (which checks the accesses) in the loom build.
 pub(crate) mod cell {
     #[cfg(loom)]
@@ -571,6 +692,10 @@ pub(crate) mod cell {
 
         pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
             f(self.0.get())
+        }
+
+        pub(crate) fn into_inner(self) -> T {
+            self.0.into_inner()
         }
     }
 }
