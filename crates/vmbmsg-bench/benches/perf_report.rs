@@ -105,8 +105,8 @@ struct Counts {
     total: f64,
     /// The inclusive part of the model's `Vmb*` functions called from the callback.
     model: f64,
-    /// The inclusive part of the bounce copy (`kmcl::shared::copy_from_shared`; the C guest's
-    /// is an inlined `memcpy`, counted in its total).
+    /// The bounce copy's part (`kmcl::shared::shared_copy`, which `copy_from_shared` calls; the
+    /// C guest's is a `memcpy`, counted in its total).
     bounce: f64,
     /// The glibc copy routine that ran (`__memcpy_avx_unaligned_erms`, ...), if one did.
     memcpy: Option<String>,
@@ -181,7 +181,7 @@ fn callgrind_counts(
         }
         if line.contains("PROGRAM TOTALS") {
             total = count(line);
-        } else if line.contains("kmcl::shared::copy_from_shared") {
+        } else if line.contains("kmcl::shared::shared_copy") {
             bounce += count(line);
         } else if let Some((_, f)) = line.split_once(":Vmb") {
             // A model export called from the guest's callback (inclusive cost).
@@ -207,7 +207,7 @@ struct PerPacket {
     guest: f64,
     /// The model's part.
     model: f64,
-    /// The bounce copy's part of the guest's path (Rust: `copy_from_shared`).
+    /// The bounce copy's part of the guest's path (Rust: `shared_copy`).
     bounce: f64,
     /// The glibc copy routine that ran.
     memcpy: Option<String>,
@@ -460,8 +460,8 @@ fn main() {
          the model's `Vmb*` calls made from it (`VmbChannelGetPointer`, \
          `VmbChannelPacketComplete`), per packet (difference of a 600- and a 100-packet run). \
          Both guests first copy the packet into a bounce buffer and parse only the copy (kmcl: \
-         `copy_from_shared`, SSE2 in inline assembly, whose share of the Rust count is its own \
-         column; C: `memcpy`), and both copy the ECHO payload into the reply with `memcpy` \
+         `copy_from_shared`, an SSE2 copy in assembly (`shared_copy`), whose share of the Rust \
+         count is its own column; C: `memcpy`), and both copy the ECHO payload into the reply with `memcpy` \
          (Rust: `copy_from_slice`). Two runs each: with the `memcpy` glibc picks for this CPU, \
          and with glibc's SSE2 `memcpy` (`GLIBC_TUNABLES={}`), the widest copy a Windows x64 \
          driver may run without `KeSaveExtendedProcessorState` (Microsoft, \"Using extended \
@@ -556,9 +556,9 @@ fn main() {
         "\n### The bounce copy per packet\n\n\
          What kmcl adds to every incoming packet so that `process_packet` never sees bytes the \
          host can change: `kmcl::shared::copy_from_shared` of the whole ECHO message (header + \
-         payload) into a bounce buffer in one pass (x86-64: 16-byte SSE moves in inline \
+         payload) into a bounce buffer in one pass (x86-64: 16-byte SSE moves in \
          assembly below 2 KiB, the first and last pieces overlapping as memcpy's do, `rep movsb` \
-         from there), next to `copy_from_slice` (memcpy) of the same bytes; 64-byte aligned buffers, \
+         to a 64-byte aligned destination from there), next to `copy_from_slice` (memcpy) of the same bytes; 64-byte aligned buffers, \
          criterion medians (bench `rx_path`, group `bounce`). Claiming and returning the buffer \
          is one compare-exchange and one `fetch_or` on top.\n\n\
          | Message | copy_from_shared ns | memcpy ns | copy_from_shared GB/s | memcpy GB/s | ratio |\n\

@@ -10,7 +10,7 @@
 //!
 //! Group `bounce/<size>`: what kmcl adds per packet so that the handler never sees bytes the
 //! host can change: `kmcl::shared::copy_from_shared` (one pass; x86-64: 16-byte SSE moves in
-//! inline assembly below 2 KiB, `rep movsb` from there) of the whole ECHO message into a bounce
+//! assembly below 2 KiB, `rep movsb` from there) of the whole ECHO message into a bounce
 //! buffer, next to `copy_from_slice`
 //! (memcpy) of the same bytes; both buffers 64-byte aligned.
 #![cfg_attr(windows, no_main)] // Linux only: the harness runs against kmcl-model
