@@ -4,8 +4,9 @@
  * It does what the Rust driver's `on_packet` does for every host packet: count it, parse and
  * validate the 24-byte header (same rules, same order, same statuses as
  * vmbmsg_proto::wire::parse_host_message), check the session (negotiated, same version), then
- * ECHO: take a preallocated reply buffer under a spin lock, write the reply header and copy
- * the payload, count the status, VmbChannelPacketComplete, give the buffer back;
+ * ECHO: take a preallocated reply buffer (the lowest free one of a mask, one compare-exchange),
+ * write the reply header and copy the payload, count the status, VmbChannelPacketComplete,
+ * give the buffer back (one atomic or);
  * NOTIFY: copy the payload into a bounded queue under a spin lock, reply with a status;
  * anything malformed: a bodiless failure reply echoing the raw kind and id.
  *

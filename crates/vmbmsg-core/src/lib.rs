@@ -821,7 +821,8 @@ mod memory_tests {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+// The simulation's platform (`sim`) exists off Windows only.
+#[cfg(all(test, not(loom), not(windows)))]
 mod session_tests {
     use super::{ChannelState, Core, CoreConfig, MAX_MESSAGE, MAX_REPLY_BUFFERS};
     use crate::sim::SimPlatform;
