@@ -533,8 +533,9 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
     }
 
     /// The largest packet either side will send or complete
-    /// (`VmbChannelInitSetMaximumPacketSize`); also the size of each bounce buffer, so that
-    /// every packet a well-behaved host sends reaches the handler.
+    /// (`VmbChannelInitSetMaximumPacketSize`); also the size of each bounce buffer (or the
+    /// handler's [`ChannelHandler::MAX_PACKET_SIZE`], if larger), so that every packet a
+    /// well-behaved host sends reaches the handler.
     ///
     /// # Errors
     /// `STATUS_INVALID_PARAMETER_2` for 0, KMCL's status, or `STATUS_INSUFFICIENT_RESOURCES`
