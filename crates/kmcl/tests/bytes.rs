@@ -81,6 +81,22 @@ impl ChannelHandler for Bounded {
     }
 }
 
+/// A host whose guest's KMCL delivers on four threads at once.
+fn four_delivery_threads() -> kmcl_model::Host {
+    kmcl_model::connected_with(ModelConfig {
+        delivery_threads: 4,
+        ..Default::default()
+    })
+}
+
+/// A sampler that holds each packet 2 ms, so that deliveries overlap.
+fn slow_sampler() -> Arc<Sampler> {
+    Arc::new(Sampler {
+        gap: Duration::from_millis(2),
+        ..Sampler::default()
+    })
+}
+
 fn channel(
     host: &kmcl_model::Host,
     sampler: &Arc<Sampler>,
@@ -135,15 +151,9 @@ fn a_host_rewriting_the_buffer_during_the_callback_cannot_change_what_the_handle
 
 #[test]
 fn deliveries_beyond_the_bounce_buffers_are_handed_back_and_all_complete() {
-    let host = kmcl_model::connected_with(ModelConfig {
-        delivery_threads: 4,
-        ..Default::default()
-    });
+    let host = four_delivery_threads();
     let _check = host.violation_guard();
-    let sampler = Arc::new(Sampler {
-        gap: Duration::from_millis(2),
-        ..Sampler::default()
-    });
+    let sampler = slow_sampler();
     let ch = channel(&host, &sampler, 4096, 1);
     host.open().expect("open");
     let txns: Vec<_> = (0..40u8)
@@ -230,15 +240,9 @@ fn a_packet_longer_than_the_handlers_maximum_never_reaches_it() {
 /// they would overlap, and run past the allocation).
 #[test]
 fn bounce_buffers_hold_the_handlers_maximum_whatever_the_channels() {
-    let host = kmcl_model::connected_with(ModelConfig {
-        delivery_threads: 4,
-        ..Default::default()
-    });
+    let host = four_delivery_threads();
     let _check = host.violation_guard();
-    let sampler = Arc::new(Sampler {
-        gap: Duration::from_millis(2),
-        ..Sampler::default()
-    });
+    let sampler = slow_sampler();
     let ch = channel_of(&host, Bounded(sampler.clone()), 64, 4);
     host.open().expect("open");
     let txns: Vec<_> = (0..40u8)
