@@ -22,7 +22,7 @@ use loom::thread;
 use vmbmsg_proto::ioctl::{
     ChannelState, IOCTL_VMBMSG_RECV, PingOut, RECV_OUT_MAX, parse_recv_output, read_output,
 };
-use vmbmsg_proto::wire::{MAX_MESSAGE, PROTOCOL_V1, Reply};
+use vmbmsg_proto::wire::{PROTOCOL_V1, Reply};
 
 use crate::ioctl::{ping_answered, wait_for_answer};
 use crate::packet::{deliver_notification, take_reply_buffer};
