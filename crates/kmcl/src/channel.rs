@@ -54,11 +54,15 @@ pub trait ChannelHandler: Send + Sync + 'static {
         flags: PacketFlags,
     );
 
-    /// The last packet of a delivery batch has been processed (the ring went empty).
+    /// Called when the last packet of a delivery batch has been processed (the ring went
+    /// empty), with the number of packets in the batch: `Some(Self::method)` registers
+    /// `EvtVmbChannelProcessingComplete`. `None`, the default, registers nothing, so KMCL makes
+    /// no call at all at the end of a batch (a handler that has nothing to do there costs
+    /// nothing there).
     ///
     /// # IRQL
     /// Same as [`process_packet`](Self::process_packet).
-    fn processing_complete(&self, _channel: ChannelRef<'_>, _packets_processed: u32) {}
+    const PROCESSING_COMPLETE: Option<fn(&Self, ChannelRef<'_>, u32)> = None;
 
     /// The host opened the channel. A failure status rolls it back to no traffic.
     ///
@@ -271,13 +275,17 @@ unsafe extern "C" fn evt_process_packet<H: ChannelHandler>(
     inner.bounce.release(bit);
 }
 
+/// Registered only when `H::PROCESSING_COMPLETE` is `Some`.
 unsafe extern "C" fn evt_processing_complete<H: ChannelHandler>(
     channel: sys::VMBCHANNEL,
     packets: sys::UINT32,
 ) {
+    let Some(callback) = H::PROCESSING_COMPLETE else {
+        return;
+    };
     // SAFETY: registered only on channels built with `Inner<H>`.
     if let Some((h, api)) = unsafe { handler::<H>(channel) } {
-        h.processing_complete(ChannelRef::from_raw(channel, api), packets);
+        callback(h, ChannelRef::from_raw(channel, api), packets);
     }
 }
 
@@ -468,7 +476,8 @@ impl<H: ChannelHandler> ChannelBuilder<H> {
                 VmbChannelInitSetProcessPacketCallbacks(
                     raw,
                     Some(evt_process_packet::<H>),
-                    Some(evt_processing_complete::<H>),
+                    // Optional (`_In_opt_`, reference §7.2): none unless the handler has one.
+                    H::PROCESSING_COMPLETE.map(|_| evt_processing_complete::<H> as _),
                 ),
                 NtStatus::STATUS_NOT_SUPPORTED.0
             )

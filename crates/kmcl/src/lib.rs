@@ -115,7 +115,7 @@
 //! | `VmbChannelInitSetMaximumPacketSize` | [`ChannelBuilder::max_packet_size`] (also sizes the bounce buffers) | refuses larger sends and completions | lifecycle.rs, bytes.rs |
 //! | `VmbChannelInitSetMaximumExternalData` | [`ChannelBuilder::max_external_data`] | the host's external data is limited to it | api.rs; model incoming.rs |
 //! | `VmbChannelInitSetClientContextSize` | [`ChannelBuilder::client_context_size`] (V1 has no accessor) | up to one page | api.rs |
-//! | `VmbChannelInitSetProcessPacketCallbacks` | internal: [`ChannelHandler::process_packet`], [`ChannelHandler::processing_complete`] | DISPATCH_LEVEL deliveries, batches | incoming.rs |
+//! | `VmbChannelInitSetProcessPacketCallbacks` | internal: [`ChannelHandler::process_packet`], [`ChannelHandler::PROCESSING_COMPLETE`] (registered only when the handler has one) | DISPATCH_LEVEL deliveries, batches | incoming.rs |
 //! | `VmbChannelInitSetStateChangeCallbacks` | internal: [`ChannelHandler::opened`] .. [`ChannelHandler::closed`] | the state model, at PASSIVE_LEVEL | lifecycle.rs |
 //! | `VmbChannelInitSetFriendlyName` | [`ChannelBuilder::friendly_name`] | kept | lifecycle.rs |
 //! | `VmbChannelInitSetFlags` | [`ChannelBuilder::flags`] ([`ChannelFlags::IS_PIPE`]) | pipe mode: no transactions | api.rs; model violations.rs |

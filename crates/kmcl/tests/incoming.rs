@@ -1,11 +1,85 @@
 //! Host-to-guest packets through kmcl: inline completion, completion later from another
-//! thread, dropped packets completed with the fallback response, delivery IRQL.
+//! thread, dropped packets completed with the fallback response, delivery IRQL, the end of a
+//! batch.
+
+// UNSAFETY: ParentDevice::from_raw on the model's device token.
+#![expect(
+    unsafe_code,
+    reason = "ParentDevice::from_raw on the model's device token"
+)]
 
 mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{FALLBACK, Mode, Recorder, T, enabled, wait_until};
+use common::{FALLBACK, Mode, Recorder, T, enabled, library, wait_until};
+use kmcl::{ChannelBuilder, ChannelHandler, ChannelRef, IncomingPacket, PacketFlags};
+
+/// A handler with `PROCESSING_COMPLETE` registers it: every batch ends with one call that
+/// counts its packets, and the counts add up to the packets delivered.
+#[test]
+fn every_batch_ends_with_processing_complete_and_its_packet_count() {
+    let host = kmcl_model::connected();
+    let rec = Recorder::new(Mode::Echo);
+    let channel = enabled(&host, &rec);
+    host.open().expect("open");
+    let txns: Vec<_> = (0u8..20)
+        .map(|i| host.send(&[i; 8], true).expect("send"))
+        .collect();
+    for txn in txns {
+        host.wait_completion(txn, T).expect("completion");
+    }
+    assert!(wait_until(T, || rec
+        .batched_packets
+        .load(Ordering::Relaxed)
+        == 20));
+    let batches = rec.batches.load(Ordering::Relaxed);
+    assert!((1..=20).contains(&batches), "{batches} batches");
+    assert_eq!(host.stats().processing_complete_calls, batches);
+    drop(channel);
+    host.assert_no_violations();
+}
+
+/// Completes every packet with its own bytes; no `PROCESSING_COMPLETE`.
+#[derive(Debug)]
+struct EchoOnly;
+
+impl ChannelHandler for EchoOnly {
+    fn process_packet(
+        &self,
+        _channel: ChannelRef<'_>,
+        packet: IncomingPacket,
+        data: &[u8],
+        _flags: PacketFlags,
+    ) {
+        packet.complete(data);
+    }
+}
+
+/// A handler without `PROCESSING_COMPLETE` registers no end-of-batch callback: KMCL makes no
+/// call at the end of a batch.
+#[test]
+fn a_handler_without_processing_complete_gets_no_end_of_batch_call() {
+    let host = kmcl_model::connected();
+    // SAFETY: the model's device token outlives the channel.
+    let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
+    let channel = ChannelBuilder::new(&library(&host), parent, EchoOnly)
+        .expect("allocate")
+        .enable()
+        .map_err(|(_, s)| s)
+        .expect("enable");
+    host.open().expect("open");
+    for i in 0u8..5 {
+        let txn = host.send(&[i; 8], true).expect("send");
+        assert_eq!(
+            host.wait_completion(txn, T).expect("completion").payload,
+            [i; 8]
+        );
+    }
+    assert_eq!(host.stats().processing_complete_calls, 0);
+    drop(channel);
+    host.assert_no_violations();
+}
 
 #[test]
 fn inline_completion_returns_the_response_to_the_host() {

@@ -376,13 +376,6 @@ void null_process_packet(VMBCHANNEL channel, VMBPACKETCOMPLETION pc, PVOID buffe
     VmbChannelPacketComplete(pc, buffer, len);
 }
 
-/* The end of a delivery batch. The driver registers one too (kmcl always does, with an
- * empty default), so every guest here does: the model's per-batch work is the same for all. */
-static void rxc_processing_complete(VMBCHANNEL channel, UINT32 packets) {
-    (void)channel;
-    (void)packets;
-}
-
 /* Negotiation, as the driver does it from EvtChannelPostStarted: a synchronous NEGOTIATE. */
 static void rxc_post_started(VMBCHANNEL channel) {
     struct rxc_device *dev = VmbChannelGetPointer(channel);
@@ -449,7 +442,10 @@ struct rxc_device *rxc_start(PDEVICE_OBJECT parent, const GUID *interface_type, 
     if (s == S_SUCCESS)
         s = VmbChannelInitSetProcessPacketCallbacks(
             dev->channel, null_guest ? null_process_packet : rxc_process_packet,
-            rxc_processing_complete);
+            /* No end-of-batch callback: the driver's handler has none, so kmcl registers none
+             * (ChannelHandler::PROCESSING_COMPLETE); the model's per-batch work is the same
+             * for every guest here. */
+            NULL);
     if (s == S_SUCCESS)
         s = VmbChannelInitSetStateChangeCallbacks(dev->channel, &cbs);
     if (s == S_SUCCESS)

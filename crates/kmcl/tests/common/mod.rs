@@ -43,6 +43,8 @@ pub(crate) struct Recorder {
     pub(crate) packets: AtomicU64,
     pub(crate) dispatch_packets: AtomicU64,
     pub(crate) batches: AtomicU64,
+    /// The packet counts the batches reported, added up.
+    pub(crate) batched_packets: AtomicU64,
     pub(crate) opened_status: Mutex<NtStatus>,
 }
 
@@ -55,6 +57,7 @@ impl Recorder {
             packets: AtomicU64::new(0),
             dispatch_packets: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            batched_packets: AtomicU64::new(0),
             opened_status: Mutex::new(NtStatus::STATUS_SUCCESS),
         })
     }
@@ -76,8 +79,18 @@ impl Recorder {
 #[derive(Debug, Clone)]
 pub(crate) struct Handler(pub Arc<Recorder>);
 
+impl Handler {
+    fn batch_done(&self, _channel: ChannelRef<'_>, packets: u32) {
+        self.0.batches.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .batched_packets
+            .fetch_add(u64::from(packets), Ordering::Relaxed);
+    }
+}
+
 impl ChannelHandler for Handler {
     const UNCONSUMED_RESPONSE: &'static [u8] = FALLBACK;
+    const PROCESSING_COMPLETE: Option<fn(&Self, ChannelRef<'_>, u32)> = Some(Self::batch_done);
 
     fn process_packet(
         &self,
@@ -96,10 +109,6 @@ impl ChannelHandler for Handler {
             Mode::Park => self.0.parked.lock().unwrap().push((packet, data.to_vec())),
             Mode::Drop => drop(packet),
         }
-    }
-
-    fn processing_complete(&self, _channel: ChannelRef<'_>, _n: u32) {
-        self.0.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     fn opened(&self, _channel: ChannelRef<'_>) -> NtStatus {
