@@ -2,18 +2,12 @@
 //! thread, dropped packets completed with the fallback response, delivery IRQL, the end of a
 //! batch.
 
-// UNSAFETY: ParentDevice::from_raw on the model's device token.
-#![expect(
-    unsafe_code,
-    reason = "ParentDevice::from_raw on the model's device token"
-)]
-
 mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{FALLBACK, Mode, Recorder, T, enabled, library, wait_until};
-use kmcl::{ChannelBuilder, ChannelHandler, ChannelRef, IncomingPacket, PacketFlags};
+use common::{FALLBACK, Mode, Recorder, T, enabled, enabled_of, wait_until};
+use kmcl::{ChannelHandler, ChannelRef, IncomingPacket, PacketFlags};
 
 /// A handler with `PROCESSING_COMPLETE` registers it: every batch ends with one call that
 /// counts its packets, and the counts add up to the packets delivered.
@@ -61,13 +55,7 @@ impl ChannelHandler for EchoOnly {
 #[test]
 fn a_handler_without_processing_complete_gets_no_end_of_batch_call() {
     let host = kmcl_model::connected();
-    // SAFETY: the model's device token outlives the channel.
-    let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
-    let channel = ChannelBuilder::new(&library(&host), parent, EchoOnly)
-        .expect("allocate")
-        .enable()
-        .map_err(|(_, s)| s)
-        .expect("enable");
+    let channel = enabled_of(&host, EchoOnly);
     host.open().expect("open");
     for i in 0u8..5 {
         let txn = host.send(&[i; 8], true).expect("send");

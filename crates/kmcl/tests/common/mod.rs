@@ -160,10 +160,19 @@ pub(crate) fn builder_with(
     host: &Host,
     recorder: &Arc<Recorder>,
 ) -> ChannelBuilder<Handler> {
+    builder_of(library, host, Handler(recorder.clone()))
+}
+
+/// [`builder_with`] for any handler.
+pub(crate) fn builder_of<H: ChannelHandler>(
+    library: &kmcl::Library,
+    host: &Host,
+    handler: H,
+) -> ChannelBuilder<H> {
     // SAFETY: the model's device token is valid for the host's lifetime, which every test
     // keeps longer than the channel.
     let parent = unsafe { kmcl::ParentDevice::from_raw(host.parent_device()) };
-    let mut b = ChannelBuilder::new(library, parent, Handler(recorder.clone())).expect("allocate");
+    let mut b = ChannelBuilder::new(library, parent, handler).expect("allocate");
     b.max_packet_size(4096).expect("max packet size");
     b.ring_pages(16, 16).expect("ring pages");
     b.friendly_name("kmcl-test").expect("friendly name");
@@ -172,7 +181,12 @@ pub(crate) fn builder_with(
 
 /// A channel under `host`, configured by [`builder`] and enabled (not yet opened).
 pub(crate) fn enabled(host: &Host, recorder: &Arc<Recorder>) -> kmcl::Channel<Handler> {
-    builder(host, recorder)
+    enabled_of(host, Handler(recorder.clone()))
+}
+
+/// [`enabled`] for any handler.
+pub(crate) fn enabled_of<H: ChannelHandler>(host: &Host, handler: H) -> kmcl::Channel<H> {
+    builder_of(&library(host), host, handler)
         .enable()
         .map_err(|(_, s)| s)
         .expect("enable")
